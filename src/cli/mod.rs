@@ -1,0 +1,187 @@
+//! The command line: global flags, one subcommand per file, one dispatching match.
+
+pub mod embed;
+pub mod tokenize;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::clip::{LoadOptions, ModelFormat, Precision};
+use crate::device::DeviceChoice;
+
+/// Sparse autoencoders on CLIP: extract activations, train, evaluate, interpret.
+#[derive(Parser, Debug)]
+#[command(name = "saeclip", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Where to compute: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(
+        long,
+        global = true,
+        default_value = "auto",
+        value_name = "DEVICE",
+        help_heading = "Global options"
+    )]
+    pub device: DeviceChoice,
+    /// CPU threads for libtorch and image decoding (default: all cores).
+    #[arg(long, global = true, value_name = "N", help_heading = "Global options")]
+    pub threads: Option<usize>,
+    /// Print only results and errors.
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
+    pub quiet: bool,
+    /// Print more detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
+    pub verbose: u8,
+}
+
+impl GlobalArgs {
+    /// −1 quiet, 0 normal, 1+ verbose.
+    pub fn verbosity(&self) -> i8 {
+        if self.quiet {
+            -1
+        } else {
+            self.verbose.min(3) as i8
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CLIP token ids of texts.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Embed images and texts with a CLIP model; print zero-shot probabilities.
+    Embed(embed::EmbedArgs),
+}
+
+/// Which model to load and how.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// CLIP model: a Hugging Face directory (config.json + model.safetensors), an open_clip
+    /// .safetensors file or directory, or a TorchScript file from scripts/export_torchscript.py.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Override the format detected from the path.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub model_format: Option<ModelFormat>,
+    /// Weight and activation precision [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long, value_enum, value_name = "PRECISION")]
+    pub precision: Option<Precision>,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self, device: tch::Device) -> LoadOptions {
+        let default = if device.is_cuda() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        LoadOptions {
+            format: self.model_format,
+            device,
+            precision: self.precision.unwrap_or(default),
+        }
+    }
+}
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    crate::ui::set_verbosity(cli.global.verbosity());
+    if let Some(n) = cli.global.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        tch::set_num_threads(n as i32);
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    match &cli.command {
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::Embed(args) => embed::run(&cli.global, args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_parse_anywhere() {
+        let cli = Cli::try_parse_from([
+            "saeclip",
+            "tokenize",
+            "hi",
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "-vv",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.device, DeviceChoice::Cpu);
+        assert_eq!(cli.global.threads, Some(2));
+        assert_eq!(cli.global.verbosity(), 2);
+        let cli = Cli::try_parse_from(["saeclip", "-q", "tokenize", "hi"]).unwrap();
+        assert_eq!(cli.global.verbosity(), -1);
+        assert!(Cli::try_parse_from(["saeclip", "--device", "tpu", "tokenize", "x"]).is_err());
+        assert!(Cli::try_parse_from(["saeclip", "-q", "-v", "tokenize", "x"]).is_err());
+    }
+
+    #[test]
+    fn model_args_parse() {
+        let cli = Cli::try_parse_from([
+            "saeclip",
+            "embed",
+            "--model",
+            "m",
+            "--model-format",
+            "open-clip",
+            "--precision",
+            "bf16",
+            "--text",
+            "a",
+        ])
+        .unwrap();
+        let Command::Embed(args) = cli.command else {
+            panic!("not embed")
+        };
+        assert_eq!(args.model.model_format, Some(ModelFormat::OpenClip));
+        assert_eq!(args.model.precision, Some(Precision::Bf16));
+        assert_eq!(
+            args.model.load_options(tch::Device::Cpu).precision,
+            Precision::Bf16
+        );
+        let cli = Cli::try_parse_from(["saeclip", "embed", "--model", "m", "--text", "a"]).unwrap();
+        let Command::Embed(args) = cli.command else {
+            panic!("not embed")
+        };
+        assert_eq!(
+            args.model.load_options(tch::Device::Cpu).precision,
+            Precision::F32
+        );
+        assert_eq!(
+            args.model.load_options(tch::Device::Cuda(0)).precision,
+            Precision::Bf16
+        );
+    }
+}

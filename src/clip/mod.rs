@@ -1,0 +1,259 @@
+//! CLIP: configuration, towers, weights, tokenizer and preprocessing.
+//!
+//! [`Clip`] is the model as the rest of saeclip sees it, whichever way it was stored: a
+//! native `tch::nn` model (Hugging Face or open_clip weights) or a TorchScript module.
+//! Layer numbering follows DESIGN.md: layer L is the residual stream *output* of block L.
+//! Shapes: B images, T texts, S tokens, D width, E embedding width.
+
+pub mod config;
+pub mod encoder;
+pub mod model;
+pub mod preprocess;
+pub mod script;
+pub mod text;
+pub mod tokenizer;
+pub mod vision;
+pub mod weights;
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use model::ClipModel;
+pub use script::ScriptedClip;
+pub use weights::ModelFormat;
+
+/// Floating-point precision of a model's weights and activations.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::F16 => Kind::Half,
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Overrides format detection.
+    pub format: Option<ModelFormat>,
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            format: None,
+            device: Device::Cpu,
+            precision: Precision::F32,
+        }
+    }
+}
+
+/// A loaded CLIP model.
+#[derive(Debug)]
+pub enum Clip {
+    Native { vs: VarStore, model: ClipModel },
+    Script(ScriptedClip),
+}
+
+impl Clip {
+    /// Load the model at `path` (see [`weights::resolve`] for what a path may be).
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Clip> {
+        let files = weights::resolve(path, options.format)?;
+        let kind = options.precision.kind();
+        if files.format == ModelFormat::Torchscript {
+            return Ok(Clip::Script(ScriptedClip::load(
+                &files.weights,
+                options.device,
+                kind,
+            )?));
+        }
+        let config = match (files.format, &files.config) {
+            (ModelFormat::Hf, Some(c)) => ClipConfig::from_hf_file(c)?,
+            (ModelFormat::OpenClip, Some(c)) => ClipConfig::from_open_clip_file(c)?,
+            (_, _) => weights::infer_open_clip_config(&files.weights)?,
+        };
+        Clip::from_weights(&config, &files, options.device, kind)
+    }
+
+    fn from_weights(
+        config: &ClipConfig,
+        files: &weights::ModelFiles,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Clip> {
+        let mut vs = VarStore::new(device);
+        let model = ClipModel::new(vs.root(), config);
+        match files.format {
+            ModelFormat::OpenClip => weights::load_open_clip(&vs, &files.weights)?,
+            _ => weights::load_hf(&vs, &files.weights)?,
+        }
+        vs.freeze();
+        if kind != Kind::Float {
+            vs.set_kind(kind);
+        }
+        Ok(Clip::Native { vs, model })
+    }
+
+    /// A model with the given dimensions and weights drawn from `seed` (tch's default
+    /// initialisation). It is not a trained CLIP: useful for tests, demos and benchmarks.
+    pub fn random(config: &ClipConfig, seed: i64, device: Device, precision: Precision) -> Clip {
+        tch::manual_seed(seed);
+        let mut vs = VarStore::new(device);
+        let model = ClipModel::new(vs.root(), config);
+        vs.freeze();
+        if precision != Precision::F32 {
+            vs.set_kind(precision.kind());
+        }
+        Clip::Native { vs, model }
+    }
+
+    pub fn config(&self) -> &ClipConfig {
+        match self {
+            Clip::Native { model, .. } => model.config(),
+            Clip::Script(s) => s.config(),
+        }
+    }
+
+    /// The learned temperature, log scale.
+    pub fn logit_scale(&self) -> f64 {
+        match self {
+            Clip::Native { model, .. } => model.logit_scale(),
+            Clip::Script(s) => s.logit_scale(),
+        }
+    }
+
+    /// The residual stream after block `layer`, [B, S, D]; later blocks are not computed.
+    pub fn residual(&self, pixels: &Tensor, layer: usize) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        self.check_layer(layer)?;
+        match self {
+            Clip::Native { model, .. } => model.vision.residual(pixels, layer),
+            Clip::Script(s) => s.residual(pixels, layer),
+        }
+    }
+
+    /// The residual streams after each of `layers`, in one pass for the native model.
+    pub fn residuals(&self, pixels: &Tensor, layers: &[usize]) -> Result<Vec<Tensor>> {
+        let _guard = tch::no_grad_guard();
+        for &l in layers {
+            self.check_layer(l)?;
+        }
+        match self {
+            Clip::Native { model, .. } => model.vision.residuals(pixels, layers),
+            Clip::Script(s) => layers.iter().map(|&l| s.residual(pixels, l)).collect(),
+        }
+    }
+
+    /// Image embeddings (projected, not normalised) from the residual after `layer`, [B, E].
+    pub fn image_embeds_from(&self, residual: &Tensor, layer: usize) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        self.check_layer(layer)?;
+        match self {
+            Clip::Native { model, .. } => model.image_embeds_from(residual, layer),
+            Clip::Script(s) => s.image_embeds_from(residual, layer),
+        }
+    }
+
+    /// Image embeddings (projected, not normalised), [B, E].
+    pub fn image_embeds(&self, pixels: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match self {
+            Clip::Native { model, .. } => model.image_embeds(pixels),
+            Clip::Script(s) => s.image_embeds(pixels),
+        }
+    }
+
+    /// Image embeddings when block `layer`'s output is replaced by `edit` of it (the SAE
+    /// splice), [B, E].
+    pub fn image_embeds_spliced(
+        &self,
+        pixels: &Tensor,
+        layer: usize,
+        edit: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let residual = self.residual(pixels, layer)?;
+        let edited = edit(&residual)?;
+        ensure!(
+            edited.size() == residual.size(),
+            "the splice returned shape {:?} for a residual of shape {:?}",
+            edited.size(),
+            residual.size()
+        );
+        self.image_embeds_from(&edited, layer)
+    }
+
+    /// Text embeddings (projected, not normalised) of padded token ids [T, S], [T, E].
+    pub fn text_embeds(&self, ids: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        match self {
+            Clip::Native { model, .. } => model.text_embeds(ids),
+            Clip::Script(s) => s.text_embeds(ids),
+        }
+    }
+
+    /// `exp(logit_scale) · cos(image, text)`, [B, T], in f32.
+    pub fn logits(&self, image_embeds: &Tensor, text_embeds: &Tensor) -> Tensor {
+        let image = normalize(&image_embeds.to_kind(Kind::Float));
+        let text = normalize(&text_embeds.to_kind(Kind::Float));
+        image.matmul(&text.tr()) * self.logit_scale().exp()
+    }
+
+    fn check_layer(&self, layer: usize) -> Result<()> {
+        let n = self.config().vision.num_hidden_layers;
+        ensure!(
+            layer < n,
+            "layer {layer} does not exist: the vision tower has blocks 0..={}",
+            n - 1
+        );
+        Ok(())
+    }
+}
+
+/// L2-normalise the rows of a [N, E] tensor.
+pub fn normalize(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2.0, [-1], true)
+}
+
+/// Pad token id lists with 0 to a [T, context] int64 tensor, as open_clip does.
+pub fn pad_ids(ids: &[Vec<i64>], context: usize) -> Result<Tensor> {
+    ensure!(!ids.is_empty(), "no texts to encode");
+    let mut flat = vec![0i64; ids.len() * context];
+    for (row, t) in ids.iter().enumerate() {
+        ensure!(
+            t.len() <= context,
+            "text {} has {} tokens, more than the context of {context}",
+            row + 1,
+            t.len()
+        );
+        flat[row * context..row * context + t.len()].copy_from_slice(t);
+    }
+    Tensor::f_from_slice(&flat)
+        .and_then(|t| t.f_view([ids.len() as i64, context as i64]))
+        .context("cannot build the token tensor")
+}

@@ -1,0 +1,101 @@
+//! Embed images and texts with CLIP: the simplest use of a model, and the way to check
+//! one by hand (`saeclip embed`).
+
+use std::path::PathBuf;
+
+use anyhow::{ensure, Result};
+use tch::{Kind, Tensor};
+
+use crate::clip::preprocess::{preprocess_file, PreprocessConfig};
+use crate::clip::tokenizer::{Tokenizer, EOT_TOKEN};
+use crate::clip::{pad_ids, Clip};
+
+/// What to embed.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedOptions {
+    pub images: Vec<PathBuf>,
+    pub texts: Vec<String>,
+    /// Also return the residual stream after this vision block.
+    pub layer: Option<usize>,
+}
+
+/// Embeddings (f32, on the CPU) and, with both images and texts, the zero-shot
+/// probabilities of each text for each image.
+#[derive(Debug)]
+pub struct Embeddings {
+    pub pixel_values: Option<Tensor>, // B, C, P, P
+    pub image_embeds: Option<Tensor>, // B, E
+    pub residual: Option<Tensor>,     // B, S, D
+    pub input_ids: Option<Tensor>,    // T, S
+    pub text_embeds: Option<Tensor>,  // T, E
+    pub probs: Option<Tensor>,        // B, T
+}
+
+/// Token ids of `texts`, truncated to the model's context like open_clip (the last kept
+/// token becomes end-of-text), padded with 0. An empty text is an error.
+pub fn tokenize_texts(texts: &[String], context: usize) -> Result<Tensor> {
+    let tokenizer = Tokenizer::new()?;
+    let mut ids = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        ensure!(
+            !text.trim().is_empty(),
+            "text {} is empty: give a non-empty string",
+            i + 1
+        );
+        let mut t = tokenizer.tokenize(text);
+        if t.len() > context {
+            t.truncate(context);
+            t[context - 1] = EOT_TOKEN;
+        }
+        ids.push(t);
+    }
+    pad_ids(&ids, context)
+}
+
+/// Load and preprocess `paths` into [B, 3, P, P] for `clip`.
+pub fn load_pixels(clip: &Clip, paths: &[PathBuf]) -> Result<Tensor> {
+    let size = clip.config().vision.image_size;
+    let cfg = PreprocessConfig::with_size(size as u32);
+    let mut flat = Vec::with_capacity(paths.len() * 3 * (size * size) as usize);
+    for path in paths {
+        flat.extend(
+            preprocess_file(path, &cfg)
+                .with_context(|| format!("cannot use image {}", path.display()))?,
+        );
+    }
+    Ok(Tensor::f_from_slice(&flat)?.f_view([paths.len() as i64, 3, size, size])?)
+}
+
+pub fn embed(clip: &Clip, options: &EmbedOptions) -> Result<Embeddings> {
+    ensure!(
+        !options.images.is_empty() || !options.texts.is_empty(),
+        "nothing to embed: give at least one --image or --text"
+    );
+    let cpu = |t: Tensor| t.to_device(tch::Device::Cpu).to_kind(Kind::Float);
+    let mut out = Embeddings {
+        pixel_values: None,
+        image_embeds: None,
+        residual: None,
+        input_ids: None,
+        text_embeds: None,
+        probs: None,
+    };
+    if !options.images.is_empty() {
+        let pixels = load_pixels(clip, &options.images)?;
+        if let Some(layer) = options.layer {
+            out.residual = Some(cpu(clip.residual(&pixels, layer)?));
+        }
+        out.image_embeds = Some(cpu(clip.image_embeds(&pixels)?));
+        out.pixel_values = Some(pixels);
+    }
+    if !options.texts.is_empty() {
+        let context = clip.config().text.max_position_embeddings as usize;
+        let ids = tokenize_texts(&options.texts, context)?;
+        out.text_embeds = Some(cpu(clip.text_embeds(&ids)?));
+        out.input_ids = Some(ids);
+    }
+    if let (Some(i), Some(t)) = (&out.image_embeds, &out.text_embeds) {
+        out.probs = Some(clip.logits(i, t).softmax(-1, Kind::Float));
+    }
+    Ok(out)
+}

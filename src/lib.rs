@@ -1,0 +1,10 @@
+//! saeclip: sparse autoencoders on the internal activations of CLIP ViT models.
+//!
+//! The library holds all the computation; the `saeclip` binary only parses its command
+//! line and calls in here.
+pub mod cli;
+pub mod clip;
+pub mod device;
+pub mod disk;
+pub mod embed;
+pub mod ui;

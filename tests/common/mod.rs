@@ -1,0 +1,95 @@
+//! Shared helpers for integration tests: the project's Python reference oracle.
+//!
+//! Tests never skip: a missing `.venv` or a failing reference script is a test failure
+//! with a message that says how to fix it (`make setup`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Root of the crate.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The project's Python interpreter (`.venv/bin/python`).
+pub fn python() -> PathBuf {
+    let py = root().join(".venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run `make setup` (tests need the Python reference oracle)",
+        py.display()
+    );
+    py
+}
+
+/// Run a Python script of the project (path relative to the crate root) and panic with
+/// its stderr if it fails.
+pub fn run_python(script: &str, args: &[&str]) {
+    let out = Command::new(python())
+        .arg(root().join(script))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("cannot start the project's python");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Directory with the reference models (generated once per script version, shared by all
+/// test binaries): `<target>/reference-models/<name>/`.
+pub fn reference_model(name: &str) -> PathBuf {
+    let script = "tests/reference/make_models.py";
+    let text = std::fs::read(root().join(script)).expect("tests/reference/make_models.py");
+    let stamp_value = format!("{:016x}", fnv1a(&text));
+    let base = root().join("target/reference-models");
+    let dir = base.join(name);
+    let stamp = dir.join("STAMP");
+    let _lock = FileLock::acquire(&base.join(format!("{name}.lock")));
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(stamp_value.as_str()) {
+        let _ = std::fs::remove_dir_all(&dir);
+        run_python(script, &["--out", base.to_str().unwrap(), "--name", name]);
+        std::fs::write(&stamp, &stamp_value).unwrap();
+    }
+    dir
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// A crude cross-process lock: exclusive creation of a file, removed on drop.
+struct FileLock(PathBuf);
+
+impl FileLock {
+    fn acquire(path: &Path) -> FileLock {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+                Ok(_) => return FileLock(path.to_path_buf()),
+                Err(_) if start.elapsed().as_secs() < 900 => {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                }
+                Err(e) => panic!("lock {} held too long: {e}", path.display()),
+            }
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Path to the built `saeclip` binary (cargo builds it for integration tests).
+pub fn saeclip() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_saeclip"))
+}
