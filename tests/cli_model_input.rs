@@ -20,7 +20,8 @@ fn model_copy(dir: &Path) -> PathBuf {
 }
 
 fn write_png(path: &Path, w: u32, h: u32) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 3) as u8, 128]));
+    let img =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 3) as u8, 128]));
     img.save(path).unwrap();
 }
 
@@ -28,10 +29,17 @@ fn write_png(path: &Path, w: u32, h: u32) {
 fn fails(args: &[&str]) -> String {
     let out = common::saeclip().arg("embed").args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure for {args:?}; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure for {args:?}; stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line on stderr for {args:?}, got: {stderr}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr for {args:?}, got: {stderr}"
+    );
     assert!(lines[0].starts_with("error: "), "{stderr}");
     lines[0].to_string()
 }
@@ -48,14 +56,32 @@ fn embed_prints_probabilities_and_writes_tensors() {
     write_png(&img, 300, 200);
     let out_file = dir.path().join("out.safetensors");
     let out = common::saeclip()
-        .args(["embed", "--model", s(&model), "--image", s(&img), "--text", "a cat", "--text", "a dog"])
+        .args([
+            "embed",
+            "--model",
+            s(&model),
+            "--image",
+            s(&img),
+            "--text",
+            "a cat",
+            "--text",
+            "a dog",
+        ])
         .args(["--layer", "1", "--out", s(&out_file), "-q"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("a cat") && stdout.contains("a dog") && stdout.contains('%'), "{stdout}");
-    let tensors: std::collections::HashMap<String, Tensor> = read_safetensors(&out_file).unwrap().into_iter().collect();
+    assert!(
+        stdout.contains("a cat") && stdout.contains("a dog") && stdout.contains('%'),
+        "{stdout}"
+    );
+    let tensors: std::collections::HashMap<String, Tensor> =
+        read_safetensors(&out_file).unwrap().into_iter().collect();
     assert_eq!(tensors["image_embeds"].size(), [1, 32]);
     assert_eq!(tensors["text_embeds"].size(), [2, 32]);
     assert_eq!(tensors["residual"].size(), [1, 50, 64]);
@@ -78,14 +104,22 @@ fn missing_config_json() {
     std::fs::remove_file(model.join("config.json")).unwrap();
     let line = fails(&["--model", s(&model), "--text", "x"]);
     assert!(line.contains("config.json"), "{line}");
-    let line = fails(&["--model", s(&model.join("model.safetensors")), "--text", "x"]);
+    let line = fails(&[
+        "--model",
+        s(&model.join("model.safetensors")),
+        "--text",
+        "x",
+    ]);
     assert!(line.contains("config.json"), "{line}");
 }
 
 #[test]
 fn missing_model_path() {
     let line = fails(&["--model", "/nonexistent/clip", "--text", "x"]);
-    assert!(line.contains("/nonexistent/clip") && line.contains("does not exist"), "{line}");
+    assert!(
+        line.contains("/nonexistent/clip") && line.contains("does not exist"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -96,7 +130,10 @@ fn truncated_and_non_safetensors_weights() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let line = fails(&["--model", s(&model), "--text", "x"]);
-    assert!(line.contains("model.safetensors") && line.contains("not a valid safetensors"), "{line}");
+    assert!(
+        line.contains("model.safetensors") && line.contains("not a valid safetensors"),
+        "{line}"
+    );
     std::fs::write(&weights, b"this is not a tensor file at all").unwrap();
     let line = fails(&["--model", s(&model), "--text", "x"]);
     assert!(line.contains("not a valid safetensors"), "{line}");
@@ -113,17 +150,28 @@ fn wrong_shapes_missing_and_unexpected_tensors_are_named() {
     std::fs::write(&config, json.to_string()).unwrap();
     let line = fails(&["--model", s(&model), "--text", "x"]);
     assert!(line.contains("wrong shape"), "{line}");
-    assert!(line.contains("vision_model.encoder.layers.0.mlp.fc1.weight expected [128, 64] found [256, 64]"), "{line}");
+    assert!(
+        line.contains(
+            "vision_model.encoder.layers.0.mlp.fc1.weight expected [128, 64] found [256, 64]"
+        ),
+        "{line}"
+    );
 
     // Put the config back, then drop one tensor and add a foreign one.
     std::fs::write(&config, text).unwrap();
     let weights = model.join("model.safetensors");
     let mut tensors = read_safetensors(&weights).unwrap();
     tensors.retain(|(n, _)| n != "text_model.final_layer_norm.bias");
-    tensors.push(("decoder.weight".into(), Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu))));
+    tensors.push((
+        "decoder.weight".into(),
+        Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)),
+    ));
     Tensor::write_safetensors(&tensors, &weights).unwrap();
     let line = fails(&["--model", s(&model), "--text", "x"]);
-    assert!(line.contains("missing: text_model.final_layer_norm.bias [64]"), "{line}");
+    assert!(
+        line.contains("missing: text_model.final_layer_norm.bias [64]"),
+        "{line}"
+    );
     assert!(line.contains("unexpected: decoder.weight"), "{line}");
 }
 
@@ -136,7 +184,14 @@ fn unknown_format() {
     assert!(line.contains("unknown model format"), "{line}");
     let line = fails(&["--model", s(dir.path()), "--text", "x"]);
     assert!(line.contains("not a model directory"), "{line}");
-    let line = fails(&["--model", s(&path), "--model-format", "torchscript", "--text", "x"]);
+    let line = fails(&[
+        "--model",
+        s(&path),
+        "--model-format",
+        "torchscript",
+        "--text",
+        "x",
+    ]);
     assert!(line.contains("not a TorchScript module"), "{line}");
     let pickle = dir.path().join("pytorch_model.bin");
     std::fs::write(&pickle, b"PK").unwrap();

@@ -20,18 +20,29 @@ struct Reference {
 impl Reference {
     fn load(name: &str) -> Reference {
         let dir = common::reference_model(name);
-        let tensors = read_safetensors(&dir.join("reference.safetensors")).unwrap().into_iter().collect();
+        let tensors = read_safetensors(&dir.join("reference.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
         Reference { dir, tensors }
     }
 
     fn get(&self, name: &str) -> &Tensor {
-        self.tensors.get(name).unwrap_or_else(|| panic!("reference tensor {name} missing"))
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference tensor {name} missing"))
     }
 
     fn model(&self, relative: &str, format: Option<ModelFormat>) -> Clip {
         let path = self.dir.join(relative);
-        Clip::load(&path, &LoadOptions { format, ..Default::default() })
-            .unwrap_or_else(|e| panic!("loading {}: {e:#}", path.display()))
+        Clip::load(
+            &path,
+            &LoadOptions {
+                format,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("loading {}: {e:#}", path.display()))
     }
 
     fn pixels(&self) -> &Tensor {
@@ -61,7 +72,10 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: Tol) {
         Tol::Abs(t) => diff <= t,
         Tol::Rel(t) => diff <= t * scale,
     };
-    assert!(ok, "{what}: max abs diff {diff:e} (reference max {scale:e}) exceeds {tol:?}");
+    assert!(
+        ok,
+        "{what}: max abs diff {diff:e} (reference max {scale:e}) exceeds {tol:?}"
+    );
     assert!(diff.is_finite(), "{what}: non-finite values");
 }
 
@@ -75,34 +89,88 @@ fn splice(x: &Tensor) -> anyhow::Result<Tensor> {
 
 /// The native model against transformers' and open_clip's outputs.
 fn check_native(r: &Reference, clip: &Clip, tol: Tol, label: &str) {
-    let Clip::Native { model, .. } = clip else { panic!("{label}: expected a native model") };
+    let Clip::Native { model, .. } = clip else {
+        panic!("{label}: expected a native model")
+    };
     let n = clip.config().vision.num_hidden_layers;
     let hidden = model.vision.hidden_states(r.pixels()).unwrap();
     assert_eq!(hidden.len(), n + 1);
     for (i, h) in hidden.iter().enumerate() {
-        assert_close(&format!("{label} vision hidden_states[{i}]"), h, r.get(&format!("hf.hidden_states.{i}")), tol);
+        assert_close(
+            &format!("{label} vision hidden_states[{i}]"),
+            h,
+            r.get(&format!("hf.hidden_states.{i}")),
+            tol,
+        );
     }
     let text_hidden = model.text.hidden_states(r.ids()).unwrap();
     for (i, h) in text_hidden.iter().enumerate() {
-        assert_close(&format!("{label} text hidden_states[{i}]"), h, r.get(&format!("hf.text_hidden_states.{i}")), tol);
+        assert_close(
+            &format!("{label} text hidden_states[{i}]"),
+            h,
+            r.get(&format!("hf.text_hidden_states.{i}")),
+            tol,
+        );
     }
     // Layer L = open_clip resblocks[L] output = transformers hidden_states[L + 1].
     let residuals = clip.residuals(r.pixels(), &layers(clip)).unwrap();
     for (l, res) in residuals.iter().enumerate() {
-        assert_close(&format!("{label} residual after block {l}"), res, r.get(&format!("open_clip.resblocks.{l}")), tol);
+        assert_close(
+            &format!("{label} residual after block {l}"),
+            res,
+            r.get(&format!("open_clip.resblocks.{l}")),
+            tol,
+        );
     }
     let image = clip.image_embeds(r.pixels()).unwrap();
     let text = clip.text_embeds(r.ids()).unwrap();
-    assert_close(&format!("{label} image embeds (hf)"), &image, r.get("hf.image_embeds"), tol);
-    assert_close(&format!("{label} image embeds (open_clip)"), &image, r.get("open_clip.image_features"), tol);
-    assert_close(&format!("{label} text embeds (hf)"), &text, r.get("hf.text_embeds"), tol);
-    assert_close(&format!("{label} text embeds (open_clip)"), &text, r.get("open_clip.text_features"), tol);
+    assert_close(
+        &format!("{label} image embeds (hf)"),
+        &image,
+        r.get("hf.image_embeds"),
+        tol,
+    );
+    assert_close(
+        &format!("{label} image embeds (open_clip)"),
+        &image,
+        r.get("open_clip.image_features"),
+        tol,
+    );
+    assert_close(
+        &format!("{label} text embeds (hf)"),
+        &text,
+        r.get("hf.text_embeds"),
+        tol,
+    );
+    assert_close(
+        &format!("{label} text embeds (open_clip)"),
+        &text,
+        r.get("open_clip.text_features"),
+        tol,
+    );
     let logits = clip.logits(&image, &text);
-    assert_close(&format!("{label} logits (hf)"), &logits, r.get("hf.logits_per_image"), tol);
-    assert_close(&format!("{label} logits (open_clip)"), &logits, r.get("open_clip.logits"), tol);
+    assert_close(
+        &format!("{label} logits (hf)"),
+        &logits,
+        r.get("hf.logits_per_image"),
+        tol,
+    );
+    assert_close(
+        &format!("{label} logits (open_clip)"),
+        &logits,
+        r.get("open_clip.logits"),
+        tol,
+    );
     let layer = r.get("splice_layer").int64_value(&[]) as usize;
-    let spliced = clip.image_embeds_spliced(r.pixels(), layer, splice).unwrap();
-    assert_close(&format!("{label} spliced image embeds"), &spliced, r.get("hf.spliced.image_embeds"), tol);
+    let spliced = clip
+        .image_embeds_spliced(r.pixels(), layer, splice)
+        .unwrap();
+    assert_close(
+        &format!("{label} spliced image embeds"),
+        &spliced,
+        r.get("hf.spliced.image_embeds"),
+        tol,
+    );
 }
 
 /// The TorchScript module against the native model.
@@ -111,34 +179,86 @@ fn check_script(r: &Reference, script: &Clip, native: &Clip, tol: Tol) {
     let sc = script.config();
     let nc = native.config();
     assert_eq!(
-        (sc.vision.num_hidden_layers, sc.vision.hidden_size, sc.projection_dim, sc.vision.image_size),
-        (nc.vision.num_hidden_layers, nc.vision.hidden_size, nc.projection_dim, nc.vision.image_size)
+        (
+            sc.vision.num_hidden_layers,
+            sc.vision.hidden_size,
+            sc.projection_dim,
+            sc.vision.image_size
+        ),
+        (
+            nc.vision.num_hidden_layers,
+            nc.vision.hidden_size,
+            nc.projection_dim,
+            nc.vision.image_size
+        )
     );
     assert!((script.logit_scale() - native.logit_scale()).abs() < 1e-6);
     for l in layers(native) {
         let a = script.residual(r.pixels(), l).unwrap();
         let b = native.residual(r.pixels(), l).unwrap();
-        assert_close(&format!("torchscript residual after block {l}"), &a, &b, tol);
+        assert_close(
+            &format!("torchscript residual after block {l}"),
+            &a,
+            &b,
+            tol,
+        );
         let from_a = script.image_embeds_from(&b, l).unwrap();
         let from_b = native.image_embeds_from(&b, l).unwrap();
-        assert_close(&format!("torchscript image embeds from block {l}"), &from_a, &from_b, tol);
+        assert_close(
+            &format!("torchscript image embeds from block {l}"),
+            &from_a,
+            &from_b,
+            tol,
+        );
     }
-    assert_close("torchscript image embeds", &script.image_embeds(r.pixels()).unwrap(), &native.image_embeds(r.pixels()).unwrap(), tol);
-    assert_close("torchscript text embeds", &script.text_embeds(r.ids()).unwrap(), &native.text_embeds(r.ids()).unwrap(), tol);
+    assert_close(
+        "torchscript image embeds",
+        &script.image_embeds(r.pixels()).unwrap(),
+        &native.image_embeds(r.pixels()).unwrap(),
+        tol,
+    );
+    assert_close(
+        "torchscript text embeds",
+        &script.text_embeds(r.ids()).unwrap(),
+        &native.text_embeds(r.ids()).unwrap(),
+        tol,
+    );
     let layer = r.get("splice_layer").int64_value(&[]) as usize;
-    let spliced = script.image_embeds_spliced(r.pixels(), layer, splice).unwrap();
-    assert_close("torchscript spliced image embeds", &spliced, r.get("hf.spliced.image_embeds"), tol);
+    let spliced = script
+        .image_embeds_spliced(r.pixels(), layer, splice)
+        .unwrap();
+    assert_close(
+        "torchscript spliced image embeds",
+        &spliced,
+        r.get("hf.spliced.image_embeds"),
+        tol,
+    );
 }
 
 fn check_all_formats(name: &str, tol: Tol) {
     let r = Reference::load(name);
     let hf = r.model("hf", None);
     check_native(&r, &hf, tol, "hf directory");
-    check_native(&r, &r.model("hf/model.safetensors", None), tol, "hf safetensors file");
+    check_native(
+        &r,
+        &r.model("hf/model.safetensors", None),
+        tol,
+        "hf safetensors file",
+    );
     check_native(&r, &r.model("open_clip", None), tol, "open_clip directory");
-    check_native(&r, &r.model("open_clip/open_clip_model.safetensors", None), tol, "open_clip file");
+    check_native(
+        &r,
+        &r.model("open_clip/open_clip_model.safetensors", None),
+        tol,
+        "open_clip file",
+    );
     check_script(&r, &r.model("torchscript.pt", None), &hf, tol);
-    check_script(&r, &r.model("torchscript.pt", Some(ModelFormat::Torchscript)), &hf, tol);
+    check_script(
+        &r,
+        &r.model("torchscript.pt", Some(ModelFormat::Torchscript)),
+        &hf,
+        tol,
+    );
 }
 
 #[test]
@@ -166,7 +286,10 @@ fn several_layers_in_one_pass_equal_single_layers() {
         assert_eq!(got.size(), single.size());
         assert!(got.equal(&single), "layer {l}");
     }
-    assert!(clip.residuals(r.pixels(), &[3]).is_err(), "block 3 does not exist in a 3-block model");
+    assert!(
+        clip.residuals(r.pixels(), &[3]).is_err(),
+        "block 3 does not exist in a 3-block model"
+    );
 }
 
 #[test]
@@ -179,11 +302,22 @@ fn open_clip_state_dict_without_config_is_inferred_from_shapes() {
     let clip = Clip::load(&file, &LoadOptions::default()).unwrap();
     let hf = r.model("hf", None);
     assert_eq!(clip.config().vision.num_hidden_layers, 3);
-    assert_eq!(clip.config().vision.num_attention_heads, 1, "heads default to width / 64");
+    assert_eq!(
+        clip.config().vision.num_attention_heads,
+        1,
+        "heads default to width / 64"
+    );
     // Head count changes attention, so only check what it cannot affect: the embeddings
     // path up to block 0's input equals, and the whole forward runs.
-    let Clip::Native { model, .. } = &clip else { panic!() };
-    let Clip::Native { model: reference, .. } = &hf else { panic!() };
+    let Clip::Native { model, .. } = &clip else {
+        panic!()
+    };
+    let Clip::Native {
+        model: reference, ..
+    } = &hf
+    else {
+        panic!()
+    };
     let a = model.vision.embed(r.pixels()).unwrap();
     let b = reference.vision.embed(r.pixels()).unwrap();
     assert!(a.allclose(&b, 1e-6, 1e-6, false));
@@ -193,13 +327,25 @@ fn open_clip_state_dict_without_config_is_inferred_from_shapes() {
 #[test]
 fn reduced_precision_stays_close() {
     let r = Reference::load("tiny-quick");
-    for precision in [saeclip::clip::Precision::Bf16, saeclip::clip::Precision::F16] {
+    for precision in [
+        saeclip::clip::Precision::Bf16,
+        saeclip::clip::Precision::F16,
+    ] {
         let path: &Path = &r.dir.join("hf");
-        let clip = Clip::load(path, &LoadOptions { precision, ..Default::default() }).unwrap();
+        let clip = Clip::load(
+            path,
+            &LoadOptions {
+                precision,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let image = clip.image_embeds(r.pixels()).unwrap();
         assert_eq!(image.kind(), precision.kind());
         let want = r.get("hf.image_embeds");
-        let cos = Tensor::cosine_similarity(&image.to_kind(Kind::Float), want, -1, 1e-8).min().double_value(&[]);
+        let cos = Tensor::cosine_similarity(&image.to_kind(Kind::Float), want, -1, 1e-8)
+            .min()
+            .double_value(&[]);
         assert!(cos > 0.99, "{precision:?}: cosine {cos}");
     }
 }

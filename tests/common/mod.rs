@@ -72,7 +72,11 @@ impl FileLock {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let start = std::time::Instant::now();
         loop {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
                 Ok(_) => return FileLock(path.to_path_buf()),
                 Err(_) if start.elapsed().as_secs() < 900 => {
                     std::thread::sleep(std::time::Duration::from_millis(200))
