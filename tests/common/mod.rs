@@ -44,7 +44,9 @@ pub fn run_python(script: &str, args: &[&str]) {
 /// test binaries): `<target>/reference-models/<name>/`.
 pub fn reference_model(name: &str) -> PathBuf {
     let script = "tests/reference/make_models.py";
-    let text = std::fs::read(root().join(script)).expect("tests/reference/make_models.py");
+    // The models depend on the generator and on the TorchScript exporter it imports.
+    let mut text = std::fs::read(root().join(script)).expect("tests/reference/make_models.py");
+    text.extend(std::fs::read(root().join("scripts/export_torchscript.py")).expect("scripts/export_torchscript.py"));
     let stamp_value = format!("{:016x}", fnv1a(&text));
     let base = root().join("target/reference-models");
     let dir = base.join(name);
@@ -78,6 +80,10 @@ impl FileLock {
                 .open(path)
             {
                 Ok(_) => return FileLock(path.to_path_buf()),
+                // A lock left by a killed test run is stale after 15 minutes.
+                Err(_) if is_stale(path) => {
+                    let _ = std::fs::remove_file(path);
+                }
                 Err(_) if start.elapsed().as_secs() < 900 => {
                     std::thread::sleep(std::time::Duration::from_millis(200))
                 }
@@ -85,6 +91,12 @@ impl FileLock {
             }
         }
     }
+}
+
+fn is_stale(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 900))
 }
 
 impl Drop for FileLock {
