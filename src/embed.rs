@@ -58,10 +58,7 @@ pub fn load_pixels(clip: &Clip, paths: &[PathBuf]) -> Result<Tensor> {
     let cfg = PreprocessConfig::with_size(size as u32);
     let mut flat = Vec::with_capacity(paths.len() * 3 * (size * size) as usize);
     for path in paths {
-        flat.extend(
-            preprocess_file(path, &cfg)
-                .with_context(|| format!("cannot use image {}", path.display()))?,
-        );
+        flat.extend(preprocess_file(path, &cfg)?);
     }
     Ok(Tensor::f_from_slice(&flat)?.f_view([paths.len() as i64, 3, size, size])?)
 }

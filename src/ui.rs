@@ -31,3 +31,15 @@ pub fn debug(msg: impl std::fmt::Display) {
 pub fn warn(msg: impl std::fmt::Display) {
     eprintln!("warning: {msg}");
 }
+
+/// A progress bar on stderr, hidden with `-q` or when stderr is not a terminal.
+pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if verbosity() < 0 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let style = indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    indicatif::ProgressBar::new(len).with_style(style)
+}

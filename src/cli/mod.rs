@@ -1,6 +1,8 @@
 //! The command line: global flags, one subcommand per file, one dispatching match.
 
 pub mod embed;
+pub mod extract;
+pub mod fetch;
 pub mod tokenize;
 
 use std::path::PathBuf;
@@ -67,6 +69,10 @@ pub enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Embed images and texts with a CLIP model; print zero-shot probabilities.
     Embed(embed::EmbedArgs),
+    /// Run CLIP over a dataset and write an activation cache.
+    Extract(extract::ExtractArgs),
+    /// Download a model or dataset (needs network).
+    Fetch(fetch::FetchArgs),
 }
 
 /// Which model to load and how.
@@ -112,6 +118,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Embed(args) => embed::run(&cli.global, args),
+        Command::Extract(args) => extract::run(&cli.global, args),
+        Command::Fetch(args) => fetch::run(&cli.global, args),
     }
 }
 

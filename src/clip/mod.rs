@@ -55,6 +55,55 @@ impl Precision {
     }
 }
 
+/// Which tokens of the residual stream to keep.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokens {
+    /// The class token (token 0).
+    #[default]
+    Cls,
+    /// The patch tokens (1..).
+    Patches,
+    /// Every token.
+    All,
+}
+
+impl Tokens {
+    /// The token positions kept out of `seq_len`.
+    pub fn positions(self, seq_len: i64) -> std::ops::Range<i64> {
+        match self {
+            Tokens::Cls => 0..1,
+            Tokens::Patches => 1..seq_len,
+            Tokens::All => 0..seq_len,
+        }
+    }
+
+    /// Keep the selected tokens of a residual [B, S, D]: [B, K, D].
+    pub fn select(self, residual: &Tensor) -> Tensor {
+        let s = residual.size()[1];
+        let r = self.positions(s);
+        residual.narrow(1, r.start, r.end - r.start)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tokens::Cls => "cls",
+            Tokens::Patches => "patches",
+            Tokens::All => "all",
+        }
+    }
+}
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -77,7 +126,7 @@ impl Default for LoadOptions {
 /// A loaded CLIP model.
 #[derive(Debug)]
 pub enum Clip {
-    Native { vs: VarStore, model: ClipModel },
+    Native { vs: VarStore, model: Box<ClipModel> },
     Script(ScriptedClip),
 }
 
@@ -117,7 +166,7 @@ impl Clip {
         if kind != Kind::Float {
             vs.set_kind(kind);
         }
-        Ok(Clip::Native { vs, model })
+        Ok(Clip::Native { vs, model: Box::new(model) })
     }
 
     /// A model with the given dimensions and weights drawn from `seed` (tch's default
@@ -130,7 +179,7 @@ impl Clip {
         if precision != Precision::F32 {
             vs.set_kind(precision.kind());
         }
-        Clip::Native { vs, model }
+        Clip::Native { vs, model: Box::new(model) }
     }
 
     pub fn config(&self) -> &ClipConfig {

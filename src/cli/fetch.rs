@@ -1,0 +1,155 @@
+//! `saeclip fetch`: download a dataset or a model (needs a network).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use super::GlobalArgs;
+use crate::fetch::{
+    fetch_dataset, fetch_model, Dataset, FetchDatasetOptions, FetchModelOptions,
+    DATASET_BASE_URL_ENV,
+};
+
+/// Download a dataset archive or a Hugging Face model, verify its published checksum and
+/// place it where the other commands read it. Reruns skip finished work and resume
+/// interrupted downloads.
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    #[command(subcommand)]
+    pub what: FetchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FetchCommand {
+    /// Download, check (published MD5) and unpack a dataset; prints the dataset spec to use
+    /// (e.g. cifar10:DIR).
+    Dataset(FetchDatasetArgs),
+    /// Download config.json and model.safetensors of a Hugging Face repo, check them against
+    /// the hub's SHA-256, and place them in a model directory; prints the directory.
+    Model(FetchModelArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FetchDatasetArgs {
+    /// Dataset: cifar10 or cifar100 (binary versions, from the Toronto CIFAR page) or
+    /// food101 (ETH Zürich).
+    #[arg(value_enum, value_name = "NAME")]
+    pub name: Dataset,
+    /// Directory to unpack into: the dataset lands in DIR/cifar-10-batches-bin,
+    /// DIR/cifar-100-binary or DIR/food-101, to be read as NAME:DIR.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// URL of a directory (a mirror, a local server) holding the archive under its official
+    /// file name, instead of the publisher's. Also read from SAECLIP_DATASET_BASE_URL.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct FetchModelArgs {
+    /// Hugging Face repo id, e.g. openai/clip-vit-base-patch32. The hub is HF_ENDPOINT
+    /// (default https://huggingface.co), the cache $HF_HOME/hub, the token HF_TOKEN or
+    /// $HF_HOME/token.
+    #[arg(value_name = "REPO")]
+    pub repo: String,
+    /// Directory to place config.json and model.safetensors in (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Branch, tag or commit to download.
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub revision: String,
+}
+
+pub fn run(global: &GlobalArgs, args: &FetchArgs) -> Result<()> {
+    let progress = global.verbosity() >= 0;
+    match &args.what {
+        FetchCommand::Dataset(args) => {
+            let mut options = FetchDatasetOptions::new(args.name, &args.out);
+            options.base_url = args.base_url.clone().or_else(|| {
+                std::env::var(DATASET_BASE_URL_ENV)
+                    .ok()
+                    .filter(|url| !url.trim().is_empty())
+            });
+            options.progress = progress;
+            fetch_dataset(&options)?;
+            println!("{}:{}", args.name.name(), args.out.display());
+        }
+        FetchCommand::Model(args) => {
+            let mut options = FetchModelOptions::new(&args.repo, &args.out);
+            options.revision = args.revision.clone();
+            options.progress = progress;
+            let dir = fetch_model(&options)?;
+            println!("{}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<FetchCommand, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("saeclip").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Fetch(fetch) => Ok(fetch.what),
+            other => panic!("not fetch: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dataset_args_parse() {
+        let FetchCommand::Dataset(args) =
+            parse(&["fetch", "dataset", "cifar100", "--out", "data"]).unwrap()
+        else {
+            panic!("not dataset")
+        };
+        assert_eq!(args.name, Dataset::Cifar100);
+        assert_eq!(args.out, PathBuf::from("data"));
+        assert_eq!(args.base_url, None);
+        let FetchCommand::Dataset(args) = parse(&[
+            "fetch",
+            "dataset",
+            "food101",
+            "--out",
+            "d",
+            "--base-url",
+            "http://127.0.0.1:8000/x",
+        ])
+        .unwrap() else {
+            panic!("not dataset")
+        };
+        assert_eq!(args.name, Dataset::Food101);
+        assert_eq!(args.base_url.as_deref(), Some("http://127.0.0.1:8000/x"));
+        assert!(parse(&["fetch", "dataset", "imagenet", "--out", "d"]).is_err());
+        assert!(parse(&["fetch", "dataset", "cifar10"]).is_err());
+    }
+
+    #[test]
+    fn model_args_parse() {
+        let FetchCommand::Model(args) = parse(&[
+            "fetch",
+            "model",
+            "openai/clip-vit-base-patch32",
+            "--out",
+            "m",
+        ])
+        .unwrap() else {
+            panic!("not model")
+        };
+        assert_eq!(args.repo, "openai/clip-vit-base-patch32");
+        assert_eq!(args.revision, "main");
+        let FetchCommand::Model(args) =
+            parse(&["fetch", "model", "a/b", "--out", "m", "--revision", "v1"]).unwrap()
+        else {
+            panic!("not model")
+        };
+        assert_eq!(args.revision, "v1");
+        assert!(parse(&["fetch", "model", "a/b"]).is_err());
+        assert!(parse(&["fetch"]).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! Downloads, for machines with a network: the published dataset archives and the files of
+//! Hugging Face models.
+//!
+//! Everything is checked against a published checksum before it is placed where the readers
+//! look, a rerun skips finished work and resumes interrupted downloads, and a failure never
+//! leaves anything that looks complete. Without a network each function fails with one line
+//! saying what to download by hand and where to put it.
+
+mod dataset;
+mod model;
+mod net;
+
+pub use dataset::{
+    dataset_marker_path, fetch_dataset, Dataset, FetchDatasetOptions, DATASET_BASE_URL_ENV,
+};
+pub use model::{fetch_model, FetchModelOptions, MODEL_MARKER};

@@ -1,0 +1,425 @@
+//! `fetch model`: download `config.json` and `model.safetensors` of a Hugging Face repo
+//! through the `hf-hub` cache, check them, and place them in a model directory.
+//!
+//! The hub names each file by its etag; for LFS files such as `model.safetensors` that is
+//! the SHA-256 of the content (`X-Linked-Etag`), and `hf-hub` stores the file in the cache as
+//! `blobs/<etag>`. The downloaded file is hashed and compared with that name before it is
+//! placed; a mismatch removes it from the cache and leaves the output directory untouched.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Cache, Repo, RepoType};
+use serde::{Deserialize, Serialize};
+
+use super::net;
+use crate::{disk, ui};
+
+/// The marker written into the output directory once both files are in place.
+pub const MODEL_MARKER: &str = ".saeclip-fetch.json";
+
+const MARKER_FORMAT: &str = "saeclip-model";
+const MARKER_VERSION: u32 = 1;
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+const CONFIG: &str = "config.json";
+const WEIGHTS: &str = "model.safetensors";
+
+/// What `fetch_model` does.
+#[derive(Debug, Clone)]
+pub struct FetchModelOptions {
+    /// Hugging Face repo id, e.g. `openai/clip-vit-base-patch32`.
+    pub repo: String,
+    /// Branch, tag or commit.
+    pub revision: String,
+    /// Directory to place `config.json` and `model.safetensors` in.
+    pub out: PathBuf,
+    /// Hub URL. `None`: `HF_ENDPOINT`, else `https://huggingface.co`.
+    pub endpoint: Option<String>,
+    /// The hub cache (the folder holding `models--*`). `None`: `HF_HUB_CACHE`, else
+    /// `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+    /// `~/.cache/huggingface/hub`, as the Python `huggingface_hub` resolves it.
+    pub cache_dir: Option<PathBuf>,
+    /// Draw a progress bar (only ever drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl FetchModelOptions {
+    /// Fetch `repo` at `main` into `out`, with the hub and cache from the environment.
+    pub fn new(repo: impl Into<String>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            repo: repo.into(),
+            revision: "main".into(),
+            out: out.into(),
+            endpoint: None,
+            cache_dir: None,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    format: String,
+    version: u32,
+    repo: String,
+    revision: String,
+    /// The commit the files came from (`X-Repo-Commit`).
+    commit: String,
+    endpoint: String,
+    files: Vec<MarkerFile>,
+    fetched_unix: u64,
+    saeclip_version: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MarkerFile {
+    name: String,
+    bytes: u64,
+    sha256: String,
+}
+
+/// Download (or take from the hub cache) and check `config.json` and `model.safetensors` of
+/// a repo, place them in `out`, and return `out`. A model already fetched into `out` from the
+/// same repo and revision, with files that still match, is left as it is.
+pub fn fetch_model(options: &FetchModelOptions) -> Result<PathBuf> {
+    let repo_id = options.repo.trim();
+    ensure!(
+        !repo_id.is_empty()
+            && !repo_id.contains(char::is_whitespace)
+            && !repo_id
+                .split('/')
+                .any(|part| part.is_empty() || part == ".."),
+        "{:?} is not a Hugging Face repo id: give one such as openai/clip-vit-base-patch32",
+        options.repo
+    );
+    ensure!(
+        !options.revision.is_empty(),
+        "the revision is empty: give a branch, tag or commit (default main)"
+    );
+    let out = options.out.as_path();
+    let marker_path = out.join(MODEL_MARKER);
+    if still_complete(&marker_path, out, repo_id, &options.revision) {
+        ui::info(format!(
+            "{repo_id}: already in {} (revision {}); remove {} to fetch again",
+            out.display(),
+            options.revision,
+            marker_path.display()
+        ));
+        return Ok(out.to_path_buf());
+    }
+
+    let endpoint = options
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let endpoint = endpoint.trim_end_matches('/').to_string();
+    let cache_dir = match &options.cache_dir {
+        Some(dir) => dir.clone(),
+        None => hub_cache_from_env()?,
+    };
+    let cache = Cache::new(cache_dir);
+    let token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let mut builder = ApiBuilder::from_cache(cache.clone())
+        .with_endpoint(endpoint.clone())
+        .with_progress(false)
+        .with_retries(3);
+    if token.is_some() {
+        builder = builder.with_token(token);
+    }
+    let api = builder
+        .build()
+        .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+    let repo = Repo::with_revision(
+        repo_id.to_string(),
+        RepoType::Model,
+        options.revision.clone(),
+    );
+    let api_repo = api.repo(repo.clone());
+    let advice = format!(
+        "on a networked machine download {CONFIG} and {WEIGHTS} from {endpoint}/{repo_id} \
+         (revision {}) and put them in {}",
+        options.revision,
+        out.display()
+    );
+
+    let weights = obtain(&api_repo, &cache, &repo, WEIGHTS, &advice, options.progress)?;
+    let weights_sha = verify_weights(&weights, &api_repo.url(WEIGHTS))?;
+    let config = obtain(&api_repo, &cache, &repo, CONFIG, &advice, options.progress)?;
+    verify_config(&config, &api_repo.url(CONFIG))?;
+    let config_sha = net::sha256_file(&config.blob)?;
+
+    // Replace an earlier fetch so that it never looks complete half-way: marker first out,
+    // weights before config (a directory without config.json is no model), marker last in.
+    match std::fs::remove_file(&marker_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot remove {}", marker_path.display()))
+        }
+    }
+    place(&weights.blob, &out.join(WEIGHTS))?;
+    place(&config.blob, &out.join(CONFIG))?;
+    let marker = Marker {
+        format: MARKER_FORMAT.into(),
+        version: MARKER_VERSION,
+        repo: repo_id.into(),
+        revision: options.revision.clone(),
+        commit: weights.commit.clone(),
+        endpoint,
+        files: vec![
+            MarkerFile {
+                name: WEIGHTS.into(),
+                bytes: file_len(&weights.blob)?,
+                sha256: weights_sha,
+            },
+            MarkerFile {
+                name: CONFIG.into(),
+                bytes: file_len(&config.blob)?,
+                sha256: config_sha,
+            },
+        ],
+        fetched_unix: net::unix_now(),
+        saeclip_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    disk::write_bytes_atomic(&marker_path, &serde_json::to_vec_pretty(&marker)?)?;
+    ui::info(format!(
+        "{repo_id}: {CONFIG} and {WEIGHTS} (commit {}) in {}",
+        marker.commit,
+        out.display()
+    ));
+    Ok(out.to_path_buf())
+}
+
+/// The hub cache as `huggingface_hub` finds it.
+fn hub_cache_from_env() -> Result<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = var("HF_HUB_CACHE") {
+        return Ok(dir);
+    }
+    if let Some(home) = var("HF_HOME") {
+        return Ok(home.join("hub"));
+    }
+    if let Some(cache) = var("XDG_CACHE_HOME") {
+        return Ok(cache.join("huggingface/hub"));
+    }
+    if let Some(home) = var("HOME") {
+        return Ok(home.join(".cache/huggingface/hub"));
+    }
+    bail!("cannot find a place for the Hugging Face cache: set HF_HOME to a writable directory")
+}
+
+/// A file in the hub cache.
+struct Cached {
+    /// `snapshots/<commit>/<file>`, a link to the blob.
+    pointer: PathBuf,
+    /// `blobs/<etag>`, the content.
+    blob: PathBuf,
+    /// The blob's name: the etag the hub gave.
+    etag: String,
+    commit: String,
+}
+
+impl Cached {
+    fn from_pointer(pointer: PathBuf) -> Result<Self> {
+        let blob = std::fs::canonicalize(&pointer)
+            .with_context(|| format!("cannot resolve {}", pointer.display()))?;
+        let etag = blob
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let commit = pointer
+            .parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            pointer,
+            blob,
+            etag,
+            commit,
+        })
+    }
+
+    /// Drop the file from the cache, so that the next run downloads it again.
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.blob);
+        let _ = std::fs::remove_file(&self.pointer);
+    }
+}
+
+/// The file from the cache, downloading it when the cache does not have it.
+fn obtain(
+    api_repo: &ApiRepo,
+    cache: &Cache,
+    repo: &Repo,
+    file: &str,
+    advice: &str,
+    progress: bool,
+) -> Result<Cached> {
+    if let Some(pointer) = cache.repo(repo.clone()).get(file) {
+        ui::debug(format!("{file}: from the cache, {}", pointer.display()));
+        return Cached::from_pointer(pointer);
+    }
+    let url = api_repo.url(file);
+    let bar = HubProgress(net::progress_bar(progress, Some(0), file.to_string()));
+    let pointer = api_repo
+        .download_with_progress(file, bar)
+        .map_err(|e| hub_error(&url, e, advice))?;
+    Cached::from_pointer(pointer)
+}
+
+/// One line for a failed hub download.
+fn hub_error(url: &str, err: ApiError, advice: &str) -> anyhow::Error {
+    match err {
+        ApiError::RequestError(e) => {
+            anyhow!("cannot reach {url} ({}): {advice}", net::describe(&e))
+        }
+        ApiError::TooManyRetries(inner) => hub_error(url, *inner, advice),
+        ApiError::MissingHeader(header) | ApiError::InvalidHeader(header) => anyhow!(
+            "{url} answered without a valid {header} header: is HF_ENDPOINT a Hugging Face hub? \
+             Otherwise {advice}"
+        ),
+        ApiError::LockAcquisition(lock) => anyhow!(
+            "another download holds {}: wait for it to finish (or remove the lock if none runs)",
+            lock.display()
+        ),
+        other => anyhow!("cannot download {url}: {other}"),
+    }
+}
+
+/// Check `model.safetensors` against the hub's SHA-256 and parse its header; return its
+/// SHA-256.
+fn verify_weights(weights: &Cached, url: &str) -> Result<String> {
+    ui::debug(format!("{WEIGHTS}: checking sha256"));
+    let sha = net::sha256_file(&weights.blob)?;
+    let etag = weights.etag.to_ascii_lowercase();
+    if net::is_hex(&etag, 64) {
+        if sha != etag {
+            weights.remove();
+            bail!(
+                "{WEIGHTS} from {url} has sha256 {sha} but the hub says {etag}: removed the \
+                 corrupt copy from the Hugging Face cache ({}), rerun to download it again",
+                weights.blob.display()
+            );
+        }
+    } else {
+        ui::warn(format!(
+            "the hub gave no sha256 for {url} (etag {:?}, not an LFS file): only its header is checked",
+            weights.etag
+        ));
+    }
+    let file = std::fs::File::open(&weights.blob)
+        .with_context(|| format!("cannot open {}", weights.blob.display()))?;
+    // SAFETY: the blob is not modified while mapped (the cache is written by whole-file
+    // renames only).
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("cannot map {}", weights.blob.display()))?;
+    if let Err(e) = safetensors::SafeTensors::deserialize(&map) {
+        if !net::is_hex(&etag, 64) {
+            weights.remove();
+        }
+        bail!("{WEIGHTS} from {url} is not a valid safetensors file ({e}): pick a repo with Hugging Face {WEIGHTS} weights");
+    }
+    Ok(sha)
+}
+
+/// `config.json` must be a JSON object.
+fn verify_config(config: &Cached, url: &str) -> Result<()> {
+    let text = std::fs::read(&config.blob)
+        .with_context(|| format!("cannot read {}", config.blob.display()))?;
+    match serde_json::from_slice::<serde_json::Value>(&text) {
+        Ok(value) if value.is_object() => Ok(()),
+        Ok(_) => {
+            config.remove();
+            bail!("{CONFIG} from {url} is not a JSON object: removed it from the cache")
+        }
+        Err(e) => {
+            config.remove();
+            bail!("{CONFIG} from {url} is not JSON ({e}): removed it from the cache")
+        }
+    }
+}
+
+/// Put the blob at `dst` under its final name in one step: a hard link to the cache when the
+/// file system allows, a copy otherwise.
+fn place(blob: &Path, dst: &Path) -> Result<()> {
+    disk::write_atomic(dst, |tmp| {
+        let _ = std::fs::remove_file(tmp);
+        if std::fs::hard_link(blob, tmp).is_err() {
+            std::fs::copy(blob, tmp)
+                .with_context(|| format!("cannot copy {} to {}", blob.display(), tmp.display()))?;
+        }
+        Ok(())
+    })
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len())
+}
+
+/// Whether `out` holds the files its marker lists for this repo and revision, unchanged.
+fn still_complete(marker_path: &Path, out: &Path, repo: &str, revision: &str) -> bool {
+    let Some(marker) = std::fs::read(marker_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Marker>(&bytes).ok())
+    else {
+        return false;
+    };
+    marker.format == MARKER_FORMAT
+        && marker.version == MARKER_VERSION
+        && marker.repo == repo
+        && marker.revision == revision
+        && [CONFIG, WEIGHTS]
+            .iter()
+            .all(|name| marker.files.iter().any(|f| f.name == *name))
+        && marker.files.iter().all(|f| {
+            let path = out.join(&f.name);
+            file_len(&path).ok() == Some(f.bytes)
+                && net::sha256_file(&path).ok().as_deref() == Some(f.sha256.as_str())
+        })
+}
+
+/// `hf-hub` progress reports drawn on an `indicatif` bar.
+struct HubProgress(indicatif::ProgressBar);
+
+impl hf_hub::api::Progress for HubProgress {
+    fn init(&mut self, size: usize, _filename: &str) {
+        self.0.set_length(size as u64);
+        self.0.set_position(0);
+    }
+
+    fn update(&mut self, size: usize) {
+        self.0.inc(size as u64);
+    }
+
+    fn finish(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_repo_ids_are_refused_before_any_request() {
+        for repo in ["", "a b", "org//name", "../x"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut options = FetchModelOptions::new(repo, dir.path());
+            options.endpoint = Some("http://127.0.0.1:9".into());
+            options.cache_dir = Some(dir.path().join("hub"));
+            let err = fetch_model(&options).unwrap_err().to_string();
+            assert!(err.contains("not a Hugging Face repo id"), "{err}");
+        }
+    }
+}
