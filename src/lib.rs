@@ -4,7 +4,10 @@
 //! line and calls in here.
 pub mod cli;
 pub mod clip;
+pub mod data;
 pub mod device;
 pub mod disk;
 pub mod embed;
+pub mod extract;
+pub mod fetch;
 pub mod ui;
