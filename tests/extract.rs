@@ -356,7 +356,11 @@ fn cli_extract_reports_and_refuses_bad_input() {
                 "procedural:2",
             ])
             .args(["--out", out.to_str().unwrap(), "--limit", "6"])
-            .args(if extra.contains(&"--layer") { &[][..] } else { &["--layer", "2"][..] })
+            .args(if extra.contains(&"--layer") {
+                &[][..]
+            } else {
+                &["--layer", "2"][..]
+            })
             .args(extra)
             .output()
             .unwrap()

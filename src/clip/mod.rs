@@ -166,7 +166,10 @@ impl Clip {
         if kind != Kind::Float {
             vs.set_kind(kind);
         }
-        Ok(Clip::Native { vs, model: Box::new(model) })
+        Ok(Clip::Native {
+            vs,
+            model: Box::new(model),
+        })
     }
 
     /// A model with the given dimensions and weights drawn from `seed` (tch's default
@@ -179,7 +182,10 @@ impl Clip {
         if precision != Precision::F32 {
             vs.set_kind(precision.kind());
         }
-        Clip::Native { vs, model: Box::new(model) }
+        Clip::Native {
+            vs,
+            model: Box::new(model),
+        }
     }
 
     pub fn config(&self) -> &ClipConfig {

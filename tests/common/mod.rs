@@ -46,7 +46,10 @@ pub fn reference_model(name: &str) -> PathBuf {
     let script = "tests/reference/make_models.py";
     // The models depend on the generator and on the TorchScript exporter it imports.
     let mut text = std::fs::read(root().join(script)).expect("tests/reference/make_models.py");
-    text.extend(std::fs::read(root().join("scripts/export_torchscript.py")).expect("scripts/export_torchscript.py"));
+    text.extend(
+        std::fs::read(root().join("scripts/export_torchscript.py"))
+            .expect("scripts/export_torchscript.py"),
+    );
     let stamp_value = format!("{:016x}", fnv1a(&text));
     let base = root().join("target/reference-models");
     let dir = base.join(name);
