@@ -1,9 +1,11 @@
 //! The command line: global flags, one subcommand per file, one dispatching match.
 
+pub mod dev;
 pub mod embed;
 pub mod extract;
 pub mod fetch;
 pub mod tokenize;
+pub mod train;
 
 use std::path::PathBuf;
 
@@ -69,8 +71,13 @@ pub enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Embed images and texts with a CLIP model; print zero-shot probabilities.
     Embed(embed::EmbedArgs),
+    /// Tools for benchmarks and device checks.
+    #[command(hide = true)]
+    Dev(dev::DevArgs),
     /// Run CLIP over a dataset and write an activation cache.
     Extract(extract::ExtractArgs),
+    /// Train a sparse autoencoder on an activation cache.
+    Train(train::TrainArgs),
     /// Download a model or dataset (needs network).
     Fetch(fetch::FetchArgs),
 }
@@ -118,7 +125,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Embed(args) => embed::run(&cli.global, args),
+        Command::Dev(args) => dev::run(args),
         Command::Extract(args) => extract::run(&cli.global, args),
+        Command::Train(args) => train::run(&cli.global, args),
         Command::Fetch(args) => fetch::run(&cli.global, args),
     }
 }

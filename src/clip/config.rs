@@ -143,6 +143,59 @@ impl ClipConfig {
         }
     }
 
+    /// The small model `saeclip demo` builds in the binary: CLIP's architecture at a
+    /// size that runs fast on a laptop CPU (random weights: not a trained CLIP).
+    pub fn demo() -> ClipConfig {
+        ClipConfig {
+            vision: VisionConfig {
+                hidden_size: 128,
+                intermediate_size: 512,
+                num_hidden_layers: 4,
+                num_attention_heads: 4,
+                ..VisionConfig::vit_base_patch32()
+            },
+            text: TextConfig {
+                hidden_size: 128,
+                intermediate_size: 512,
+                num_hidden_layers: 4,
+                num_attention_heads: 4,
+                ..TextConfig::vit_base_patch32()
+            },
+            projection_dim: 64,
+        }
+    }
+
+    /// A transformers `config.json` for these dimensions (what [`ClipConfig::from_hf_json`]
+    /// reads back).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let act = |a: Activation| match a {
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Gelu => "gelu",
+        };
+        let v = &self.vision;
+        let t = &self.text;
+        serde_json::json!({
+            "architectures": ["CLIPModel"],
+            "model_type": "clip",
+            "projection_dim": self.projection_dim,
+            "logit_scale_init_value": 2.6592,
+            "vision_config": {
+                "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
+                "num_hidden_layers": v.num_hidden_layers, "num_attention_heads": v.num_attention_heads,
+                "num_channels": v.num_channels, "image_size": v.image_size, "patch_size": v.patch_size,
+                "layer_norm_eps": v.layer_norm_eps, "hidden_act": act(v.activation),
+                "projection_dim": self.projection_dim,
+            },
+            "text_config": {
+                "vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size,
+                "num_hidden_layers": t.num_hidden_layers, "num_attention_heads": t.num_attention_heads,
+                "max_position_embeddings": t.max_position_embeddings, "layer_norm_eps": t.layer_norm_eps,
+                "hidden_act": act(t.activation), "projection_dim": self.projection_dim,
+                "bos_token_id": 49406, "eos_token_id": 49407,
+            },
+        })
+    }
+
     /// Read a transformers `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<ClipConfig> {
         let text = std::fs::read_to_string(path)
@@ -317,6 +370,13 @@ struct OpenClipTextCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hf_json_round_trips() {
+        for c in [ClipConfig::vit_base_patch32(), ClipConfig::demo()] {
+            assert_eq!(ClipConfig::from_hf_json(&c.to_hf_json().to_string()).unwrap(), c);
+        }
+    }
 
     #[test]
     fn empty_hf_config_is_vit_b_32() {

@@ -188,6 +188,22 @@ impl Clip {
         }
     }
 
+    /// Write a native model as a Hugging Face directory (`config.json` +
+    /// `model.safetensors`) that [`Clip::load`] and transformers read.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        let Clip::Native { vs, model } = self else {
+            anyhow::bail!("a TorchScript model cannot be saved as a Hugging Face directory");
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // tch picks the file format from the extension, so the temporary name keeps it.
+        let tmp = dir.join(format!(".model-{}.safetensors", std::process::id()));
+        vs.save(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join("model.safetensors"))
+            .with_context(|| format!("cannot write {}", dir.join("model.safetensors").display()))?;
+        let config = serde_json::to_string_pretty(&model.config().to_hf_json())?;
+        crate::disk::write_bytes_atomic(&dir.join("config.json"), config.as_bytes())
+    }
+
     pub fn config(&self) -> &ClipConfig {
         match self {
             Clip::Native { model, .. } => model.config(),

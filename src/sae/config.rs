@@ -1,0 +1,386 @@
+//! The training configuration (`train --config YAML [--set key=value]...`): DESIGN.md
+//! "Training config". Unknown keys are errors; every field has a default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::model::{Architecture, BdecInit};
+use crate::clip::{Precision, Tokens};
+use crate::data::Split;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    pub sae: SaeSection,
+    pub training: TrainingSection,
+    pub output: OutputSection,
+}
+
+/// Where the activations come from: an existing cache, or a model and dataset to extract
+/// from first (a matching cache under `output.caches_dir` is reused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// One cache directory (or a folder of cache parts).
+    pub cache: Option<PathBuf>,
+    /// Several caches read as one.
+    pub caches: Vec<PathBuf>,
+    /// CLIP model to extract from when no cache is given.
+    pub model: Option<PathBuf>,
+    /// Dataset `KIND:PATH` to extract from when no cache is given.
+    pub dataset: Option<String>,
+    pub split: Split,
+    pub layer: Option<usize>,
+    pub tokens: Tokens,
+    /// Only the first N images when extracting.
+    pub limit: Option<usize>,
+    /// Storage precision of an extracted cache.
+    pub dtype: Precision,
+    /// Share of images held out for validation (split by image, never by row).
+    pub val_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            cache: None,
+            caches: Vec::new(),
+            model: None,
+            dataset: None,
+            split: Split::Train,
+            layer: None,
+            tokens: Tokens::Cls,
+            limit: None,
+            dtype: Precision::F16,
+            val_fraction: 0.05,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaeSection {
+    pub architecture: Architecture,
+    /// d_sae = expansion_factor × d_in, unless `d_sae` is given.
+    pub expansion_factor: usize,
+    pub d_sae: Option<usize>,
+    /// Active latents per row (topk), or on average per row (batchtopk).
+    pub k: i64,
+    /// Latents used by the AuxK loss per row; default d_in / 2.
+    pub k_aux: Option<i64>,
+    pub aux_coef: f64,
+    /// L1 coefficient (relu only).
+    pub l1_coef: f64,
+    pub b_dec_init: BdecInit,
+}
+
+impl Default for SaeSection {
+    fn default() -> Self {
+        SaeSection {
+            architecture: Architecture::TopK,
+            expansion_factor: 32,
+            d_sae: None,
+            k: 64,
+            k_aux: None,
+            aux_coef: 1.0 / 32.0,
+            l1_coef: 0.0,
+            b_dec_init: BdecInit::GeometricMedian,
+        }
+    }
+}
+
+/// The learning-rate decay after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    pub batch_size: usize,
+    /// Passes over the training rows (ignored when `steps` is set).
+    pub epochs: usize,
+    /// Total optimizer steps; overrides `epochs`.
+    pub steps: Option<usize>,
+    pub lr: f64,
+    pub lr_schedule: LrSchedule,
+    pub lr_warmup_steps: usize,
+    /// Final learning rate as a fraction of `lr` (cosine and linear decay).
+    pub lr_end_fraction: f64,
+    pub adam_betas: [f64; 2],
+    pub adam_eps: f64,
+    /// k at step 0, raised linearly to `sae.k` over `k_warmup_steps` (a real warm-up).
+    pub k_start: Option<i64>,
+    pub k_warmup_steps: usize,
+    /// L1 coefficient raised linearly from 0 over this many steps (relu only).
+    pub l1_warmup_steps: usize,
+    /// Global gradient-norm clip; 0 disables it.
+    pub grad_clip: f64,
+    pub seed: i64,
+    /// Write a step line to metrics.jsonl every N steps.
+    pub log_every: usize,
+    /// A latent is dead when it has not fired over this many training rows.
+    pub dead_window: usize,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        TrainingSection {
+            batch_size: 4096,
+            epochs: 10,
+            steps: None,
+            lr: 2e-4,
+            lr_schedule: LrSchedule::Cosine,
+            lr_warmup_steps: 100,
+            lr_end_fraction: 0.0,
+            adam_betas: [0.9, 0.999],
+            adam_eps: 1e-8,
+            k_start: None,
+            k_warmup_steps: 0,
+            l1_warmup_steps: 0,
+            grad_clip: 1.0,
+            seed: 0,
+            log_every: 50,
+            dead_window: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// Runs go to `<runs_dir>/<YYYYmmdd_HHMMSS>/`.
+    pub runs_dir: PathBuf,
+    /// Extracted caches go here when the config names a model and dataset.
+    pub caches_dir: PathBuf,
+    /// Exact run directory instead of a timestamped one.
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        OutputSection {
+            runs_dir: "runs".into(),
+            caches_dir: "caches".into(),
+            run_dir: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Read a YAML file and apply `key.path=value` overrides (values are YAML scalars).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        TrainConfig::from_yaml(&text, overrides)
+            .with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    pub fn from_yaml(text: &str, overrides: &[String]) -> Result<TrainConfig> {
+        let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
+        if value.is_null() {
+            value = serde_yaml_ng::Value::Mapping(Default::default());
+        }
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        // serde_path_to_error names the key of a type error (`training.epochs: invalid type`).
+        let config: TrainConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                anyhow::anyhow!("{inner}")
+            } else {
+                anyhow::anyhow!("{path}: {inner}")
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// d_sae for inputs of width `d_in`.
+    pub fn d_sae(&self, d_in: i64) -> i64 {
+        self.sae
+            .d_sae
+            .map_or(d_in * self.sae.expansion_factor as i64, |d| d as i64)
+    }
+
+    pub fn k_aux(&self, d_in: i64) -> i64 {
+        self.sae.k_aux.unwrap_or(d_in / 2)
+    }
+
+    /// Check values once the input width is known; errors name the key.
+    pub fn validate(&self, d_in: i64) -> Result<()> {
+        let d_sae = self.d_sae(d_in);
+        let s = &self.sae;
+        let t = &self.training;
+        ensure!(
+            d_sae > 0,
+            "sae.d_sae / sae.expansion_factor must give a positive width, found {d_sae}"
+        );
+        ensure!(s.k > 0, "sae.k = {}: must be at least 1", s.k);
+        ensure!(
+            s.k <= d_sae,
+            "sae.k = {} is larger than the SAE width d_sae = {d_sae}",
+            s.k
+        );
+        let k_aux = self.k_aux(d_in);
+        ensure!(
+            k_aux >= 0 && k_aux <= d_sae,
+            "sae.k_aux = {k_aux}: must lie in 0..={d_sae}"
+        );
+        ensure!(
+            s.aux_coef >= 0.0,
+            "sae.aux_coef = {}: must not be negative",
+            s.aux_coef
+        );
+        ensure!(
+            s.l1_coef >= 0.0,
+            "sae.l1_coef = {}: must not be negative",
+            s.l1_coef
+        );
+        if let Some(k0) = t.k_start {
+            ensure!(
+                k0 > 0 && k0 <= d_sae,
+                "training.k_start = {k0}: must lie in 1..={d_sae}"
+            );
+        }
+        ensure!(
+            t.lr > 0.0 && t.lr.is_finite(),
+            "training.lr = {}: must be positive",
+            t.lr
+        );
+        ensure!(t.batch_size > 0, "training.batch_size must be at least 1");
+        ensure!(
+            t.steps.is_some() || t.epochs > 0,
+            "training.epochs must be at least 1 (or set training.steps)"
+        );
+        ensure!(t.steps != Some(0), "training.steps must be at least 1");
+        ensure!(t.log_every > 0, "training.log_every must be at least 1");
+        ensure!(t.dead_window > 0, "training.dead_window must be at least 1");
+        ensure!(
+            t.grad_clip >= 0.0,
+            "training.grad_clip = {}: must not be negative",
+            t.grad_clip
+        );
+        ensure!(
+            (0.0..1.0).contains(&t.adam_betas[0]) && (0.0..1.0).contains(&t.adam_betas[1]),
+            "training.adam_betas must lie in [0, 1)"
+        );
+        ensure!(t.adam_eps > 0.0, "training.adam_eps must be positive");
+        ensure!(
+            (0.0..=1.0).contains(&t.lr_end_fraction),
+            "training.lr_end_fraction must lie in [0, 1]"
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.data.val_fraction),
+            "data.val_fraction = {}: must lie in [0, 1)",
+            self.data.val_fraction
+        );
+        Ok(())
+    }
+}
+
+/// `a.b.c=value`: set a nested key, creating mappings on the way.
+fn apply_override(root: &mut serde_yaml_ng::Value, assignment: &str) -> Result<()> {
+    use serde_yaml_ng::Value;
+    let Some((key, raw)) = assignment.split_once('=') else {
+        bail!("--set {assignment:?}: expected key.path=value");
+    };
+    let value: Value = serde_yaml_ng::from_str(raw)
+        .with_context(|| format!("--set {assignment:?}: cannot parse the value"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    ensure!(
+        parts.iter().all(|p| !p.is_empty()),
+        "--set {assignment:?}: empty key"
+    );
+    let mut node = root;
+    for part in &parts[..parts.len() - 1] {
+        let Value::Mapping(map) = node else {
+            bail!("--set {assignment:?}: {part} is not a section");
+        };
+        node = map
+            .entry(Value::String(part.to_string()))
+            .or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    let Value::Mapping(map) = node else {
+        bail!(
+            "--set {assignment:?}: the parent of {} is not a section",
+            parts[parts.len() - 1]
+        );
+    };
+    map.insert(Value::String(parts[parts.len() - 1].to_string()), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        assert_eq!(
+            TrainConfig::from_yaml("", &[]).unwrap(),
+            TrainConfig::default()
+        );
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let yaml = "data:\n  cache: caches/x\n  val_fraction: 0.05\nsae:\n  architecture: topk\n  expansion_factor: 32\n  k: 64\n  k_aux: 384\n  aux_coef: 0.03125\n  l1_coef: 0.0\ntraining:\n  batch_size: 4096\n  epochs: 10\n  lr: 2.0e-4\n  lr_schedule: cosine\n  lr_warmup_steps: 100\n  k_start: 64\n  k_warmup_steps: 0\n  grad_clip: 1.0\n  seed: 0\n  log_every: 50\n  dead_window: 1000000\noutput:\n  runs_dir: runs\n";
+        let c = TrainConfig::from_yaml(yaml, &[]).unwrap();
+        assert_eq!(c.data.cache.as_deref(), Some(Path::new("caches/x")));
+        assert_eq!(c.d_sae(768), 768 * 32);
+        c.validate(768).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = TrainConfig::from_yaml("sae:\n  kk: 3\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("kk"), "{err:#}");
+        let err = TrainConfig::from_yaml("", &["training.lrr=0.1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("lrr"), "{err:#}");
+        let err = TrainConfig::from_yaml("training:\n  epochs: lots\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("training.epochs"), "{err:#}");
+    }
+
+    #[test]
+    fn overrides_set_nested_values() {
+        let c = TrainConfig::from_yaml(
+            "training:\n  lr: 0.1\n",
+            &[
+                "training.lr=0.5".into(),
+                "sae.k=8".into(),
+                "sae.architecture=relu".into(),
+                "data.cache=/x".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.training.lr, 0.5);
+        assert_eq!(c.sae.k, 8);
+        assert_eq!(c.sae.architecture, Architecture::Relu);
+        assert!(TrainConfig::from_yaml("", &["training.lr".into()]).is_err());
+        assert!(TrainConfig::from_yaml("", &["training.lr=abc".into()]).is_err());
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let check = |set: &str, expect: &str| {
+            let c = TrainConfig::from_yaml("", &[set.into()]).unwrap();
+            let err = c.validate(64).unwrap_err();
+            assert!(format!("{err:#}").contains(expect), "{set}: {err:#}");
+        };
+        check("sae.k=0", "sae.k");
+        check("sae.k=100000", "sae.k");
+        check("training.lr=0", "training.lr");
+        check("training.lr=-1", "training.lr");
+        check("training.batch_size=0", "training.batch_size");
+        check("data.val_fraction=1.5", "data.val_fraction");
+    }
+}

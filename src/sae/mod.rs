@@ -1,0 +1,35 @@
+//! Sparse autoencoders (SAEs) on CLIP activations: the model, its loss with hand-written
+//! sparse gradients, the optimizer and the checkpoint file (DESIGN.md "SAE checkpoint",
+//! "Metrics").
+//!
+//! One training step, as the loop is expected to run it:
+//! ```no_run
+//! # use saeclip::sae::*;
+//! # fn demo(sae: &mut Sae, adam: &mut Adam, x: &tch::Tensor, dead: &mut DeadTracker) {
+//! let mut workspace = Workspace::new(); // once, before the loop
+//! let options = LossOptions { k: 64, k_aux: 384, aux_coef: 1.0 / 32.0, l1_coef: 0.0 };
+//! let out = forward_backward(sae, x, Some(&dead.mask()), &options, &mut workspace);
+//! dead.update(&out.fired, x.size()[0]);
+//! let grad_norm = adam.step(sae, out.grads, 2e-4, Some(1.0));
+//! // read out.loss, out.mse, out.l0, grad_norm (0-dim tensors) only at log intervals
+//! # let _ = grad_norm;
+//! # }
+//! ```
+//!
+//! Spaces: every public function takes and returns activations in the *original* space;
+//! the SAE works internally on `x·input_scale` (the "scaled space", where E‖x‖ = √d_in), and
+//! the training losses are measured there. Metrics (`Evr`, l0) are in the original space.
+pub mod checkpoint;
+pub mod config;
+pub mod model;
+pub mod objective;
+pub mod optim;
+pub mod train;
+
+pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
+pub use model::{Architecture, BdecInit, Codes, Sae, SaeConfig, Selection};
+pub use objective::{
+    forward_backward, DeadTracker, Evr, Firing, Grads, LossOptions, StepOutput, ThresholdEstimator,
+    Workspace,
+};
+pub use optim::{Adam, AdamConfig};

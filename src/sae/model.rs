@@ -1,0 +1,686 @@
+//! The sparse autoencoder: parameters, initialisation, encoding (top-k, batch top-k,
+//! threshold, ReLU) and decoding.
+//!
+//! Mirrors saev src/saev/nn/modeling.py (`SparseAutoencoder`, `TopKActivation`,
+//! `BatchTopKActivation`) with SAELens parameter names and orientation:
+//! `W_enc` [D, F], `b_enc` [F], `W_dec` [F, D], `b_dec` [D] (D = d_in, F = d_sae, B batch).
+//!
+//! With s = `input_scale`:
+//!   pre = (x·s − b_dec)·W_enc + b_enc,   z = TopK(ReLU(pre)),   x̂ = (z·W_dec + b_dec)/s.
+//! `b_dec` and every loss live in the scaled space x·s, where E‖x·s‖ = √D.
+//!
+//! Codes stay sparse ([`Codes`], k entries per row) from the encoder's top-k to the decoder's
+//! `embedding_bag`: neither a dense [B, F] z nor a [B·k, D] gather is ever built for the
+//! top-k architectures.
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// How latents are selected. The names are the checkpoint's and the config's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// The k largest pre-activations of each row (Gao et al. 2024).
+    #[value(name = "topk")]
+    TopK,
+    /// The k·B largest pre-activations of a batch of B rows while training; a learned
+    /// threshold θ at inference, z = pre·[pre > θ] (Bussmann et al. 2024).
+    #[value(name = "batchtopk")]
+    BatchTopK,
+    /// z = ReLU(pre), sparsity from an L1 penalty weighted by decoder row norms.
+    #[value(name = "relu")]
+    Relu,
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::TopK => "topk",
+            Architecture::BatchTopK => "batchtopk",
+            Architecture::Relu => "relu",
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How `b_dec` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BdecInit {
+    /// Geometric median of the sample (Weiszfeld iterations), as Anthropic proposes.
+    #[default]
+    #[value(name = "geometric_median")]
+    GeometricMedian,
+    /// Mean of the sample.
+    #[value(name = "mean")]
+    Mean,
+}
+
+/// Sizes and architecture of an SAE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaeConfig {
+    pub architecture: Architecture,
+    /// Width of the activations (D).
+    pub d_in: i64,
+    /// Number of latents (F).
+    pub d_sae: i64,
+    /// Non-zero latents per row (topk; the batch average for batchtopk). Ignored by relu.
+    pub k: i64,
+}
+
+impl SaeConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.d_in >= 1, "d_in must be at least 1, got {}", self.d_in);
+        ensure!(
+            self.d_sae >= 1,
+            "d_sae must be at least 1, got {}",
+            self.d_sae
+        );
+        if self.architecture != Architecture::Relu {
+            ensure!(
+                (1..=self.d_sae).contains(&self.k),
+                "k must be between 1 and d_sae = {} for {}, got {}",
+                self.d_sae,
+                self.architecture,
+                self.k
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Which latents of a batch of pre-activations become non-zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Selection {
+    /// The k largest of each row, then ReLU.
+    TopK(i64),
+    /// The k·B largest of the whole batch of B rows, then ReLU.
+    BatchTopK(i64),
+    /// Every pre-activation above θ (and above 0).
+    Threshold(f64),
+    /// Every positive pre-activation.
+    Relu,
+}
+
+/// Sparse latent codes of a batch in compressed-row form: row i's entries are
+/// `offsets[i]..offsets[i+1]` of `values` / `latents` / `rows`, in row order.
+///
+/// An entry may hold 0 (a row with fewer than k positive pre-activations keeps its k
+/// slots); counts such as l0 only count positive values.
+#[derive(Debug)]
+pub struct Codes {
+    /// Activations, ≥ 0. [N] f32
+    pub values: Tensor,
+    /// Latent of each entry. [N] i64
+    pub latents: Tensor,
+    /// Row of each entry, non-decreasing. [N] i64
+    pub rows: Tensor,
+    /// Start of each row's entries, then N. [B+1] i64
+    pub offsets: Tensor,
+    /// Number of latents (F).
+    pub d_sae: i64,
+}
+
+impl Codes {
+    /// Codes from entries in row order (`rows` non-decreasing).
+    pub fn from_entries(
+        values: Tensor,
+        latents: Tensor,
+        rows: Tensor,
+        batch: i64,
+        d_sae: i64,
+    ) -> Codes {
+        let offsets = prefix_offsets(&rows, batch);
+        Codes {
+            values,
+            latents,
+            rows,
+            offsets,
+            d_sae,
+        }
+    }
+
+    /// Number of rows (B).
+    pub fn batch_size(&self) -> i64 {
+        self.offsets.size()[0] - 1
+    }
+
+    /// The dense codes. [B, F]
+    pub fn to_dense(&self) -> Tensor {
+        let (b, f) = (self.batch_size(), self.d_sae);
+        let flat = &self.rows * f + &self.latents;
+        Tensor::zeros([b * f], (self.values.kind(), self.values.device()))
+            .index_add(0, &flat, &self.values)
+            .view([b, f])
+    }
+
+    /// How many rows each latent is positive in. [F] i64
+    pub fn fired(&self) -> Tensor {
+        self.latents
+            .masked_select(&self.values.gt(0.0))
+            .bincount::<Tensor>(None, self.d_sae)
+    }
+
+    /// Mean number of positive latents per row. 0-dim f32
+    pub fn l0(&self) -> Tensor {
+        self.values.gt(0.0).sum(Kind::Float) / (self.batch_size().max(1) as f64)
+    }
+
+    /// The smallest positive activation; +∞ when there is none. 0-dim f32
+    pub fn min_positive(&self) -> Tensor {
+        let inf = Tensor::full([1], f64::INFINITY, (Kind::Float, self.values.device()));
+        Tensor::cat(
+            &[
+                self.values
+                    .where_scalarother(&self.values.gt(0.0), f64::INFINITY),
+                inf,
+            ],
+            0,
+        )
+        .min()
+    }
+}
+
+/// Start of each run of equal values in non-decreasing `rows` (values 0..batch), then the
+/// total. [batch+1] i64
+pub(crate) fn prefix_offsets(rows: &Tensor, batch: i64) -> Tensor {
+    let counts = rows.bincount::<Tensor>(None, batch);
+    Tensor::cat(
+        &[
+            Tensor::zeros([1], (Kind::Int64, rows.device())),
+            counts.cumsum(0, Kind::Int64),
+        ],
+        0,
+    )
+}
+
+/// Select the non-zero latents of `pre` [B, F].
+pub fn select(pre: &Tensor, selection: Selection) -> Codes {
+    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
+    let device = pre.device();
+    match selection {
+        Selection::TopK(k) => {
+            assert!((1..=f).contains(&k), "top-k needs 1 <= k <= {f}, got {k}");
+            let (values, latents) = pre.topk(k, 1, true, false); // [B, k]
+            let rows = Tensor::arange(b, (Kind::Int64, device))
+                .unsqueeze(1)
+                .expand([b, k], false)
+                .reshape([-1]);
+            Codes {
+                values: values.relu().reshape([-1]),
+                latents: latents.reshape([-1]),
+                rows,
+                offsets: Tensor::arange_start_step(0, b * k + 1, k, (Kind::Int64, device)),
+                d_sae: f,
+            }
+        }
+        Selection::BatchTopK(k) => batch_topk(pre, k),
+        Selection::Threshold(theta) => from_mask(pre, &pre.gt(theta.max(0.0))),
+        Selection::Relu => from_mask(pre, &pre.gt(0.0)),
+    }
+}
+
+fn from_mask(pre: &Tensor, mask: &Tensor) -> Codes {
+    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
+    let nz = mask.nonzero(); // [N, 2], row-major like masked_select
+    Codes::from_entries(
+        pre.masked_select(mask),
+        nz.select(1, 1).contiguous(),
+        nz.select(1, 0).contiguous(),
+        b,
+        f,
+    )
+}
+
+/// The k·B largest entries of `pre` [B, F], exactly, without a full sort of B·F values:
+/// take each row's top r candidates (r = 4k at first), pick the k·B largest among them, and
+/// accept the result when no row had all r of its candidates picked (then nothing outside
+/// the candidates can beat the pick); otherwise double r.
+fn batch_topk(pre: &Tensor, k: i64) -> Codes {
+    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
+    assert!(
+        (1..=f).contains(&k),
+        "batch top-k needs 1 <= k <= {f}, got {k}"
+    );
+    let total = k * b;
+    let mut r = (4 * k).min(f);
+    let (values, flat) = loop {
+        if r >= f {
+            break pre.reshape([-1]).topk(total, 0, true, false);
+        }
+        let (cand, cand_latents) = pre.topk(r, 1, true, false); // [B, r]
+        let (values, pos) = cand.reshape([-1]).topk(total, 0, true, false);
+        let rows = pos.floor_divide_scalar(r);
+        let most = rows.bincount::<Tensor>(None, b).max().int64_value(&[]);
+        if most < r {
+            let latents = cand_latents.reshape([-1]).index_select(0, &pos);
+            break (values, rows * f + latents);
+        }
+        r = (2 * r).min(f);
+    };
+    let (flat, order) = flat.sort(0, false); // row-major order
+    let rows = flat.floor_divide_scalar(f);
+    let latents = &flat - &rows * f;
+    Codes::from_entries(values.index_select(0, &order).relu(), latents, rows, b, f)
+}
+
+/// The SAE's parameters (f32) and scale.
+///
+/// Layout: `w_enc` has shape [D, F] but is stored as the transpose of a contiguous [F, D]
+/// tensor (strides [1, D]), so that its gradient, which the sparse backward produces row by
+/// latent, needs no transposing copy. Nothing depends on it for correctness: any layout
+/// computes the same numbers, only slower.
+#[derive(Debug)]
+pub struct Sae {
+    pub config: SaeConfig,
+    /// [D, F]
+    pub w_enc: Tensor,
+    /// [F]
+    pub b_enc: Tensor,
+    /// [F, D], rows of unit norm.
+    pub w_dec: Tensor,
+    /// [D], in the scaled space.
+    pub b_dec: Tensor,
+    /// s: the SAE sees x·s.
+    pub input_scale: f64,
+    /// θ for batchtopk at inference (None: not estimated yet).
+    pub threshold: Option<f64>,
+}
+
+/// s = √D / mean_i ‖x_i‖ for a sample [N, D], so that E‖x·s‖ = √D.
+pub fn input_scale(sample: &Tensor) -> Result<f64> {
+    let (n, d) = sample
+        .size2()
+        .context("the sample must be a [N, d_in] matrix")?;
+    ensure!(n >= 1, "the sample is empty");
+    let mean_norm = sample
+        .to_kind(Kind::Double)
+        .square()
+        .sum_dim_intlist(1, false, Kind::Double)
+        .sqrt()
+        .mean(Kind::Double)
+        .double_value(&[]);
+    ensure!(
+        mean_norm.is_finite() && mean_norm > 0.0,
+        "cannot scale the inputs: the mean row norm of the sample is {mean_norm}"
+    );
+    Ok((d as f64).sqrt() / mean_norm)
+}
+
+/// Geometric median of the rows of `points` [N, D] by Weiszfeld iterations from the mean,
+/// computed in f64; stops when a step moves less than `tol`·(1 + ‖y‖). Each iteration is two
+/// matrix-vector products (‖p − y‖² = ‖p‖² − 2p·y + ‖y‖²). [D] f64
+pub fn geometric_median(points: &Tensor, max_iter: usize, tol: f64) -> Tensor {
+    let p = points.to_kind(Kind::Double);
+    let sq_norms = p.square().sum_dim_intlist(1, false, Kind::Double); // [N]
+    let mut y = p.mean_dim(0, false, Kind::Double);
+    for _ in 0..max_iter {
+        let sq_dist = &sq_norms - p.mv(&y) * 2.0 + y.dot(&y);
+        let w = sq_dist.clamp_min(1e-24).sqrt().reciprocal(); // 1/max(‖p − y‖, 1e-12)
+        let next = p.tr().mv(&w) / w.sum(Kind::Double);
+        let shift = (&next - &y).norm().double_value(&[]);
+        let size = next.norm().double_value(&[]);
+        y = next;
+        if shift <= tol * (1.0 + size) {
+            break;
+        }
+    }
+    y
+}
+
+/// `w` [D, F] in the encoder layout (strides [1, D]); a no-op when it already is.
+pub fn encoder_layout(w: &Tensor) -> Tensor {
+    let size = w.size();
+    if size.len() == 2 && w.stride() == [1, size[0]] {
+        w.shallow_clone()
+    } else {
+        w.tr().contiguous().tr()
+    }
+}
+
+impl Sae {
+    /// A fresh SAE on the sample's device: s from the sample, decoder rows random unit
+    /// vectors (libtorch's CPU generator seeded with `seed`, so the same on every device),
+    /// W_enc = W_decᵀ, b_dec from the scaled sample, b_enc = 0.
+    ///
+    /// Sets libtorch's global seed.
+    pub fn init(
+        config: &SaeConfig,
+        sample: &Tensor,
+        b_dec_init: BdecInit,
+        seed: i64,
+    ) -> Result<Sae> {
+        config.validate()?;
+        let (n, d) = sample
+            .size2()
+            .context("the initialisation sample must be [N, d_in]")?;
+        ensure!(
+            d == config.d_in,
+            "the sample has width {d}, the SAE d_in = {}",
+            config.d_in
+        );
+        ensure!(n >= 1, "the initialisation sample is empty");
+        let device = sample.device();
+        let sample = sample.to_kind(Kind::Float);
+        let scale = input_scale(&sample)?;
+        let scaled = &sample * scale;
+        let b_dec = match b_dec_init {
+            BdecInit::Mean => scaled
+                .to_kind(Kind::Double)
+                .mean_dim(0, false, Kind::Double),
+            BdecInit::GeometricMedian => geometric_median(&scaled, 100, 1e-7),
+        }
+        .to_kind(Kind::Float);
+        tch::manual_seed(seed);
+        let w_dec = Tensor::randn([config.d_sae, config.d_in], (Kind::Float, Device::Cpu))
+            .to_device(device);
+        let mut sae = Sae {
+            config: *config,
+            w_enc: Tensor::zeros([config.d_in, config.d_sae], (Kind::Float, device)),
+            b_enc: Tensor::zeros([config.d_sae], (Kind::Float, device)),
+            w_dec,
+            b_dec,
+            input_scale: scale,
+            threshold: None,
+        };
+        sae.normalize_decoder();
+        sae.w_enc = sae.w_dec.copy().tr();
+        Ok(sae)
+    }
+
+    /// An SAE from its tensors (any float dtype, converted to f32 on their device), with
+    /// shapes checked against `config`.
+    pub fn from_tensors(
+        config: SaeConfig,
+        w_enc: &Tensor,
+        b_enc: &Tensor,
+        w_dec: &Tensor,
+        b_dec: &Tensor,
+        input_scale: f64,
+        threshold: Option<f64>,
+    ) -> Result<Sae> {
+        config.validate()?;
+        let (d, f) = (config.d_in, config.d_sae);
+        for (name, t, shape) in [
+            ("W_enc", w_enc, vec![d, f]),
+            ("b_enc", b_enc, vec![f]),
+            ("W_dec", w_dec, vec![f, d]),
+            ("b_dec", b_dec, vec![d]),
+        ] {
+            ensure!(
+                t.size() == shape,
+                "{name} has shape {:?}, expected {shape:?}",
+                t.size()
+            );
+        }
+        ensure!(
+            input_scale.is_finite() && input_scale > 0.0,
+            "input_scale must be a positive number, got {input_scale}"
+        );
+        Ok(Sae {
+            config,
+            w_enc: encoder_layout(&w_enc.to_kind(Kind::Float)),
+            b_enc: b_enc.to_kind(Kind::Float).contiguous(),
+            w_dec: w_dec.to_kind(Kind::Float).contiguous(),
+            b_dec: b_dec.to_kind(Kind::Float).contiguous(),
+            input_scale,
+            threshold,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.w_dec.device()
+    }
+
+    /// The SAE on `device` (sharing memory with `self` when it is there already; see
+    /// [`Sae::copy`]).
+    pub fn to_device(&self, device: Device) -> Sae {
+        Sae {
+            config: self.config,
+            w_enc: encoder_layout(&self.w_enc.to_device(device)),
+            b_enc: self.b_enc.to_device(device),
+            w_dec: self.w_dec.to_device(device),
+            b_dec: self.b_dec.to_device(device),
+            input_scale: self.input_scale,
+            threshold: self.threshold,
+        }
+    }
+
+    /// A deep copy (same device).
+    pub fn copy(&self) -> Sae {
+        Sae {
+            config: self.config,
+            w_enc: self.w_enc.copy(),
+            b_enc: self.b_enc.copy(),
+            w_dec: self.w_dec.copy(),
+            b_dec: self.b_dec.copy(),
+            input_scale: self.input_scale,
+            threshold: self.threshold,
+        }
+    }
+
+    /// x·s (f32). x [B, D] in any float dtype.
+    pub fn scale_input(&self, x: &Tensor) -> Tensor {
+        x.to_kind(Kind::Float) * self.input_scale
+    }
+
+    /// pre = (x·s − b_dec)·W_enc + b_enc. [B, F]
+    pub fn pre_activations(&self, x: &Tensor) -> Tensor {
+        let centered = self.scale_input(x) - &self.b_dec;
+        self.b_enc.addmm(&centered, &self.w_enc)
+    }
+
+    /// The selection used at inference: topk → TopK(k); batchtopk → Threshold(θ), or
+    /// BatchTopK(k) over the given batch while θ is unknown; relu → Relu.
+    pub fn inference_selection(&self) -> Selection {
+        match (self.config.architecture, self.threshold) {
+            (Architecture::TopK, _) => Selection::TopK(self.config.k),
+            (Architecture::BatchTopK, Some(theta)) => Selection::Threshold(theta),
+            (Architecture::BatchTopK, None) => Selection::BatchTopK(self.config.k),
+            (Architecture::Relu, _) => Selection::Relu,
+        }
+    }
+
+    /// The selection used while training with `k` non-zeros per row.
+    pub fn training_selection(&self, k: i64) -> Selection {
+        match self.config.architecture {
+            Architecture::TopK => Selection::TopK(k),
+            Architecture::BatchTopK => Selection::BatchTopK(k),
+            Architecture::Relu => Selection::Relu,
+        }
+    }
+
+    /// Sparse codes of x [B, D].
+    pub fn encode_sparse(&self, x: &Tensor, selection: Selection) -> Codes {
+        select(&self.pre_activations(x), selection)
+    }
+
+    /// Dense codes of x [B, D] with the inference selection. [B, F]
+    pub fn encode(&self, x: &Tensor) -> Tensor {
+        let pre = self.pre_activations(x);
+        match self.inference_selection() {
+            Selection::Relu => pre.relu(),
+            Selection::Threshold(theta) => &pre * pre.gt(theta.max(0.0)),
+            selection => select(&pre, selection).to_dense(),
+        }
+    }
+
+    /// x̂ = (z·W_dec + b_dec)/s from dense codes z [B, F]. [B, D]
+    pub fn decode(&self, z: &Tensor) -> Tensor {
+        self.b_dec.addmm(&z.to_kind(Kind::Float), &self.w_dec) / self.input_scale
+    }
+
+    /// x̂ from sparse codes. [B, D]
+    pub fn decode_sparse(&self, codes: &Codes) -> Tensor {
+        (decode_scaled(&self.w_dec, codes) + &self.b_dec) / self.input_scale
+    }
+
+    /// x̂ for x [B, D] with the inference selection. [B, D]
+    pub fn reconstruct(&self, x: &Tensor) -> Tensor {
+        match self.inference_selection() {
+            Selection::Relu => self.decode(&self.encode(x)),
+            selection => self.decode_sparse(&self.encode_sparse(x, selection)),
+        }
+    }
+
+    /// Scale every decoder row to unit norm, in place.
+    pub fn normalize_decoder(&mut self) {
+        normalize_rows(&mut self.w_dec, None);
+    }
+}
+
+/// Σ_j z_j·W_dec[j] over the entries of each row (no bias, scaled space). [B, D]
+pub(crate) fn decode_scaled(w_dec: &Tensor, codes: &Codes) -> Tensor {
+    let (out, _, _, _) = Tensor::embedding_bag(
+        w_dec,
+        &codes.latents,
+        &codes.offsets,
+        false,
+        0, // sum
+        false,
+        Some(&codes.values),
+        true, // offsets has B+1 entries
+    );
+    out
+}
+
+/// Divide each row of `w` by its norm (at least 1e-12), in place; `scratch`, shaped and laid
+/// out like `w`, spares a temporary.
+pub(crate) fn normalize_rows(w: &mut Tensor, scratch: Option<&Tensor>) {
+    let squares = match scratch {
+        Some(s) => w.square_out(s),
+        None => w.square(),
+    };
+    let norms = squares
+        .sum_dim_intlist(1, true, Kind::Float)
+        .sqrt()
+        .clamp_min(1e-12);
+    let _ = w.g_div_(&norms);
+}
+
+/// ‖W[j]‖ for each row j. [F]
+pub(crate) fn row_norms(w: &Tensor) -> Tensor {
+    w.square().sum_dim_intlist(1, false, Kind::Float).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pre() -> Tensor {
+        Tensor::from_slice(&[
+            3.0f32, -1.0, 2.0, 0.5, //
+            -2.0, -1.0, -3.0, 0.1, //
+            9.0, 8.0, 7.0, 6.0,
+        ])
+        .view([3, 4])
+    }
+
+    fn dense(codes: &Codes) -> Vec<Vec<f32>> {
+        Vec::<Vec<f32>>::try_from(codes.to_dense()).unwrap()
+    }
+
+    #[test]
+    fn topk_keeps_k_per_row_after_relu() {
+        let c = select(&pre(), Selection::TopK(2));
+        assert_eq!(
+            dense(&c),
+            vec![
+                vec![3.0, 0.0, 2.0, 0.0],
+                vec![0.0, 0.0, 0.0, 0.1],
+                vec![9.0, 8.0, 0.0, 0.0]
+            ]
+        );
+        assert_eq!(Vec::<i64>::try_from(&c.offsets).unwrap(), vec![0, 2, 4, 6]);
+        assert_eq!(Vec::<i64>::try_from(c.fired()).unwrap(), vec![2, 1, 1, 1]);
+        assert!((c.l0().double_value(&[]) - 5.0 / 3.0).abs() < 1e-6);
+        assert!((c.min_positive().double_value(&[]) - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn batch_topk_takes_the_largest_of_the_batch() {
+        // 6 = 2·3 largest: 9, 8, 7, 6, 3, 2; the middle row gets none.
+        let c = select(&pre(), Selection::BatchTopK(2));
+        assert_eq!(
+            dense(&c),
+            vec![
+                vec![3.0, 0.0, 2.0, 0.0],
+                vec![0.0; 4],
+                vec![9.0, 8.0, 7.0, 6.0]
+            ]
+        );
+        assert_eq!(Vec::<i64>::try_from(&c.offsets).unwrap(), vec![0, 2, 2, 6]);
+        assert_eq!(
+            Vec::<i64>::try_from(&c.rows).unwrap(),
+            vec![0, 0, 2, 2, 2, 2]
+        );
+    }
+
+    #[test]
+    fn batch_topk_candidates_are_exact() {
+        // Rows with very different scales force the candidate doubling.
+        tch::manual_seed(1);
+        let scales = Tensor::from_slice(&[100.0f32, 1.0, 1.0, 0.01]).unsqueeze(1);
+        let pre = Tensor::randn([4, 300], (Kind::Float, Device::Cpu)) * scales;
+        let c = select(&pre, Selection::BatchTopK(5));
+        let (v, i) = pre.reshape([-1]).topk(20, 0, true, true);
+        let expect = Tensor::zeros([1200], (Kind::Float, Device::Cpu))
+            .index_put_(&[Some(i)], &v.relu(), false)
+            .view([4, 300]);
+        assert!(c.to_dense().equal(&expect));
+    }
+
+    #[test]
+    fn threshold_and_relu() {
+        let c = select(&pre(), Selection::Threshold(2.5));
+        assert_eq!(
+            dense(&c),
+            vec![
+                vec![3.0, 0.0, 0.0, 0.0],
+                vec![0.0; 4],
+                vec![9.0, 8.0, 7.0, 6.0]
+            ]
+        );
+        let c = select(&pre(), Selection::Relu);
+        assert!(c.to_dense().equal(&pre().relu()));
+    }
+
+    #[test]
+    fn geometric_median_resists_outliers() {
+        let mut rows = vec![[0.0f64, 0.0]; 9];
+        rows.push([1000.0, 1000.0]);
+        let p = Tensor::from_slice(&rows.concat()).view([10, 2]);
+        let m = Vec::<f64>::try_from(geometric_median(&p, 200, 1e-12)).unwrap();
+        assert!(m[0].abs() < 1e-3 && m[1].abs() < 1e-3, "{m:?}");
+    }
+
+    #[test]
+    fn config_names() {
+        for (a, name) in [
+            (Architecture::TopK, "\"topk\""),
+            (Architecture::BatchTopK, "\"batchtopk\""),
+            (Architecture::Relu, "\"relu\""),
+        ] {
+            assert_eq!(serde_json::to_string(&a).unwrap(), name);
+            use clap::ValueEnum;
+            assert_eq!(
+                format!("\"{}\"", a.to_possible_value().unwrap().get_name()),
+                name
+            );
+        }
+        assert!(SaeConfig {
+            architecture: Architecture::TopK,
+            d_in: 4,
+            d_sae: 8,
+            k: 9
+        }
+        .validate()
+        .is_err());
+    }
+}

@@ -1,0 +1,656 @@
+//! The training loss, its gradients written by hand, and the metrics
+//! (saev src/saev/nn/objectives.py: loss terms and their metrics in one place).
+//!
+//! # Loss (scaled space x_s = x·s, x̂_s = z·W_dec + b_dec, e = x_s − x̂_s)
+//! - `mse` = Σ_i ‖e_i‖² / (B·D): the mean over all B·D elements, like torch's
+//!   `F.mse_loss`. (SAELens sums over D and means over the batch: D times this.)
+//! - `aux` (AuxK, Gao et al. 2024) = aux_coef · ‖e − ê‖² / ‖e − ē‖², sums over the whole
+//!   batch, ē the batch mean of e, ê = z_aux·W_dec (no bias), z_aux the k_aux largest
+//!   ReLU'd pre-activations per row among the latents flagged dead. e is a constant here
+//!   (no gradient flows through it). Zero when no latent is dead. Unlike SAELens, the
+//!   auxiliary pre-activations go through ReLU (a latent whose pre-activations are all
+//!   negative gets no auxiliary gradient), and there is no dead-count scale factor.
+//! - `l1` (relu only) = l1_coef · mean_i Σ_j z_ij·‖W_dec[j]‖.
+//! - `loss` = mse + aux + l1.
+//!
+//! # Gradients
+//! For topk and batchtopk nothing of size [B, F] is touched after the encoder's matmul and
+//! top-k (AuxK reads the dead latents' columns of pre), and no [N, D] gather (N = number of
+//! code entries) is built. The entries are sorted
+//! by latent once; then, with S the sparse codes (N entries):
+//! - dvalues_e = W_dec[j_e]·dx̂_{i_e} (`_embedding_bag_per_sample_weights_backward`),
+//! - dpre_e = dvalues_e·[value_e > 0] (ReLU; top-k's mask is the entry set itself),
+//! - dW_dec = Sᵀ·dx̂, dW_encᵀ = dPREᵀ·x_c, db_enc = dPREᵀ·1: each row j of these is a
+//!   weighted sum over latent j's entries, i.e. an `embedding_bag` sum whose bags are the
+//!   latents (the same primitive decodes in the forward pass, bags = rows),
+//! - db_dec = Σ_i dx̂_i − W_enc·db_enc (decoder side, then through x_c = x_s − b_dec).
+//!
+//! AuxK's entries are appended as rows B..2B with their own dê, so one sort and one sum per
+//! gradient serve both terms.
+//!
+//! Determinism: on CPU each output element of these primitives is summed by one thread in
+//! entry order, so a fixed seed repeats bit for bit. On CUDA not every kernel involved is
+//! guaranteed deterministic: expect close, not always bit-identical, reruns.
+
+use tch::{Device, Kind, Tensor};
+
+use super::model::{
+    decode_scaled, prefix_offsets, row_norms, select, Architecture, Codes, Sae, Selection,
+};
+
+/// Coefficients of one step's loss; `k` is the current k (the loop may warm it up).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossOptions {
+    /// Non-zeros per row (topk), per row on average (batchtopk); unused by relu.
+    pub k: i64,
+    /// Dead latents per row that AuxK may use; 0 turns AuxK off.
+    pub k_aux: i64,
+    /// Weight of the AuxK term (default 1/32).
+    pub aux_coef: f64,
+    /// Weight of the L1 term (relu only).
+    pub l1_coef: f64,
+}
+
+/// Gradients of the loss with respect to the four parameters, shaped like them.
+#[derive(Debug)]
+pub struct Grads {
+    pub w_enc: Tensor,
+    pub b_enc: Tensor,
+    pub w_dec: Tensor,
+    pub b_dec: Tensor,
+}
+
+impl Grads {
+    /// In the order of [`super::optim::PARAMS`].
+    pub fn tensors(&self) -> [&Tensor; 4] {
+        [&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec]
+    }
+
+    fn tensors_mut(&mut self) -> [&mut Tensor; 4] {
+        [
+            &mut self.w_enc,
+            &mut self.b_enc,
+            &mut self.w_dec,
+            &mut self.b_dec,
+        ]
+    }
+
+    /// g_j −= (g_j·w_j)·w_j for each decoder row: the part of the step that the row
+    /// renormalisation would undo (w_j must have unit norm).
+    pub fn remove_parallel_decoder_component(&mut self, w_dec: &Tensor) {
+        self.remove_parallel_with(w_dec, None)
+    }
+
+    /// The same with a scratch tensor shaped and laid out like `w_dec`.
+    pub(crate) fn remove_parallel_with(&mut self, w_dec: &Tensor, scratch: Option<&Tensor>) {
+        let products = match scratch {
+            Some(s) => self.w_dec.mul_out(s, w_dec),
+            None => &self.w_dec * w_dec,
+        };
+        let along = products.sum_dim_intlist(1, true, Kind::Float); // [F, 1]
+        let parallel = match scratch {
+            Some(s) => w_dec.mul_out(s, &along),
+            None => w_dec * along,
+        };
+        let _ = self.w_dec.g_sub_(&parallel);
+    }
+
+    /// ‖(all gradients)‖₂, as `torch.nn.utils.clip_grad_norm_` computes it. 0-dim f32
+    pub fn global_norm(&self) -> Tensor {
+        let norms: Vec<Tensor> = self.tensors().iter().map(|g| g.norm()).collect();
+        Tensor::stack(&norms, 0).norm()
+    }
+
+    /// Scale all gradients by min(1, max_norm/(‖g‖ + 1e-6)) like
+    /// `torch.nn.utils.clip_grad_norm_`, without reading anything off the device; returns
+    /// the norm before clipping. 0-dim f32
+    pub fn clip_norm(&mut self, max_norm: f64) -> Tensor {
+        let total = self.global_norm();
+        let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+        for g in self.tensors_mut() {
+            let _ = g.g_mul_(&coef);
+        }
+        total
+    }
+}
+
+/// What one forward and backward pass yields. Scalars are 0-dim f32 tensors on the SAE's
+/// device: read them only at log intervals.
+#[derive(Debug)]
+pub struct StepOutput {
+    pub loss: Tensor,
+    pub mse: Tensor,
+    /// AuxK term, already times aux_coef (0 when off).
+    pub aux: Tensor,
+    /// L1 term, already times l1_coef (0 except relu).
+    pub l1: Tensor,
+    /// Mean positive latents per row.
+    pub l0: Tensor,
+    pub grads: Grads,
+    /// Rows in which each latent was positive. [F] i64
+    pub fired: Tensor,
+    /// Smallest positive kept activation (+∞ if none, and for relu): feeds
+    /// [`ThresholdEstimator::update`].
+    pub min_positive: Tensor,
+    /// The reconstruction in the original space. [B, D] f32
+    pub x_hat: Tensor,
+}
+
+/// Buffers that [`forward_backward`] reuses from step to step: the pre-activations [B, F]
+/// and AuxK's [B, dead] slice of them. Fresh tensors that large are mapped anew by the
+/// allocator and pay a page fault per 4 KiB on first touch, which costs a tenth of a step.
+/// One workspace serves any batch size and SAE (it grows as needed).
+#[derive(Debug, Default)]
+pub struct Workspace {
+    pre: Option<Tensor>,
+    dead_pre: Option<Tensor>,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace::default()
+    }
+
+    /// A [rows, cols] f32 buffer on `device`, reused when the last one was at least as large.
+    fn pre(&mut self, rows: i64, cols: i64, device: Device) -> Tensor {
+        match &self.pre {
+            Some(t) if t.size()[0] >= rows && t.size()[1] == cols && t.device() == device => {
+                t.narrow(0, 0, rows)
+            }
+            _ => {
+                let t = Tensor::empty([rows, cols], (Kind::Float, device));
+                self.pre = Some(t.shallow_clone());
+                t
+            }
+        }
+    }
+
+    /// A buffer for `index_select_out`, emptied so that it may take any shape; its storage
+    /// only grows.
+    fn dead_pre(&mut self, device: Device) -> Tensor {
+        match &self.dead_pre {
+            Some(t) if t.device() == device => t.shallow_clone().resize_([0]),
+            _ => {
+                let t = Tensor::empty([0], (Kind::Float, device));
+                self.dead_pre = Some(t.shallow_clone());
+                t
+            }
+        }
+    }
+}
+
+/// Loss and gradients for a batch x [B, D] (original space, any float dtype).
+///
+/// `dead` [F] bool flags the latents AuxK may use (see [`DeadTracker`]); None or no flag
+/// set means no AuxK. Parameters are not changed. Reuse `workspace` across steps.
+pub fn forward_backward(
+    sae: &Sae,
+    x: &Tensor,
+    dead: Option<&Tensor>,
+    o: &LossOptions,
+    workspace: &mut Workspace,
+) -> StepOutput {
+    let _guard = tch::no_grad_guard();
+    let (b, d) = x.size2().expect("the batch must be [B, d_in]");
+    assert_eq!(
+        d, sae.config.d_in,
+        "the batch has width {d}, the SAE d_in = {}",
+        sae.config.d_in
+    );
+    let xs = sae.scale_input(x); // [B, D]
+    let xc = &xs - &sae.b_dec;
+    let pre = workspace.pre(b, sae.config.d_sae, xs.device());
+    let _ = sae.b_enc.addmm_out(&pre, &xc, &sae.w_enc); // [B, F]
+    let ws = workspace;
+    match sae.config.architecture {
+        Architecture::Relu => relu_step(sae, &xs, &xc, &pre, dead, o, ws),
+        arch => {
+            let selection = if arch == Architecture::TopK {
+                Selection::TopK(o.k)
+            } else {
+                Selection::BatchTopK(o.k)
+            };
+            let codes = select(&pre, selection);
+            sparse_step(sae, &xs, &xc, &pre, codes, dead, o, ws)
+        }
+    }
+}
+
+/// AuxK's codes, dê [B, D] and its loss.
+struct AuxK {
+    codes: Codes,
+    grad: Tensor,
+    loss: Tensor,
+}
+
+fn aux_k(
+    sae: &Sae,
+    pre: &Tensor,
+    e: &Tensor,
+    dead: Option<&Tensor>,
+    o: &LossOptions,
+    ws: &mut Workspace,
+) -> Option<AuxK> {
+    let dead = dead?;
+    if o.k_aux <= 0 || o.aux_coef == 0.0 {
+        return None;
+    }
+    assert_eq!(
+        dead.size(),
+        [sae.config.d_sae],
+        "the dead mask must be [d_sae]"
+    );
+    let dead_latents = dead.nonzero().view([-1]);
+    let n_dead = dead_latents.size()[0];
+    if n_dead == 0 {
+        return None;
+    }
+    let dead_pre = pre.index_select_out(&ws.dead_pre(pre.device()), 1, &dead_latents); // [B, dead]
+    let mut codes = select(&dead_pre, Selection::TopK(o.k_aux.min(n_dead)));
+    codes.latents = dead_latents.index_select(0, &codes.latents);
+    codes.d_sae = sae.config.d_sae;
+    let e_hat = decode_scaled(&sae.w_dec, &codes);
+    let centered = e - e.mean_dim(0, true, Kind::Float);
+    let total = centered.square().sum(Kind::Float).clamp_min(1e-30);
+    let residual = e - e_hat;
+    let loss = residual.square().sum(Kind::Float) / &total * o.aux_coef;
+    let grad = residual * (-2.0 * o.aux_coef) / total;
+    Some(AuxK { codes, grad, loss })
+}
+
+fn zero(device: Device) -> Tensor {
+    Tensor::zeros([], (Kind::Float, device))
+}
+
+/// Σ_e values[e]·table[indices[e]] over each run `offsets[i]..offsets[i+1]` of entries:
+/// `embedding_bag` in sum mode, which serves the forward (runs = rows, table = W_dec) and,
+/// with entries sorted by latent, every backward product (runs = latents, table = dx̂ or
+/// x_c). Each output row is summed by one thread in entry order. [runs, table width]
+fn bag_sum(table: &Tensor, indices: &Tensor, offsets: &Tensor, values: &Tensor) -> Tensor {
+    let (out, _, _, _) =
+        Tensor::embedding_bag(table, indices, offsets, false, 0, false, Some(values), true);
+    out
+}
+
+/// The order of entries by latent, then by column (< `n_cols`). Each (latent, column) pair
+/// occurs at most once, so the combined key is unique and any sort gives this one order.
+/// (libtorch's CPU sort of 64-bit keys spanning only [0, F) is ~200× slower than of the
+/// wider combined keys.)
+fn by_latent_then_column(latents: &Tensor, cols: &Tensor, n_cols: i64) -> Tensor {
+    (latents * n_cols + cols).argsort(0, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sparse_step(
+    sae: &Sae,
+    xs: &Tensor,
+    xc: &Tensor,
+    pre: &Tensor,
+    codes: Codes,
+    dead: Option<&Tensor>,
+    o: &LossOptions,
+    ws: &mut Workspace,
+) -> StepOutput {
+    let b = codes.batch_size();
+    let f = sae.config.d_sae;
+    let d = sae.config.d_in;
+    let xs_hat = decode_scaled(&sae.w_dec, &codes) + &sae.b_dec; // [B, D]
+    let e = xs - &xs_hat;
+    let mse = e.square().mean(Kind::Float);
+    let dx_hat = &e * (-2.0 / (b * d) as f64); // dmse/dx̂_s [B, D]
+    let aux = aux_k(sae, pre, &e, dead, o, ws);
+
+    // All entries, main then AuxK's (as rows B..2B), sorted by latent then row: every sum
+    // below runs in this fixed order.
+    let (latents, cols, values, grad_out, inputs, n_cols) = match &aux {
+        None => (
+            codes.latents.shallow_clone(),
+            codes.rows.shallow_clone(),
+            codes.values.shallow_clone(),
+            dx_hat.shallow_clone(),
+            xc.shallow_clone(),
+            b,
+        ),
+        Some(a) => (
+            Tensor::cat(&[&codes.latents, &a.codes.latents], 0),
+            Tensor::cat(&[&codes.rows, &(&a.codes.rows + b)], 0),
+            Tensor::cat(&[&codes.values, &a.codes.values], 0),
+            Tensor::cat(&[&dx_hat, &a.grad], 0),
+            Tensor::cat(&[xc, xc], 0),
+            2 * b,
+        ),
+    };
+    let order = by_latent_then_column(&latents, &cols, n_cols);
+    let latents = latents.index_select(0, &order);
+    let cols = cols.index_select(0, &order);
+    let values = values.index_select(0, &order);
+    let by_latent = prefix_offsets(&latents, f); // [F+1]
+    let empty = Tensor::empty([0], (Kind::Int64, latents.device()));
+    let dvalues = Tensor::internal_embedding_bag_per_sample_weights_backward(
+        &grad_out, &sae.w_dec, &latents, &empty, &cols, 0, -1,
+    );
+    let dpre = dvalues * values.gt(0.0);
+    let w_dec = bag_sum(&grad_out, &cols, &by_latent, &values); // [F, D]
+    let w_enc = bag_sum(&inputs, &cols, &by_latent, &dpre).tr(); // [D, F], the encoder layout
+    let ones = Tensor::ones([n_cols, 1], (Kind::Float, xs.device()));
+    let b_enc = bag_sum(&ones, &cols, &by_latent, &dpre).view([f]);
+    let b_dec = dx_hat.sum_dim_intlist(0, false, Kind::Float) - sae.w_enc.mv(&b_enc);
+
+    let aux_loss = aux
+        .as_ref()
+        .map_or_else(|| zero(xs.device()), |a| a.loss.shallow_clone());
+    StepOutput {
+        loss: &mse + &aux_loss,
+        mse,
+        aux: aux_loss,
+        l1: zero(xs.device()),
+        l0: codes.l0(),
+        grads: Grads {
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        },
+        fired: codes.fired(),
+        min_positive: codes.min_positive(),
+        x_hat: xs_hat / sae.input_scale,
+    }
+}
+
+fn relu_step(
+    sae: &Sae,
+    xs: &Tensor,
+    xc: &Tensor,
+    pre: &Tensor,
+    dead: Option<&Tensor>,
+    o: &LossOptions,
+    ws: &mut Workspace,
+) -> StepOutput {
+    let (b, d) = xs.size2().expect("[B, D]");
+    let f = sae.config.d_sae;
+    let device = xs.device();
+    let z = pre.relu(); // [B, F]
+    let xs_hat = sae.b_dec.addmm(&z, &sae.w_dec);
+    let e = xs - &xs_hat;
+    let mse = e.square().mean(Kind::Float);
+    let dx_hat = &e * (-2.0 / (b * d) as f64);
+    let mut dz = dx_hat.mm(&sae.w_dec.tr()); // [B, F]
+    let mut w_dec = z.tr().mm(&dx_hat); // [F, D]
+    let l1 = if o.l1_coef != 0.0 {
+        let norms = row_norms(&sae.w_dec); // [F]
+        let per_latent = z.sum_dim_intlist(0, false, Kind::Float); // Σ_i z_ij
+        let c = o.l1_coef / b as f64;
+        let _ = dz.g_add_(&(&norms * c));
+        let _ =
+            w_dec.g_add_(&((&per_latent * c / norms.clamp_min(1e-12)).unsqueeze(1) * &sae.w_dec));
+        per_latent.dot(&norms) * c
+    } else {
+        zero(device)
+    };
+    let dpre = dz * pre.gt(0.0);
+    let aux = aux_k(sae, pre, &e, dead, o, ws);
+    if let Some(a) = &aux {
+        let c = &a.codes;
+        let dvalues = Tensor::internal_embedding_bag_per_sample_weights_backward(
+            &a.grad, &sae.w_dec, &c.latents, &c.offsets, &c.rows, 0, -1,
+        );
+        let dpre_aux = dvalues * c.values.gt(0.0);
+        let order = by_latent_then_column(&c.latents, &c.rows, b);
+        let by_latent = prefix_offsets(&c.latents.index_select(0, &order), f);
+        let rows = c.rows.index_select(0, &order);
+        let _ = w_dec.g_add_(&bag_sum(
+            &a.grad,
+            &rows,
+            &by_latent,
+            &c.values.index_select(0, &order),
+        ));
+        let _ = dpre
+            .view([-1])
+            .index_add_(0, &(&c.rows * f + &c.latents), &dpre_aux);
+    }
+    let w_enc = dpre.tr().mm(xc).tr(); // [D, F], the encoder layout
+    let b_enc = dpre.sum_dim_intlist(0, false, Kind::Float);
+    let b_dec = dx_hat.sum_dim_intlist(0, false, Kind::Float) - sae.w_enc.mv(&b_enc);
+    let aux_loss = aux
+        .as_ref()
+        .map_or_else(|| zero(device), |a| a.loss.shallow_clone());
+    let active = z.gt(0.0);
+    StepOutput {
+        loss: &mse + &aux_loss + &l1,
+        mse,
+        aux: aux_loss,
+        l1,
+        l0: active.sum(Kind::Float) / b as f64,
+        grads: Grads {
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        },
+        fired: active.sum_dim_intlist(0, false, Kind::Int64),
+        min_positive: Tensor::full([], f64::INFINITY, (Kind::Float, device)),
+        x_hat: xs_hat / sae.input_scale,
+    }
+}
+
+/// θ for batchtopk inference: a running average of each training batch's smallest kept
+/// positive activation (Bussmann et al. 2024). With `decay` Some(d) an exponential moving
+/// average, debiased like Adam's moments (the first batch counts fully); with None the plain
+/// mean over all batches. Batches without a positive activation are skipped. Updates stay
+/// on the device.
+#[derive(Debug)]
+pub struct ThresholdEstimator {
+    pub decay: Option<f64>,
+    /// Weighted sum of minima. 0-dim f64
+    pub sum: Tensor,
+    /// Total weight. 0-dim f64
+    pub weight: Tensor,
+}
+
+impl ThresholdEstimator {
+    pub fn new(decay: Option<f64>, device: Device) -> ThresholdEstimator {
+        ThresholdEstimator {
+            decay,
+            sum: Tensor::zeros([], (Kind::Double, device)),
+            weight: Tensor::zeros([], (Kind::Double, device)),
+        }
+    }
+
+    /// Fold in one batch's `StepOutput::min_positive`.
+    pub fn update(&mut self, min_positive: &Tensor) {
+        let m = min_positive.to_kind(Kind::Double);
+        let valid = m.isfinite().to_kind(Kind::Double);
+        let m = m.nan_to_num(0.0, 0.0, 0.0);
+        match self.decay {
+            Some(decay) => {
+                let rate = valid * (1.0 - decay);
+                self.sum = &self.sum + &rate * (m - &self.sum);
+                self.weight = &self.weight + &rate * (1.0 - &self.weight);
+            }
+            None => {
+                self.sum = &self.sum + &valid * m;
+                self.weight = &self.weight + valid;
+            }
+        }
+    }
+
+    /// θ, or None before any batch had a positive activation.
+    pub fn value(&self) -> Option<f64> {
+        let w = self.weight.double_value(&[]);
+        (w > 0.0).then(|| self.sum.double_value(&[]) / w)
+    }
+
+    pub fn to_device(&self, device: Device) -> ThresholdEstimator {
+        ThresholdEstimator {
+            decay: self.decay,
+            sum: self.sum.to_device(device),
+            weight: self.weight.to_device(device),
+        }
+    }
+}
+
+/// Which latents count as dead: those that fired in none of the last `window` rows.
+#[derive(Debug)]
+pub struct DeadTracker {
+    /// Rows seen since each latent last fired. [F] i64
+    pub rows_since_fired: Tensor,
+    pub window: i64,
+}
+
+impl DeadTracker {
+    pub fn new(d_sae: i64, window: i64, device: Device) -> DeadTracker {
+        DeadTracker {
+            rows_since_fired: Tensor::zeros([d_sae], (Kind::Int64, device)),
+            window,
+        }
+    }
+
+    /// Fold in a batch of `rows` rows with per-latent firing counts `fired` [F].
+    pub fn update(&mut self, fired: &Tensor, rows: i64) {
+        self.rows_since_fired = (&self.rows_since_fired + rows).where_scalarother(&fired.eq(0), 0);
+    }
+
+    /// [F] bool
+    pub fn mask(&self) -> Tensor {
+        self.rows_since_fired.ge(self.window)
+    }
+
+    /// Share of dead latents. 0-dim f32
+    pub fn dead_fraction(&self) -> Tensor {
+        self.mask().to_kind(Kind::Float).mean(Kind::Float)
+    }
+}
+
+/// Explained variance over a whole set, in the original space, accumulated on the device in
+/// f64 (DESIGN.md "Metrics"):
+/// - `evr` = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the mean of the whole set, from per-column
+///   Σ(x − x̂)², Σx, Σx² and n in one pass;
+/// - `evr_seed` = the original project's formula: per batch
+///   1 − mean_j Var_i(x − x̂)_ij / mean_j Var_i(x)_ij with the unbiased variance (torch.var's
+///   default), averaged over batches; batches of one row are left out.
+#[derive(Debug)]
+pub struct Evr {
+    sq_err: Tensor,
+    sum: Tensor,
+    sum_sq: Tensor,
+    rows: i64,
+    seed_sum: Tensor,
+    seed_batches: i64,
+}
+
+impl Evr {
+    pub fn new(d_in: i64, device: Device) -> Evr {
+        let zeros = || Tensor::zeros([d_in], (Kind::Double, device));
+        Evr {
+            sq_err: zeros(),
+            sum: zeros(),
+            sum_sq: zeros(),
+            rows: 0,
+            seed_sum: Tensor::zeros([], (Kind::Double, device)),
+            seed_batches: 0,
+        }
+    }
+
+    /// Add a batch: x and its reconstruction x̂, both [B, D].
+    pub fn update(&mut self, x: &Tensor, x_hat: &Tensor) {
+        let x = x.to_kind(Kind::Double);
+        let r = &x - x_hat.to_kind(Kind::Double);
+        let col_sum = |t: &Tensor| t.sum_dim_intlist(0, false, Kind::Double);
+        self.sq_err += col_sum(&r.square());
+        self.sum += col_sum(&x);
+        self.sum_sq += col_sum(&x.square());
+        let b = x.size()[0];
+        self.rows += b;
+        if b >= 2 {
+            let var = |t: &Tensor| t.var_dim(0, true, false).mean(Kind::Double);
+            self.seed_sum += 1.0 - var(&r) / var(&x);
+            self.seed_batches += 1;
+        }
+    }
+
+    pub fn rows(&self) -> i64 {
+        self.rows
+    }
+
+    /// NaN before any row.
+    pub fn evr(&self) -> f64 {
+        let n = self.rows as f64;
+        let total = (&self.sum_sq - self.sum.square() / n).sum(Kind::Double);
+        1.0 - self.sq_err.sum(Kind::Double).double_value(&[]) / total.double_value(&[])
+    }
+
+    /// NaN before any batch of two rows or more.
+    pub fn evr_seed(&self) -> f64 {
+        self.seed_sum.double_value(&[]) / self.seed_batches as f64
+    }
+}
+
+/// Per-latent firing counts over a set: l0 and the share of latents that never fired.
+#[derive(Debug)]
+pub struct Firing {
+    /// [F] i64
+    pub counts: Tensor,
+    pub rows: i64,
+}
+
+impl Firing {
+    pub fn new(d_sae: i64, device: Device) -> Firing {
+        Firing {
+            counts: Tensor::zeros([d_sae], (Kind::Int64, device)),
+            rows: 0,
+        }
+    }
+
+    /// Add a batch of `rows` rows with per-latent counts `fired` [F] (`Codes::fired`,
+    /// `StepOutput::fired`).
+    pub fn update(&mut self, fired: &Tensor, rows: i64) {
+        self.counts += fired;
+        self.rows += rows;
+    }
+
+    /// Mean positive latents per row.
+    pub fn l0(&self) -> f64 {
+        self.counts.sum(Kind::Double).double_value(&[]) / self.rows as f64
+    }
+
+    /// Share of latents that never fired.
+    pub fn dead_fraction(&self) -> f64 {
+        self.counts
+            .eq(0)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_estimator_mean_and_ema() {
+        let t = |v: f32| Tensor::from(v);
+        let mut mean = ThresholdEstimator::new(None, Device::Cpu);
+        let mut ema = ThresholdEstimator::new(Some(0.5), Device::Cpu);
+        assert_eq!(mean.value(), None);
+        for v in [1.0, f32::INFINITY, 3.0] {
+            mean.update(&t(v));
+            ema.update(&t(v));
+        }
+        assert!((mean.value().unwrap() - 2.0).abs() < 1e-12);
+        // debiased: (0.5·1·0.5 + 0.5·3) / (0.5·0.5 + 0.5) = 1.75 / 0.75
+        assert!((ema.value().unwrap() - 1.75 / 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn dead_tracker_window() {
+        let mut t = DeadTracker::new(3, 10, Device::Cpu);
+        t.update(&Tensor::from_slice(&[1i64, 0, 0]), 6);
+        t.update(&Tensor::from_slice(&[0i64, 2, 0]), 6);
+        assert_eq!(
+            Vec::<bool>::try_from(t.mask()).unwrap(),
+            vec![false, false, true]
+        );
+        assert!((t.dead_fraction().double_value(&[]) - 1.0 / 3.0).abs() < 1e-6);
+    }
+}
