@@ -12,7 +12,7 @@ BIN    := target/release/saeclip
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint bench bench-clip clean
+.PHONY: setup build test lint demo chromium bench bench-train bench-clip bench-extract bench-eval clean
 
 ## setup: create .venv with torch 2.11.0 and the pinned reference packages
 setup: $(STAMP)
@@ -22,19 +22,29 @@ $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"
+	$(PY) -c "import sae_lens; assert sae_lens.__version__.startswith('6.'), sae_lens.__version__"
 	touch $@
 
 ## build: the release binary at target/release/saeclip
 build: setup
 	cargo build --release
 
+## demo: the whole pipeline on the embedded demo model, offline; outputs in demo-out/
+demo: build
+	$(BIN) demo --out demo-out
+
 ## lint: formatting and clippy, warnings are errors
 lint: setup
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 
+## chromium: headless Chromium for the feature-browser test (tests/interpret_browser.rs),
+## installed from Debian when missing
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
 ## test: lint, then every unit, integration and parity test (never skipped)
-test: setup lint
+test: setup lint chromium
 	cargo test --release
 
 ## bench-clip: saeclip vs transformers forward throughput (writes bench/RESULTS.md)
@@ -42,7 +52,39 @@ bench-clip: setup
 	cargo build --release --bench clip_forward
 	$(PY) bench/clip_forward.py
 
-bench: bench-clip
+## bench-extract: end-to-end `saeclip extract` vs PIL + transformers, decode alone, block 5 vs 11
+bench-extract: setup
+	cargo build --release
+	cargo build --release --bench extract_pipeline
+	$(PY) bench/extract.py
+
+## bench-train: SAE training vs sae-lens and overcomplete on a known dictionary (writes bench/RESULTS.md);
+## the peers live in their own .venv-peers so that the project's .venv stays untouched
+PEERS_VENV  := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.setup-done
+
+$(PEERS_STAMP):
+	test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --disable-pip-version-check -q torch==2.11.0 sae-lens overcomplete 'matplotlib<3.9'
+	$(PEERS_VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"
+	touch $@
+
+bench-train: setup $(PEERS_STAMP)
+	cargo build --release --bench train_ground_truth
+	$(PY) bench/train.py
+
+## bench-eval: eval-zeroshot images/s with and without an SAE, splice overhead (writes bench/RESULTS.md)
+bench-eval: setup
+	cargo build --release
+	cargo build --release --bench eval_zeroshot
+	$(PY) bench/eval.py
+
+## bench-interpret: `saeclip interpret` images/s and peak memory on CPU, 500 vs 2,000 images
+bench-interpret: setup
+	cargo build --release
+	$(PY) bench/interpret.py
+
+bench: bench-clip bench-extract bench-train bench-eval
 
 clean:
 	cargo clean

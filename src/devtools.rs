@@ -8,7 +8,9 @@ use anyhow::{bail, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::{Clip, ClipConfig, Precision, Tokens};
-use crate::data::cache::{open_writer, CacheKey, DatasetRef, ImageRecord, Manifest, ModelRef, Opened};
+use crate::data::cache::{
+    open_writer, CacheKey, DatasetRef, ImageRecord, Manifest, ModelRef, Opened,
+};
 use crate::data::{self, DatasetSpec, Split};
 
 /// Named model sizes.
@@ -27,34 +29,62 @@ pub fn write_random_model(config: &ClipConfig, seed: i64, out: &Path) -> Result<
 
 /// Write the first `limit` images of a dataset as files in class subfolders (a `folder:`
 /// dataset), as JPEG (`quality`) or PNG by `ext`. Returns the number written.
-pub fn write_images(spec: &DatasetSpec, split: Split, limit: usize, out: &Path, ext: &str, quality: u8) -> Result<usize> {
-    ensure!(matches!(ext, "jpg" | "png"), "format must be jpg or png, not {ext}");
+pub fn write_images(
+    spec: &DatasetSpec,
+    split: Split,
+    limit: usize,
+    out: &Path,
+    ext: &str,
+    quality: u8,
+) -> Result<usize> {
+    ensure!(
+        matches!(ext, "jpg" | "png"),
+        "format must be jpg or png, not {ext}"
+    );
     let dataset = data::limited(data::open(spec, split)?, Some(limit));
     let classes = dataset.classes().to_vec();
     use rayon::prelude::*;
-    (0..dataset.len()).into_par_iter().try_for_each(|i| -> Result<()> {
-        let item = dataset.item(i);
-        let class = classes.get(item.label as usize).cloned().unwrap_or_else(|| format!("class{}", item.label));
-        let dir = out.join(class.replace(['/', ' '], "_"));
-        std::fs::create_dir_all(&dir)?;
-        let img = dataset.image(i)?;
-        let path = dir.join(format!("{i:06}.{ext}"));
-        let file = std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        if ext == "jpg" {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality).encode_image(&img)?;
-        } else {
-            img.write_to(&mut w, image::ImageFormat::Png)?;
-        }
-        Ok(())
-    })?;
+    (0..dataset.len())
+        .into_par_iter()
+        .try_for_each(|i| -> Result<()> {
+            let item = dataset.item(i);
+            let class = classes
+                .get(item.label as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("class{}", item.label));
+            let dir = out.join(class.replace(['/', ' '], "_"));
+            std::fs::create_dir_all(&dir)?;
+            let img = dataset.image(i)?;
+            let path = dir.join(format!("{i:06}.{ext}"));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            if ext == "jpg" {
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, quality)
+                    .encode_image(&img)?;
+            } else {
+                img.write_to(&mut w, image::ImageFormat::Png)?;
+            }
+            Ok(())
+        })?;
     Ok(dataset.len())
 }
 
 /// A cache of `rows` rows of width `d`: sparse combinations of `atoms` random unit
 /// directions plus noise (seeded), for training benchmarks.
-pub fn write_synthetic_cache(rows: usize, d: i64, atoms: i64, active: i64, seed: i64, dtype: Precision, out: &Path) -> Result<Manifest> {
-    ensure!(rows > 0 && d > 0 && atoms >= active && active > 0, "invalid synthetic cache sizes");
+pub fn write_synthetic_cache(
+    rows: usize,
+    d: i64,
+    atoms: i64,
+    active: i64,
+    seed: i64,
+    dtype: Precision,
+    out: &Path,
+) -> Result<Manifest> {
+    ensure!(
+        rows > 0 && d > 0 && atoms >= active && active > 0,
+        "invalid synthetic cache sizes"
+    );
     tch::manual_seed(seed);
     let opts = (Kind::Float, Device::Cpu);
     let dict = Tensor::randn([atoms, d], opts);
@@ -64,8 +94,15 @@ pub fn write_synthetic_cache(rows: usize, d: i64, atoms: i64, active: i64, seed:
         dtype,
         layer: 0,
         tokens: Tokens::Cls,
-        model: ModelRef { path: "synthetic".into(), sha256: format!("synthetic-{seed}-{atoms}-{active}") },
-        dataset: DatasetRef { kind: "synthetic".into(), path: format!("{rows}x{d}"), split: "train".into() },
+        model: ModelRef {
+            path: "synthetic".into(),
+            sha256: format!("synthetic-{seed}-{atoms}-{active}"),
+        },
+        dataset: DatasetRef {
+            kind: "synthetic".into(),
+            path: format!("{rows}x{d}"),
+            split: "train".into(),
+        },
         part: None,
         limit: None,
         image_size: 0,
@@ -77,14 +114,27 @@ pub fn write_synthetic_cache(rows: usize, d: i64, atoms: i64, active: i64, seed:
     let mut start = 0;
     while start < rows {
         let n = chunk.min(rows - start) as i64;
-        let idx = Tensor::rand([n, atoms], opts).topk(active, 1, true, false).1;
+        let idx = Tensor::rand([n, atoms], opts)
+            .topk(active, 1, true, false)
+            .1;
         let mags = -Tensor::rand([n, active], opts).clamp_min(1e-6).log(); // exponential
-        let chosen = dict.index_select(0, &idx.flatten(0, 1)).view([n, active, d]);
-        let x = (mags.unsqueeze(2) * chosen).sum_dim_intlist(1, false, Kind::Float) + Tensor::randn([n, d], opts) * 0.01;
+        let chosen = dict
+            .index_select(0, &idx.flatten(0, 1))
+            .view([n, active, d]);
+        let x = (mags.unsqueeze(2) * chosen).sum_dim_intlist(1, false, Kind::Float)
+            + Tensor::randn([n, d], opts) * 0.01;
         for r in 0..n {
             let i = start + r as usize;
-            let record = ImageRecord { image_index: i, source: format!("synthetic:{i}"), label: 0 };
-            w.add_image(record, &x.narrow(0, r, 1), &Tensor::zeros([1], (Kind::Int64, Device::Cpu)))?;
+            let record = ImageRecord {
+                image_index: i,
+                source: format!("synthetic:{i}"),
+                label: 0,
+            };
+            w.add_image(
+                record,
+                &x.narrow(0, r, 1),
+                &Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
+            )?;
         }
         w.end_batch()?;
         start += n as usize;
@@ -95,11 +145,18 @@ pub fn write_synthetic_cache(rows: usize, d: i64, atoms: i64, active: i64, seed:
 /// Max absolute and relative difference of the tensors two safetensors files share.
 pub fn compare(a: &Path, b: &Path) -> Result<Vec<(String, f64, f64)>> {
     let a = crate::clip::weights::read_safetensors(a)?;
-    let b: std::collections::HashMap<String, Tensor> = crate::clip::weights::read_safetensors(b)?.into_iter().collect();
+    let b: std::collections::HashMap<String, Tensor> = crate::clip::weights::read_safetensors(b)?
+        .into_iter()
+        .collect();
     let mut out = Vec::new();
     for (name, ta) in a {
         let Some(tb) = b.get(&name) else { continue };
-        ensure!(ta.size() == tb.size(), "{name}: shapes {:?} and {:?} differ", ta.size(), tb.size());
+        ensure!(
+            ta.size() == tb.size(),
+            "{name}: shapes {:?} and {:?} differ",
+            ta.size(),
+            tb.size()
+        );
         let (ta, tb) = (ta.to_kind(Kind::Double), tb.to_kind(Kind::Double));
         let diff = (&ta - &tb).abs().max().double_value(&[]);
         let scale = tb.abs().max().double_value(&[]).max(1e-30);

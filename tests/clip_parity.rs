@@ -77,6 +77,7 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: Tol) {
         "{what}: max abs diff {diff:e} (reference max {scale:e}) exceeds {tol:?}"
     );
     assert!(diff.is_finite(), "{what}: non-finite values");
+    eprintln!("parity {what}: max abs diff {diff:.3e} (reference max {scale:.3e})");
 }
 
 fn layers(clip: &Clip) -> Vec<usize> {

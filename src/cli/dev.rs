@@ -70,12 +70,28 @@ pub fn run(args: &DevArgs) -> Result<()> {
             devtools::write_random_model(&devtools::preset(preset)?, *seed, out)?;
             println!("{}", out.display());
         }
-        DevCommand::WriteImages { dataset, split, limit, out, format, quality } => {
+        DevCommand::WriteImages {
+            dataset,
+            split,
+            limit,
+            out,
+            format,
+            quality,
+        } => {
             let n = devtools::write_images(dataset, *split, *limit, out, format, *quality)?;
             println!("{n}");
         }
-        DevCommand::SyntheticCache { rows, d, atoms, active, seed, dtype, out } => {
-            let m = devtools::write_synthetic_cache(*rows, *d, *atoms, *active, *seed, *dtype, out)?;
+        DevCommand::SyntheticCache {
+            rows,
+            d,
+            atoms,
+            active,
+            seed,
+            dtype,
+            out,
+        } => {
+            let m =
+                devtools::write_synthetic_cache(*rows, *d, *atoms, *active, *seed, *dtype, out)?;
             println!("{} rows", m.rows);
         }
         DevCommand::Compare { a, b } => {

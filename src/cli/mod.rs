@@ -1,9 +1,18 @@
 //! The command line: global flags, one subcommand per file, one dispatching match.
 
+pub mod analyze_logs;
+pub mod clean_checkpoint;
+pub mod demo;
 pub mod dev;
 pub mod embed;
+pub mod eval_zeroshot;
+pub mod export;
 pub mod extract;
 pub mod fetch;
+pub mod import;
+pub mod info;
+pub mod interpret;
+pub mod steer;
 pub mod tokenize;
 pub mod train;
 
@@ -55,6 +64,11 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
+    /// `--device` as it was given.
+    pub fn device_name(&self) -> String {
+        self.device.to_string()
+    }
+
     /// −1 quiet, 0 normal, 1+ verbose.
     pub fn verbosity(&self) -> i8 {
         if self.quiet {
@@ -71,6 +85,8 @@ pub enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Embed images and texts with a CLIP model; print zero-shot probabilities.
     Embed(embed::EmbedArgs),
+    /// Run the whole pipeline on the embedded demo model and procedural images, offline.
+    Demo(demo::DemoArgs),
     /// Tools for benchmarks and device checks.
     #[command(hide = true)]
     Dev(dev::DevArgs),
@@ -78,8 +94,24 @@ pub enum Command {
     Extract(extract::ExtractArgs),
     /// Train a sparse autoencoder on an activation cache.
     Train(train::TrainArgs),
+    /// Zero-shot accuracy with and without the SAE spliced in.
+    EvalZeroshot(eval_zeroshot::EvalZeroshotArgs),
+    /// Edit SAE latents inside CLIP and see what changes.
+    Steer(steer::SteerArgs),
     /// Download a model or dataset (needs network).
     Fetch(fetch::FetchArgs),
+    /// Top images, collages, labels and a browsable page per SAE feature.
+    Interpret(interpret::InterpretArgs),
+    /// Per-epoch table and plots of a training run.
+    AnalyzeLogs(analyze_logs::AnalyzeLogsArgs),
+    /// Drop training state from a checkpoint, optionally convert it.
+    CleanCheckpoint(clean_checkpoint::CleanCheckpointArgs),
+    /// Write an SAE in another tool's format.
+    Export(export::ExportArgs),
+    /// Read an SAE from another tool's format.
+    Import(import::ImportArgs),
+    /// Describe a checkpoint, cache or run directory.
+    Info(info::InfoArgs),
 }
 
 /// Which model to load and how.
@@ -122,13 +154,27 @@ pub fn run(cli: Cli) -> Result<()> {
             .num_threads(n)
             .build_global();
     }
+    run_command(&cli)
+}
+
+/// Dispatch a parsed command line (global settings already applied).
+pub fn run_command(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Embed(args) => embed::run(&cli.global, args),
+        Command::Demo(args) => demo::run(&cli.global, args),
         Command::Dev(args) => dev::run(args),
         Command::Extract(args) => extract::run(&cli.global, args),
         Command::Train(args) => train::run(&cli.global, args),
+        Command::EvalZeroshot(args) => eval_zeroshot::run(&cli.global, args),
+        Command::Steer(args) => steer::run(&cli.global, args),
         Command::Fetch(args) => fetch::run(&cli.global, args),
+        Command::Interpret(args) => interpret::run(&cli.global, args),
+        Command::AnalyzeLogs(args) => analyze_logs::run(args),
+        Command::CleanCheckpoint(args) => clean_checkpoint::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
+        Command::Info(args) => info::run(args),
     }
 }
 

@@ -374,7 +374,10 @@ mod tests {
     #[test]
     fn hf_json_round_trips() {
         for c in [ClipConfig::vit_base_patch32(), ClipConfig::demo()] {
-            assert_eq!(ClipConfig::from_hf_json(&c.to_hf_json().to_string()).unwrap(), c);
+            assert_eq!(
+                ClipConfig::from_hf_json(&c.to_hf_json().to_string()).unwrap(),
+                c
+            );
         }
     }
 

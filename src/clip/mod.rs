@@ -197,7 +197,8 @@ impl Clip {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         // tch picks the file format from the extension, so the temporary name keeps it.
         let tmp = dir.join(format!(".model-{}.safetensors", std::process::id()));
-        vs.save(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        vs.save(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, dir.join("model.safetensors"))
             .with_context(|| format!("cannot write {}", dir.join("model.safetensors").display()))?;
         let config = serde_json::to_string_pretty(&model.config().to_hf_json())?;

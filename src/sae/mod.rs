@@ -21,6 +21,7 @@
 //! the training losses are measured there. Metrics (`Evr`, l0) are in the original space.
 pub mod checkpoint;
 pub mod config;
+pub mod export;
 pub mod model;
 pub mod objective;
 pub mod optim;

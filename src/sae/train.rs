@@ -579,7 +579,8 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
                             "aux_loss": out.aux.double_value(&[]), "l0": l0, "evr": batch_evr, "lr": lr, "k": k,
                             "time": started.elapsed().as_secs_f64()}),
                 )?;
-                let rate = rows_done as f64 / (train_seconds + epoch_started.elapsed().as_secs_f64()).max(1e-9);
+                let rate = rows_done as f64
+                    / (train_seconds + epoch_started.elapsed().as_secs_f64()).max(1e-9);
                 bar.set_message(format!(
                     "epoch {}/{epochs} {rate:.0} rows/s evr {batch_evr:.4} l0 {l0:.1}",
                     epoch + 1

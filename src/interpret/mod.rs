@@ -1,0 +1,980 @@
+//! `interpret`: what each SAE feature means — its top images (one streaming pass over a
+//! sample, bounded memory), a collage per feature, automatic labels from CLIP's text tower,
+//! a CSV for people to annotate and an optional static feature browser.
+//!
+//! Steps:
+//! 1. Check the SAE against the model (d_in, layer) and, with `cache`, against the
+//!    activation cache (model sha256, layer, tokens, width).
+//! 2. Pick the sample: all images, or a seeded subset of `sample_size` of them (sorted).
+//! 3. Stream it: CLIP up to the SAE's layer (or the cache's rows) → SAE codes → per image
+//!    and latent the score (max over tokens for patch SAEs) → [`topk::TopK`].
+//! 4. Rank live latents (`rank_by`), keep `features` of them; dead latents are counted.
+//! 5. Re-read the top images of the kept features: per-patch heatmaps (patch SAEs) and
+//!    image embeddings (label method 2); draw the collages.
+//! 6. Label, write the CSV (and the HTML browser).
+//!
+//! Labels: when the SAE reads the CLS token of the last block, a feature's direction in
+//! embedding space is `embed(μ + a·W_dec[j]/s) − embed(μ)`, where μ is the sample's mean
+//! residual, a the feature's mean activation when it fires and `embed` CLIP's post-layernorm
+//! and projection ([`LabelMethod::Decoder`]). Otherwise it is the mean normalised image
+//! embedding of the feature's top images minus the sample's ([`LabelMethod::TopImages`]).
+
+pub mod collage;
+pub mod html;
+pub mod labels;
+pub mod topk;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use crate::clip::preprocess::{preprocess, resize_and_crop, PreprocessConfig};
+use crate::clip::{normalize, weights, Clip, LoadOptions, Tokens};
+use crate::data::cache::{file_sha256, ActivationCache};
+use crate::data::{self as datasets, Dataset, DatasetKind, DatasetSpec, Split};
+use crate::sae::{checkpoint::load_sae, Sae};
+
+pub use collage::{CollageFormat, Grid};
+pub use labels::Label;
+pub use topk::{LatentStats, RankBy, Stats, TopEntry, TopK};
+
+/// What to interpret and where to write it.
+#[derive(Debug, Clone)]
+pub struct InterpretOptions {
+    pub model: PathBuf,
+    pub load: LoadOptions,
+    pub sae: PathBuf,
+    /// Where the images come from (also with `cache`: for the collages).
+    pub dataset: DatasetSpec,
+    pub split: Split,
+    /// Read activations from this cache instead of running CLIP over the sample.
+    pub cache: Option<PathBuf>,
+    /// Only the first N images of the dataset, in its stable order (like `extract --limit`).
+    pub limit: Option<usize>,
+    /// Images in the sample (None: all).
+    pub sample_size: Option<usize>,
+    /// Top images kept per latent.
+    pub top_k: usize,
+    /// Features reported.
+    pub features: usize,
+    pub rank_by: RankBy,
+    pub grid: Grid,
+    /// Seed of the sample subset.
+    pub seed: u64,
+    pub output_csv: PathBuf,
+    pub collage_dir: PathBuf,
+    pub collage_format: CollageFormat,
+    pub html: Option<PathBuf>,
+    /// Phrase file replacing the built-in vocabulary.
+    pub vocab: Option<PathBuf>,
+    /// Images per forward pass.
+    pub batch_size: usize,
+}
+
+impl InterpretOptions {
+    pub fn new(
+        model: PathBuf,
+        sae: PathBuf,
+        dataset: DatasetSpec,
+        output_csv: PathBuf,
+        collage_dir: PathBuf,
+    ) -> InterpretOptions {
+        InterpretOptions {
+            model,
+            load: LoadOptions::default(),
+            sae,
+            dataset,
+            split: Split::Train,
+            cache: None,
+            limit: None,
+            sample_size: None,
+            top_k: 12,
+            features: 300,
+            rank_by: RankBy::Mean,
+            grid: Grid::default(),
+            seed: 0,
+            output_csv,
+            collage_dir,
+            collage_format: CollageFormat::Png,
+            html: None,
+            vocab: None,
+            batch_size: 64,
+        }
+    }
+}
+
+/// How the automatic labels were computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelMethod {
+    /// Decoder row through post-layernorm and projection (CLS SAE on the last block).
+    Decoder,
+    /// Mean embedding of the top images minus the sample mean.
+    TopImages,
+}
+
+/// One of a feature's top images.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopImage {
+    pub image_index: usize,
+    pub source: String,
+    /// Class name.
+    pub class: String,
+    pub activation: f32,
+    /// Arg-max token (0 = CLS, 1.. patches).
+    pub token: i64,
+}
+
+/// One reported feature.
+#[derive(Debug, Clone)]
+pub struct FeatureReport {
+    /// 1-based rank.
+    pub rank: usize,
+    pub latent: usize,
+    pub mean: f64,
+    pub max: f64,
+    pub frequency: f64,
+    pub top: Vec<TopImage>,
+    pub labels: Vec<Label>,
+    /// Collage file (as written, i.e. under `collage_dir`).
+    pub collage: PathBuf,
+}
+
+/// What `interpret` did.
+#[derive(Debug)]
+pub struct InterpretSummary {
+    /// Images scored.
+    pub images: usize,
+    /// Images that could not be read (dataset index, error); no other image moved.
+    pub skipped: Vec<(usize, String)>,
+    pub live: usize,
+    pub dead: usize,
+    pub features: Vec<FeatureReport>,
+    pub label_method: LabelMethod,
+    /// Text-embedding cache file.
+    pub text_cache: PathBuf,
+    /// Things the user should know (sample clipped, fewer features, …).
+    pub notes: Vec<String>,
+    pub seconds: f64,
+    /// Elements held by the streaming top-k buffers.
+    pub buffer_numel: usize,
+}
+
+/// SplitMix64.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seeded subset of `size` of `candidates` in ascending order (all of them when `size` is
+/// None or not smaller), and a note when the request was larger than the candidates.
+pub fn sample_indices(
+    candidates: &[usize],
+    size: Option<usize>,
+    seed: u64,
+) -> (Vec<usize>, Option<String>) {
+    let n = candidates.len();
+    match size {
+        Some(s) if s < n => {
+            let mut v = candidates.to_vec();
+            let mut state = seed;
+            for i in 0..s {
+                let j = i + (splitmix(&mut state) % (n - i) as u64) as usize;
+                v.swap(i, j);
+            }
+            v.truncate(s);
+            v.sort_unstable();
+            (v, None)
+        }
+        Some(s) if s > n => (
+            candidates.to_vec(),
+            Some(format!(
+                "--sample-size {s} is larger than the {n} images available: using all {n}"
+            )),
+        ),
+        _ => (candidates.to_vec(), None),
+    }
+}
+
+/// The SAE's recorded origin.
+#[derive(Debug, Clone)]
+struct SaeOrigin {
+    layer: usize,
+    tokens: Tokens,
+    sha256: Option<String>,
+}
+
+fn sae_origin(meta: &serde_json::Value, path: &Path) -> Result<SaeOrigin> {
+    let shown = path.display();
+    let layer = meta
+        .get("layer")
+        .and_then(|v| v.as_u64())
+        .with_context(|| format!("SAE checkpoint {shown} does not record its CLIP layer (clip.layer in the saeclip metadata)"))?;
+    let tokens = match meta.get("tokens") {
+        Some(v) => serde_json::from_value::<Tokens>(v.clone()).with_context(|| {
+            format!("SAE checkpoint {shown}: clip.tokens = {v} is not cls, patches or all")
+        })?,
+        None => bail!("SAE checkpoint {shown} does not record its tokens (clip.tokens)"),
+    };
+    let sha256 = meta
+        .get("sha256")
+        .and_then(|v| v.as_str())
+        .map(String::from);
+    Ok(SaeOrigin {
+        layer: layer as usize,
+        tokens,
+        sha256,
+    })
+}
+
+/// Images that could not be read: (dataset index, error).
+type Skips = Vec<(usize, String)>;
+
+/// One decoded batch: dataset index and pixels or why not.
+type Decoded = Vec<(usize, std::result::Result<Vec<f32>, String>)>;
+
+/// Decode `indices` in batches on a producer thread (rayon inside), one batch ahead of
+/// `consume`.
+fn stream_pixels(
+    dataset: &dyn Dataset,
+    indices: &[usize],
+    batch: usize,
+    prep: &PreprocessConfig,
+    mut consume: impl FnMut(Decoded) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = sync_channel::<Decoded>(2);
+        scope.spawn(move || {
+            for chunk in indices.chunks(batch) {
+                let decoded: Decoded = chunk
+                    .par_iter()
+                    .map(|&i| {
+                        let p = dataset
+                            .image(i)
+                            .map(|img| preprocess(&img, prep))
+                            .map_err(|e| e.to_string());
+                        (i, p)
+                    })
+                    .collect();
+                if tx.send(decoded).is_err() {
+                    break;
+                }
+            }
+        });
+        for b in rx {
+            consume(b)?;
+        }
+        Ok(())
+    })
+}
+
+/// Stack the good images of a batch: (indices, pixels [B, 3, P, P]) and the failures.
+fn stack(batch: Decoded, size: i64) -> Result<(Vec<usize>, Option<Tensor>, Skips)> {
+    let mut ids = Vec::new();
+    let mut flat = Vec::new();
+    let mut bad = Vec::new();
+    for (i, p) in batch {
+        match p {
+            Ok(p) => {
+                ids.push(i);
+                flat.extend(p);
+            }
+            Err(e) => bad.push((i, e)),
+        }
+    }
+    let pixels = if ids.is_empty() {
+        None
+    } else {
+        Some(Tensor::f_from_slice(&flat)?.f_view([ids.len() as i64, 3, size, size])?)
+    };
+    Ok((ids, pixels, bad))
+}
+
+/// Running sums for the labels.
+struct Baseline {
+    /// Σ CLS residual (decoder method). [D] f64
+    residual: Option<Tensor>,
+    /// Σ normalised image embedding (top-images method). [E] f64
+    embed: Option<Tensor>,
+    count: usize,
+}
+
+impl Baseline {
+    fn add(&mut self, t: &Tensor, which: bool) {
+        let s = t
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Double)
+            .sum_dim_intlist(0, false, Kind::Double);
+        let slot = if which {
+            &mut self.residual
+        } else {
+            &mut self.embed
+        };
+        *slot = Some(match slot.take() {
+            Some(acc) => acc + s,
+            None => s,
+        });
+    }
+}
+
+/// Score every image of `sample` with CLIP + the SAE. Returns the stats buffer, the
+/// skipped images and the label baseline sums.
+#[allow(clippy::too_many_arguments)]
+fn scan_with_model(
+    clip: &Clip,
+    sae: &Sae,
+    origin: &SaeOrigin,
+    dataset: &dyn Dataset,
+    sample: &[usize],
+    top_k: usize,
+    batch: usize,
+    method: LabelMethod,
+) -> Result<(TopK, Skips, Baseline)> {
+    let config = clip.config();
+    let size = config.vision.image_size;
+    let prep = PreprocessConfig::with_size(size as u32);
+    let device = sae.device();
+    let mut top = TopK::new(sae.config.d_sae, top_k, device);
+    let mut skipped = Vec::new();
+    let mut base = Baseline {
+        residual: None,
+        embed: None,
+        count: 0,
+    };
+    let bar = crate::ui::progress_bar(
+        sample.len() as u64,
+        "{spinner} interpret [{elapsed_precise}] {bar:30} {pos}/{len} images {per_sec} eta {eta}",
+    );
+    stream_pixels(dataset, sample, batch, &prep, |decoded| {
+        let n = decoded.len() as u64;
+        let (ids, pixels, bad) = stack(decoded, size)?;
+        for (i, e) in bad {
+            crate::ui::debug(format!("skipping image {i}: {e}"));
+            skipped.push((i, e));
+        }
+        if let Some(pixels) = pixels {
+            let residual = clip.residual(&pixels.to_device(device), origin.layer)?; // B, S, D
+            let scores = score_residual(sae, origin.tokens, &residual)?;
+            top.update(&scores, &ids)?;
+            match method {
+                LabelMethod::Decoder => base.add(&residual.select(1, 0), true),
+                LabelMethod::TopImages => {
+                    let e = clip.image_embeds_from(&residual, origin.layer)?;
+                    base.add(&normalize(&e.to_kind(Kind::Float)), false);
+                }
+            }
+            base.count += ids.len();
+        }
+        bar.inc(n);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok((top, skipped, base))
+}
+
+/// Scores of the images of a residual [B, S, D] for an SAE on `tokens`.
+pub fn score_residual(sae: &Sae, tokens: Tokens, residual: &Tensor) -> Result<topk::BatchScores> {
+    let (b, s, d) = residual.size3()?;
+    let range = tokens.positions(s);
+    let k = range.end - range.start;
+    let x = tokens.select(residual).reshape([b * k, d]);
+    let device = residual.device();
+    let row_image = Tensor::arange(b, (Kind::Int64, device)).repeat_interleave_self_int(k, 0, None);
+    let row_token = Tensor::arange_start(range.start, range.end, (Kind::Int64, device)).repeat([b]);
+    Ok(topk::score_rows(sae, &x, &row_image, &row_token, b))
+}
+
+/// Score the sample's rows of an activation cache.
+fn scan_cache(
+    cache: &ActivationCache,
+    sae: &Sae,
+    sample: &[usize],
+    top_k: usize,
+    batch: usize,
+    method: LabelMethod,
+) -> Result<(TopK, Baseline)> {
+    let device = sae.device();
+    let mut top = TopK::new(sae.config.d_sae, top_k, device);
+    let mut base = Baseline {
+        residual: None,
+        embed: None,
+        count: 0,
+    };
+    let wanted: HashSet<usize> = sample.iter().copied().collect();
+    for shard in cache.shards() {
+        let rows = cache.read_shard(&shard)?;
+        let images = Vec::<i64>::try_from(&rows.image_index)?;
+        // Runs of rows of one image, in order.
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new(); // image, start, len
+        for (r, &img) in images.iter().enumerate() {
+            match runs.last_mut() {
+                Some(last) if last.0 == img as usize && last.1 + last.2 == r => last.2 += 1,
+                _ => runs.push((img as usize, r, 1)),
+            }
+        }
+        runs.retain(|run| wanted.contains(&run.0));
+        for group in runs.chunks(batch.max(1)) {
+            let mut row_ids = Vec::new();
+            let mut row_image = Vec::new();
+            for (local, &(_, start, len)) in group.iter().enumerate() {
+                row_ids.extend((start..start + len).map(|r| r as i64));
+                row_image.extend(std::iter::repeat_n(local as i64, len));
+            }
+            let row_ids = Tensor::from_slice(&row_ids);
+            let x = rows
+                .activations
+                .index_select(0, &row_ids)
+                .to_kind(Kind::Float);
+            let tok = rows.token_index.index_select(0, &row_ids);
+            let scores = topk::score_rows(
+                sae,
+                &x,
+                &Tensor::from_slice(&row_image),
+                &tok,
+                group.len() as i64,
+            );
+            let ids: Vec<usize> = group.iter().map(|g| g.0).collect();
+            top.update(&scores, &ids)?;
+            if method == LabelMethod::Decoder {
+                let cls = x.index_select(0, &tok.eq(0).nonzero().squeeze_dim(1));
+                base.add(&cls, true);
+            }
+            base.count += ids.len();
+        }
+    }
+    Ok((top, base))
+}
+
+/// `path` relative to the directory `base`, `/`-separated (both made absolute lexically).
+pub fn relative_path(path: &Path, base: &Path) -> Result<String> {
+    let clean = |p: &Path| -> Result<Vec<String>> {
+        let abs = std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?;
+        let mut out: Vec<String> = Vec::new();
+        for c in abs.components() {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir => {}
+                Component::Normal(s) => out.push(s.to_string_lossy().into_owned()),
+                Component::RootDir | Component::Prefix(_) => {
+                    out.push(c.as_os_str().to_string_lossy().into_owned())
+                }
+            }
+        }
+        Ok(out)
+    };
+    let (p, b) = (clean(path)?, clean(base)?);
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut parts: Vec<String> = vec!["..".to_string(); b.len() - common];
+    parts.extend(p[common..].iter().cloned());
+    Ok(if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    })
+}
+
+/// The file behind a source of a file-based dataset, if it can be found.
+pub fn source_file(spec: &DatasetSpec, split: Split, source: &str) -> Option<PathBuf> {
+    let root = PathBuf::from(&spec.path);
+    let candidates = match spec.kind {
+        DatasetKind::Folder => vec![root.join(split.name()).join(source), root.join(source)],
+        DatasetKind::Food101 => vec![
+            root.join("food-101/images").join(source),
+            root.join("images").join(source),
+        ],
+        _ => vec![],
+    };
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Per-image data of the top images gathered after the scan.
+struct TopImageData {
+    /// Normalised image embedding [E] (top-images method).
+    embed: Option<Tensor>,
+    /// Per-patch activations for the features that list this image: latent → (side, values).
+    heat: HashMap<usize, (usize, Vec<f32>)>,
+}
+
+/// Run the whole interpretation.
+pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
+    let start = Instant::now();
+    ensure!(o.top_k >= 1, "--top-k must be at least 1");
+    ensure!(o.features >= 1, "--features must be at least 1");
+    ensure!(o.batch_size >= 1, "--batch-size must be at least 1");
+    let mut notes = Vec::new();
+    let device = o.load.device;
+    let (sae, meta) = load_sae(&o.sae, device)?;
+    let origin = sae_origin(&meta.clip, &o.sae)?;
+    let files = weights::resolve(&o.model, o.load.format)?;
+    let model_sha = file_sha256(&files.weights)?;
+    let clip = Clip::load(&o.model, &o.load)?;
+    let vision = &clip.config().vision;
+    ensure!(
+        sae.config.d_in == vision.hidden_size,
+        "the SAE {} has d_in = {}, but the model {} has width {}: use the SAE trained on this model",
+        o.sae.display(),
+        sae.config.d_in,
+        o.model.display(),
+        vision.hidden_size
+    );
+    ensure!(
+        origin.layer < vision.num_hidden_layers,
+        "the SAE {} reads layer {}, but the model {} has blocks 0..={}",
+        o.sae.display(),
+        origin.layer,
+        o.model.display(),
+        vision.num_hidden_layers - 1
+    );
+    if let Some(sha) = &origin.sha256 {
+        if sha != &model_sha && o.cache.is_none() {
+            crate::ui::warn(format!(
+                "the SAE {} was trained on a model with sha256 {sha}, not {} ({model_sha})",
+                o.sae.display(),
+                o.model.display()
+            ));
+        }
+    }
+    let last = vision.num_hidden_layers - 1;
+    let method = if origin.tokens == Tokens::Cls && origin.layer == last {
+        LabelMethod::Decoder
+    } else {
+        LabelMethod::TopImages
+    };
+    let dataset = datasets::limited(datasets::open(&o.dataset, o.split)?, o.limit);
+
+    // Scan.
+    let (top, skipped, mut base, images) = match &o.cache {
+        None => {
+            let all: Vec<usize> = (0..dataset.len()).collect();
+            let (sample, note) = sample_indices(&all, o.sample_size, o.seed);
+            notes.extend(note);
+            let (top, skipped, base) = scan_with_model(
+                &clip,
+                &sae,
+                &origin,
+                dataset.as_ref(),
+                &sample,
+                o.top_k,
+                o.batch_size,
+                method,
+            )?;
+            (top, skipped, base, sample)
+        }
+        Some(path) => {
+            let cache = ActivationCache::open(path)?;
+            let m = cache.manifest();
+            let shown = path.display();
+            ensure!(
+                m.d_model == sae.config.d_in,
+                "cache {shown} has width {}, the SAE d_in = {}",
+                m.d_model,
+                sae.config.d_in
+            );
+            ensure!(
+                m.layer == origin.layer,
+                "cache {shown} holds layer {}, the SAE {} reads layer {}",
+                m.layer,
+                o.sae.display(),
+                origin.layer
+            );
+            ensure!(
+                m.tokens == origin.tokens,
+                "cache {shown} holds {} tokens, the SAE {} reads {}",
+                m.tokens.name(),
+                o.sae.display(),
+                origin.tokens.name()
+            );
+            if let Some(sha) = &origin.sha256 {
+                ensure!(
+                    sha == &m.model.sha256,
+                    "cache {shown} comes from a model with sha256 {}, the SAE {} from {sha}",
+                    m.model.sha256,
+                    o.sae.display()
+                );
+            }
+            if m.model.sha256 != model_sha {
+                crate::ui::warn(format!(
+                    "cache {shown} comes from another model file than {} (labels use the latter)",
+                    o.model.display()
+                ));
+            }
+            if m.dataset.kind != o.dataset.kind.name() || m.dataset.split != o.split.name() {
+                crate::ui::warn(format!(
+                    "cache {shown} was extracted from {}:{} ({}), the images come from {} ({})",
+                    m.dataset.kind, m.dataset.path, m.dataset.split, o.dataset, o.split
+                ));
+            }
+            let mut available: Vec<usize> = cache
+                .images()?
+                .into_iter()
+                .map(|r| r.image_index)
+                .filter(|&i| i < dataset.len())
+                .collect();
+            available.dedup();
+            let (sample, note) = sample_indices(&available, o.sample_size, o.seed);
+            notes.extend(note);
+            let (top, mut base) = scan_cache(&cache, &sae, &sample, o.top_k, o.batch_size, method)?;
+            if method == LabelMethod::TopImages {
+                // The cache has no embeddings: embed a seeded subset of the sample.
+                let (subset, _) = sample_indices(&sample, Some(512), o.seed ^ 0x5eed);
+                notes.push(format!(
+                    "label baseline: mean embedding of {} images of the sample (embedded with the model)",
+                    subset.len()
+                ));
+                let size = vision.image_size;
+                let prep = PreprocessConfig::with_size(size as u32);
+                stream_pixels(dataset.as_ref(), &subset, o.batch_size, &prep, |decoded| {
+                    let (_, pixels, _) = stack(decoded, size)?;
+                    if let Some(p) = pixels {
+                        let e = clip.image_embeds(&p.to_device(device))?;
+                        base.add(&normalize(&e.to_kind(Kind::Float)), false);
+                    }
+                    Ok(())
+                })?;
+            }
+            (top, Vec::new(), base, sample)
+        }
+    };
+    let stats = top.finish();
+    ensure!(
+        stats.images > 0,
+        "no image of the sample could be read ({} skipped)",
+        skipped.len()
+    );
+    let (ranked, dead) = stats.ranked(o.rank_by);
+    ensure!(
+        !ranked.is_empty(),
+        "every latent of the SAE is dead on the sample of {} images: nothing to interpret",
+        stats.images
+    );
+    if o.features > ranked.len() {
+        notes.push(format!(
+            "--features {} is more than the {} live latents: reporting all {} ({dead} dead)",
+            o.features,
+            ranked.len(),
+            ranked.len()
+        ));
+    }
+    let chosen: Vec<&LatentStats> = ranked.iter().take(o.features).copied().collect();
+
+    // Second look at the top images: embeddings and heatmaps.
+    let top_data = gather_top_images(&clip, &sae, &origin, dataset.as_ref(), &chosen, o, method)?;
+
+    // Labels.
+    let vocab = labels::load_vocabulary(o.vocab.as_deref())?;
+    let out_dir = o
+        .output_csv
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let text_cache = labels::cache_path(&out_dir, &model_sha, &vocab);
+    let text = labels::text_embeddings(&clip, &vocab, &text_cache)?;
+    let directions =
+        feature_directions(&clip, &sae, &origin, &chosen, &mut base, &top_data, method)?;
+    let labels_of = labels::rank_labels(&directions, &text, &vocab, 3);
+
+    // Collages.
+    collage::prepare_dir(&o.collage_dir)?;
+    let classes = dataset.classes();
+    let features: Vec<FeatureReport> = chosen
+        .iter()
+        .zip(labels_of)
+        .enumerate()
+        .map(|(r, (l, labels))| FeatureReport {
+            rank: r + 1,
+            latent: l.latent,
+            mean: l.mean,
+            max: l.max,
+            frequency: l.frequency,
+            top: l
+                .top
+                .iter()
+                .map(|e| {
+                    let item = dataset.item(e.image);
+                    TopImage {
+                        image_index: e.image,
+                        class: usize::try_from(item.label)
+                            .ok()
+                            .and_then(|c| classes.get(c).cloned())
+                            .unwrap_or_default(),
+                        source: item.source,
+                        activation: e.score,
+                        token: e.token,
+                    }
+                })
+                .collect(),
+            labels,
+            collage: o.collage_dir.join(format!(
+                "feature_{:06}.{}",
+                l.latent,
+                o.collage_format.extension()
+            )),
+        })
+        .collect();
+    let prep = PreprocessConfig::with_size(vision.image_size as u32);
+    let heats: HashMap<(usize, usize), (usize, Vec<f32>)> = top_data
+        .iter()
+        .flat_map(|(&img, d)| d.heat.iter().map(move |(&l, h)| ((img, l), h.clone())))
+        .collect();
+    drop(top_data);
+    features.par_iter().try_for_each(|f| -> Result<()> {
+        let tiles: Vec<collage::Tile> = f
+            .top
+            .iter()
+            .take(o.grid.tiles())
+            .filter_map(|t| {
+                let img = dataset.image(t.image_index).ok()?;
+                Some(collage::Tile {
+                    image: resize_and_crop(&img, &prep),
+                    score: t.activation,
+                    heat: heats.get(&(t.image_index, f.latent)).cloned(),
+                })
+            })
+            .collect();
+        let label = f
+            .labels
+            .first()
+            .map(|l| format!(" · {} ({:.2})", l.phrase, l.score))
+            .unwrap_or_default();
+        let caption = format!("feature {} · rank {}{label}", f.latent, f.rank);
+        let img = collage::render(o.grid, &caption, &tiles)?;
+        collage::save(&img, &f.collage, o.collage_format)
+    })?;
+
+    write_csv(&o.output_csv, &features)?;
+    let summary = InterpretSummary {
+        images: stats.images,
+        skipped,
+        live: ranked.len(),
+        dead,
+        features,
+        label_method: method,
+        text_cache,
+        notes,
+        seconds: start.elapsed().as_secs_f64(),
+        buffer_numel: top.buffer_numel(),
+    };
+    if let Some(dir) = &o.html {
+        html::write_site(dir, o, &summary, images.len())?;
+    }
+    Ok(summary)
+}
+
+/// Embeddings and per-patch heatmaps of the chosen features' top images.
+fn gather_top_images(
+    clip: &Clip,
+    sae: &Sae,
+    origin: &SaeOrigin,
+    dataset: &dyn Dataset,
+    chosen: &[&LatentStats],
+    o: &InterpretOptions,
+    method: LabelMethod,
+) -> Result<BTreeMap<usize, TopImageData>> {
+    let heat = origin.tokens != Tokens::Cls;
+    let mut wanted: BTreeMap<usize, Vec<usize>> = BTreeMap::new(); // image → latents
+    for l in chosen {
+        for (i, e) in l.top.iter().enumerate() {
+            let in_collage = i < o.grid.tiles();
+            if method == LabelMethod::TopImages || (heat && in_collage) {
+                wanted.entry(e.image).or_default().push(l.latent);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let size = clip.config().vision.image_size;
+    let side = (size / clip.config().vision.patch_size) as usize;
+    let prep = PreprocessConfig::with_size(size as u32);
+    let device = sae.device();
+    let ids: Vec<usize> = wanted.keys().copied().collect();
+    stream_pixels(dataset, &ids, o.batch_size.min(16), &prep, |decoded| {
+        let (ids, pixels, _) = stack(decoded, size)?;
+        let Some(pixels) = pixels else { return Ok(()) };
+        let residual = clip.residual(&pixels.to_device(device), origin.layer)?;
+        let embeds = if method == LabelMethod::TopImages {
+            let e = clip.image_embeds_from(&residual, origin.layer)?;
+            Some(normalize(&e.to_kind(Kind::Float)).to_device(Device::Cpu))
+        } else {
+            None
+        };
+        for (b, &img) in ids.iter().enumerate() {
+            let mut maps = HashMap::new();
+            if heat {
+                // Patch tokens of this image, dense codes restricted to its latents.
+                let patches = residual.get(b as i64).narrow(0, 1, (side * side) as i64);
+                let z = sae.encode(&patches); // P, F
+                for &latent in &wanted[&img] {
+                    let v =
+                        Vec::<f32>::try_from(z.select(1, latent as i64).to_device(Device::Cpu))?;
+                    maps.insert(latent, (side, v));
+                }
+            }
+            out.insert(
+                img,
+                TopImageData {
+                    embed: embeds.as_ref().map(|e| e.get(b as i64)),
+                    heat: maps,
+                },
+            );
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Each chosen feature's direction in image-embedding space. [N, E]
+fn feature_directions(
+    clip: &Clip,
+    sae: &Sae,
+    origin: &SaeOrigin,
+    chosen: &[&LatentStats],
+    base: &mut Baseline,
+    top_data: &BTreeMap<usize, TopImageData>,
+    method: LabelMethod,
+) -> Result<Tensor> {
+    let n = base.count.max(1) as f64;
+    match method {
+        LabelMethod::Decoder => {
+            let mu = base
+                .residual
+                .take()
+                .context("no residual was accumulated")?
+                / n; // D
+            let device = sae.device();
+            let mu = mu.to_kind(Kind::Float).to_device(device);
+            let latents: Vec<i64> = chosen.iter().map(|l| l.latent as i64).collect();
+            let a: Vec<f32> = chosen.iter().map(|l| l.mean_when_firing() as f32).collect();
+            let rows = sae
+                .w_dec
+                .index_select(0, &Tensor::from_slice(&latents).to_device(device)); // N, D
+            let a = Tensor::from_slice(&a).to_device(device).unsqueeze(1);
+            let x = mu.unsqueeze(0) + rows * a / sae.input_scale; // N, D
+            let e = clip.image_embeds_from(&x.unsqueeze(1), origin.layer)?;
+            let e0 = clip.image_embeds_from(&mu.view([1, 1, -1]), origin.layer)?;
+            Ok((e.to_kind(Kind::Float) - e0.to_kind(Kind::Float)).to_device(Device::Cpu))
+        }
+        LabelMethod::TopImages => {
+            let mean = base.embed.take().context("no embedding was accumulated")? / n;
+            let mean = mean.to_kind(Kind::Float);
+            let rows: Vec<Tensor> = chosen
+                .iter()
+                .map(|l| {
+                    let es: Vec<Tensor> = l
+                        .top
+                        .iter()
+                        .filter_map(|e| top_data.get(&e.image).and_then(|d| d.embed.as_ref()))
+                        .map(|t| t.shallow_clone())
+                        .collect();
+                    if es.is_empty() {
+                        mean.zeros_like()
+                    } else {
+                        Tensor::stack(&es, 0).mean_dim(0, false, Kind::Float) - &mean
+                    }
+                })
+                .collect();
+            Ok(Tensor::stack(&rows, 0))
+        }
+    }
+}
+
+/// The CSV's columns, in order.
+pub const CSV_COLUMNS: [&str; 13] = [
+    "feature_rank",
+    "feature_id",
+    "collage_path",
+    "activation_mean",
+    "activation_max",
+    "num_images",
+    "interpretation",
+    "frequency",
+    "top_images",
+    "auto_label",
+    "auto_label_score",
+    "auto_label_2",
+    "auto_label_3",
+];
+
+fn write_csv(path: &Path, features: &[FeatureReport]) -> Result<()> {
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::disk::write_atomic(path, |tmp| {
+        let mut w = csv::Writer::from_path(tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        w.write_record(CSV_COLUMNS)?;
+        for f in features {
+            let label = |i: usize| {
+                f.labels
+                    .get(i)
+                    .map(|l| l.phrase.clone())
+                    .unwrap_or_default()
+            };
+            let top: Vec<String> = f.top.iter().map(|t| t.image_index.to_string()).collect();
+            w.write_record([
+                f.rank.to_string(),
+                f.latent.to_string(),
+                relative_path(&f.collage, base)?,
+                format!("{:.6}", f.mean),
+                format!("{:.6}", f.max),
+                f.top.len().to_string(),
+                String::new(),
+                format!("{:.6}", f.frequency),
+                top.join(";"),
+                label(0),
+                f.labels
+                    .first()
+                    .map(|l| format!("{:.6}", l.score))
+                    .unwrap_or_default(),
+                label(1),
+                label(2),
+            ])?;
+        }
+        w.flush()?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_is_seeded_sorted_and_clipped() {
+        let all: Vec<usize> = (0..100).collect();
+        let (a, n) = sample_indices(&all, Some(10), 3);
+        assert!(n.is_none());
+        assert_eq!(a.len(), 10);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(a, sample_indices(&all, Some(10), 3).0);
+        assert_ne!(a, sample_indices(&all, Some(10), 4).0);
+        let (b, n) = sample_indices(&all, Some(500), 3);
+        assert_eq!(b, all);
+        assert!(n.unwrap().contains("using all 100"));
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative_path(Path::new("/a/b/c.png"), Path::new("/a")).unwrap(),
+            "b/c.png"
+        );
+        assert_eq!(
+            relative_path(Path::new("/a/x/c.png"), Path::new("/a/y")).unwrap(),
+            "../x/c.png"
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! `saeclip demo --quick`: the whole pipeline on the embedded model; outputs exist and
+//! agree with each other.
+
+mod common;
+
+use std::collections::HashMap;
+
+#[test]
+fn demo_runs_the_pipeline_and_its_outputs_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo-out");
+    let run = common::saeclip()
+        .args(["--device", "cpu", "demo", "--quick", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("RANDOM weights"),
+        "the demo says plainly its model is untrained: {stderr}"
+    );
+    assert!(stdout.contains("random-weight model"), "{stdout}");
+    assert!(stdout.contains("browser/index.html"), "{stdout}");
+    for f in [
+        "model/config.json",
+        "model/model.safetensors",
+        "cache/manifest.json",
+        "run/summary.json",
+        "run/metrics.jsonl",
+        "run/checkpoints/best.safetensors",
+        "training.md",
+        "zeroshot.md",
+        "zeroshot.json",
+        "predictions.csv",
+        "features.csv",
+        "browser/index.html",
+        "run/plots/evr.png",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    // The cache holds the requested images.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("cache/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["images"], 480);
+    // Zero-shot JSON agrees with the per-image predictions.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("zeroshot.json")).unwrap()).unwrap();
+    let d = &json["datasets"][0];
+    assert_eq!(d["samples"], 192);
+    let mut reader = csv::Reader::from_path(out.join("predictions.csv")).unwrap();
+    let rows: Vec<HashMap<String, String>> = reader.deserialize().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 192);
+    let top1 = |col: &str| {
+        100.0 * rows.iter().filter(|r| r[col] == r["label"]).count() as f64 / rows.len() as f64
+    };
+    assert!((top1("pred") - d["clip"]["top1"].as_f64().unwrap()).abs() < 1e-6);
+    assert!((top1("pred_sae") - d["clip_sae"]["top1"].as_f64().unwrap()).abs() < 1e-6);
+    // Every listed feature has its collage; the training table shows every epoch.
+    let mut reader = csv::Reader::from_path(out.join("features.csv")).unwrap();
+    let features: Vec<HashMap<String, String>> = reader.deserialize().map(|r| r.unwrap()).collect();
+    assert_eq!(features.len(), 12);
+    for f in &features {
+        assert!(
+            out.join(&f["collage_path"]).exists(),
+            "{}",
+            f["collage_path"]
+        );
+    }
+    let table = std::fs::read_to_string(out.join("training.md")).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["epochs"], 4);
+    assert!(
+        table.contains(&format!("{:.4}", summary["best_val_evr"].as_f64().unwrap())),
+        "{table}"
+    );
+    // A second run replaces the demo's outputs instead of failing.
+    let again = common::saeclip()
+        .args(["--device", "cpu", "-q", "demo", "--quick", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
