@@ -12,7 +12,7 @@ BIN    := target/release/saeclip
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo chromium bench bench-train bench-clip bench-extract bench-eval clean
+.PHONY: setup build test lint demo chromium bench bench-train bench-clip bench-extract bench-eval bench-interpret clean
 
 ## setup: create .venv with torch 2.11.0 and the pinned reference packages
 setup: $(STAMP)
@@ -84,7 +84,7 @@ bench-interpret: setup
 	cargo build --release
 	$(PY) bench/interpret.py
 
-bench: bench-clip bench-extract bench-train bench-eval
+bench: bench-clip bench-extract bench-train bench-eval bench-interpret
 
 clean:
 	cargo clean

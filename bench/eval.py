@@ -15,7 +15,8 @@
      image forward (`Clip::image_embeds`) against eval-zeroshot's spliced forward (one forward
      to block L, the SAE on the CLS token, the remaining blocks for the original, spliced
      and error-added residuals) on the same seeded pixel batch, alternating within each
-     iteration; plus the SAE reconstruction alone;
+     iteration; plus, timed on their own, the SAE reconstruction, everything after block L
+     (`splice_residual`) and one plain pass through the blocks after L;
    - end to end: `saeclip eval-zeroshot --dataset procedural:0 --samples N` without and with
      `--sae`, each a fresh process; images/s of the image loop (generation of the procedural
      images, preprocessing, forward, scoring; text embedding and model load excluded) from
@@ -23,8 +24,11 @@
 4. rewrites the `<!-- eval -->` section of bench/RESULTS.md with the medians.
 
 Target (from the issue): the splice costs at most 10% over the plain forward at k = 64 and
-32× width (ViT-B/32, last block, CLS). Exits non-zero when a peer fails, not when the
-target is missed.
+32× width (ViT-B/32, last block, CLS). Two measures are reported: the ratio of spliced to
+plain forward times run back to back, and the extra work alone (everything after block L,
+timed on its own, minus the one pass through the remaining blocks the plain forward also
+makes), which the load of a shared machine disturbs much less; the target is judged on the
+latter. Exits non-zero when a peer fails, not when the target is missed.
 """
 
 from __future__ import annotations
@@ -201,27 +205,30 @@ def render(r: dict) -> str:
         "forward, scoring) from `--json`, median over rounds",
         "",
         "| model | SAE (d_in → d_sae, layer) | forward images/s plain | forward images/s spliced "
-        "| splice overhead | SAE alone / plain forward | end-to-end images/s without SAE | with SAE |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| overhead, back-to-back ratio | overhead, extra work | SAE alone / plain forward "
+        "| end-to-end images/s without SAE | with SAE |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         e2e = row.get("e2e")
+        tail = f"| {e2e['without']:.1f} (N = {e2e['samples']}) | {e2e['with']:.1f} |" if e2e else "| — | — |"
         lines.append(
             f"| {row['model']} | {row['d_in']} → {row['d_sae']}, block {row['layer']} of 0..{row['blocks'] - 1} "
             f"| {row['plain']:.1f} | {row['spliced']:.1f} | {100 * row['overhead']:+.1f}% "
-            f"| {100 * row['sae_fraction']:.1f}% "
-            f"| {e2e['without']:.1f} (N = {e2e['samples']}) | {e2e['with']:.1f} |"
-            if e2e
-            else f"| {row['model']} | {row['d_in']} → {row['d_sae']}, block {row['layer']} of 0..{row['blocks'] - 1} "
-            f"| {row['plain']:.1f} | {row['spliced']:.1f} | {100 * row['overhead']:+.1f}% "
-            f"| {100 * row['sae_fraction']:.1f}% | — | — |"
+            f"| {100 * row['extra']:+.1f}% | {100 * row['sae_fraction']:.1f}% " + tail
         )
     main = r["target_row"]
-    ok = main["overhead"] <= TARGET_OVERHEAD
+    ok = main["extra"] <= TARGET_OVERHEAD
     lines += [
         "",
-        f"- Splice overhead ≤ {100 * TARGET_OVERHEAD:.0f}% (ViT-B/32, last block, CLS, {EXPANSION}×, k = {K}): "
-        f"{'**PASS**' if ok else '**FAIL**'} ({100 * main['overhead']:+.1f}%; the SAE itself costs "
+        "- *Overhead, back-to-back ratio*: median over iterations of spliced / plain time, the two run "
+        "back to back; on this shared machine it carries the load's noise. *Overhead, extra work*: "
+        "what the spliced forward does beyond a plain forward, timed on its own in the same iterations: "
+        "(`splice_residual` − one plain pass through the blocks after L) / plain forward; it "
+        "includes the SAE, the token copies and the two extra passes after block L.",
+        f"- Splice overhead ≤ {100 * TARGET_OVERHEAD:.0f}% (ViT-B/32, last block, CLS, {EXPANSION}×, k = {K}), "
+        f"judged on the extra work: {'**PASS**' if ok else '**FAIL**'} ({100 * main['extra']:+.1f}%; "
+        f"back-to-back ratio {100 * main['overhead']:+.1f}%; the SAE alone costs "
         f"{100 * main['sae_fraction']:.1f}% of a plain forward)",
         "- At an earlier block the spliced forward runs the remaining blocks three times (original, "
         "spliced, error-added), so its cost grows with the blocks after L, independently of the SAE; "
@@ -247,7 +254,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="libtorch and decoding threads")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds")
-    p.add_argument("--iters", type=int, default=3, help="timed forward iterations per round, ViT-B/32")
+    p.add_argument("--iters", type=int, default=4, help="timed forward iterations per round, ViT-B/32")
     p.add_argument("--iters-tiny", type=int, default=30, help="timed forward iterations per round, tiny model")
     p.add_argument("--batch", type=int, default=16, help="images per forward")
     p.add_argument("--samples-vit", type=int, default=64, help="end-to-end images, ViT-B/32")
@@ -299,12 +306,15 @@ def main() -> int:
         plain = [t for x in runs for t in x["plain_s"]]
         spliced = [t for x in runs for t in x["spliced_s"]]
         sae_s = [t for x in runs for t in x["sae_s"]]
+        after = [t for x in runs for t in x["after_residual_s"]]
+        tail = [t for x in runs for t in x["tail_s"]]
         # Per-iteration ratios: plain and spliced ran back to back, so they share the load.
         ratios = [s / p for x in runs for p, s in zip(x["plain_s"], x["spliced_s"])]
         row = {
             "model": name, "d_in": runs[0]["d_in"], "d_sae": runs[0]["d_sae"], "layer": runs[0]["layer"],
             "blocks": runs[0]["blocks"], "plain": args.batch / med(plain), "spliced": args.batch / med(spliced),
             "overhead": med(ratios) - 1.0, "sae_fraction": med(sae_s) / med(plain), "iters": iters,
+            "extra": (med(after) - med(tail)) / med(plain),
         }  # fmt: skip
         if samples is not None:
             row["e2e"] = {

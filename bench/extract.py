@@ -537,12 +537,15 @@ def breakdown_lines(r: dict) -> list[str]:
     return [
         f"Where saeclip's time goes (benches/extract_pipeline.rs `--model`, one process, layer "
         f"{b['layer']}, batch {b['batch']}, libtorch {b['torch_threads']} threads, rayon "
-        f"{dec['threads']}; median of {len(b['forward_s'])} round(s); 1-min load {b['load']:.1f}):",
+        f"{dec['threads']}; median wall time of {len(b['forward_s'])} round(s), least CPU time; "
+        f"1-min load {b['load']:.1f}):",
         f"- model load: {b['load_s']:.1f} s; decode + preprocess of all {n} images alone: {decode_s:.1f} s",
-        f"- forward alone on images decoded beforehand: {fwd:.1f} s ({n / fwd:.2f} images/s)",
+        f"- forward alone on images decoded beforehand: {fwd:.1f} s ({n / fwd:.2f} images/s; "
+        f"{min(b['forward_cpu_s']):.1f} CPU s)",
         f"- decoding overlapped with the forward, as `extract` does: {pipe:.1f} s ({n / pipe:.2f} images/s, "
-        f"{100 * (pipe / fwd - 1):+.0f}% vs the forward alone)",
-        f"- decode then forward, batch after batch: {seq:.1f} s ({100 * (seq / fwd - 1):+.0f}% vs the forward alone)",
+        f"{100 * (pipe / fwd - 1):+.0f}% vs the forward alone; {min(b['pipelined_cpu_s']):.1f} CPU s)",
+        f"- decode then forward, batch after batch: {seq:.1f} s ({100 * (seq / fwd - 1):+.0f}% vs the forward "
+        f"alone; {min(b['sequential_cpu_s']):.1f} CPU s)",
         "",
     ]
 

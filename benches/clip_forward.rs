@@ -427,6 +427,23 @@ impl<'a> Proto<'a> {
 
 /// Time each of [`VARIANTS`] against `clip.image_embeds`, interleaved, and check that each
 /// computes the same embeddings.
+/// User + system CPU seconds of this process so far, all threads (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in USER_HZ ticks (100 on Linux); the command
+    // name (field 2) may hold spaces, so count from its closing parenthesis.
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: f64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
 fn time_variants(clip: &Clip, pixels: &Tensor, args: &Args) -> Result<serde_json::Value> {
     let proto = Proto::new(clip)?;
     let reference = clip.image_embeds(pixels)?;
@@ -439,22 +456,33 @@ fn time_variants(clip: &Clip, pixels: &Tensor, args: &Args) -> Result<serde_json
         ensure!(diff < 1e-4, "variant `{}` differs: {diff:e}", v.name);
         out.insert(v.name.to_string(), serde_json::json!({ "rel_diff": diff }));
     }
+    // Wall and process CPU seconds (all threads): on a shared machine the CPU time tracks
+    // the work done even when the wall time mostly tracks the neighbours.
+    let mut cpu = vec![Vec::new(); VARIANTS.len() + 1];
+    let mut timed = |slot: usize, f: &dyn Fn() -> Result<Tensor>| -> Result<()> {
+        let c0 = cpu_seconds();
+        times[slot].push(time(f)?);
+        cpu[slot].push(cpu_seconds() - c0);
+        Ok(())
+    };
     for _ in 0..args.iters {
-        times[0].push(time(|| clip.image_embeds(pixels))?);
+        timed(0, &|| clip.image_embeds(pixels))?;
         for (i, &v) in VARIANTS.iter().enumerate() {
-            times[i + 1].push(time(|| proto.image_embeds(pixels, v))?);
+            timed(i + 1, &|| proto.image_embeds(pixels, v))?;
         }
     }
-    let base = median(&times[0]);
+    let (base, base_cpu) = (median(&times[0]), median(&cpu[0]));
     out.insert(
         "saeclip image_embeds".to_string(),
-        serde_json::json!({ "median_s": base, "s": times[0] }),
+        serde_json::json!({ "median_s": base, "median_cpu_s": base_cpu, "s": times[0] }),
     );
     for (i, v) in VARIANTS.iter().enumerate() {
-        let med = median(&times[i + 1]);
+        let (med, med_cpu) = (median(&times[i + 1]), median(&cpu[i + 1]));
         let entry = out[v.name].as_object_mut().expect("inserted above");
         entry.insert("median_s".into(), med.into());
+        entry.insert("median_cpu_s".into(), med_cpu.into());
         entry.insert("speedup_vs_saeclip".into(), (base / med).into());
+        entry.insert("cpu_speedup_vs_saeclip".into(), (base_cpu / med_cpu).into());
         entry.insert("s".into(), times[i + 1].clone().into());
     }
     Ok(out.into())

@@ -181,6 +181,22 @@ fn pipelined(clip: &Clip, files: &[PathBuf], cfg: &PreprocessConfig, a: &Args) -
     })
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far, from
+/// /proc/self/stat (Linux; clock ticks of 1/100 s); `NaN` where that cannot be read.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 /// Seconds per round of each way of running decode and forward over all `files`.
 fn breakdown(model: &Path, files: &[PathBuf], a: &Args) -> Result<serde_json::Value> {
     let load = Instant::now();
@@ -195,11 +211,13 @@ fn breakdown(model: &Path, files: &[PathBuf], a: &Args) -> Result<serde_json::Va
     // Untimed: the first forward pays for allocations and kernel selection.
     forward(&clip, &decoded[0], size, a.layer)?;
     let (mut fwd, mut pipe, mut seq) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..a.breakdown_rounds {
         // Alternate the order so that a trend in machine load hits the variants alike.
         let order: [u8; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for variant in order {
             let start = Instant::now();
+            let cpu_start = cpu_seconds();
             let mut rows = 0;
             match variant {
                 0 => {
@@ -215,6 +233,7 @@ fn breakdown(model: &Path, files: &[PathBuf], a: &Args) -> Result<serde_json::Va
                 }
             }
             let elapsed = start.elapsed().as_secs_f64();
+            cpu[usize::from(variant)].push(cpu_seconds() - cpu_start);
             ensure!(
                 rows == files.len(),
                 "{rows} rows for {} images",
@@ -234,6 +253,9 @@ fn breakdown(model: &Path, files: &[PathBuf], a: &Args) -> Result<serde_json::Va
         "forward_median_s": median(&fwd),
         "pipelined_median_s": median(&pipe),
         "sequential_median_s": median(&seq),
+        "forward_cpu_s": cpu[0],
+        "pipelined_cpu_s": cpu[1],
+        "sequential_cpu_s": cpu[2],
     }))
 }
 

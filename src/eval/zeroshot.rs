@@ -445,6 +445,12 @@ pub fn evaluate(o: &ZeroshotOptions) -> Result<ZeroshotReport> {
     if o.templates == TemplateMode::Single {
         check_template(&o.template)?;
     }
+    // Open every dataset first, so that a bad name fails before any work.
+    let opened = o
+        .datasets
+        .iter()
+        .map(|spec| datasets::open(spec, o.split))
+        .collect::<Result<Vec<_>>>()?;
     let clip = Clip::load(&o.model, &o.load)?;
     let sae = match &o.sae {
         None => None,
@@ -458,8 +464,7 @@ pub fn evaluate(o: &ZeroshotOptions) -> Result<ZeroshotReport> {
     };
     let splice = sae.as_ref().map(|s| o.splice.unwrap_or(s.tokens));
     let mut results = Vec::new();
-    for spec in &o.datasets {
-        let dataset = datasets::open(spec, o.split)?;
+    for dataset in &opened {
         results.push(evaluate_dataset(
             &clip,
             sae.as_ref().zip(splice),
