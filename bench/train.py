@@ -316,7 +316,7 @@ def section(r: dict) -> str:
         "invariant to that scale), no auxiliary (AuxK) loss (saeclip `sae.aux_coef=0`, sae-lens "
         "`aux_loss_coefficient=0`; overcomplete trains plain MSE), batches in saeclip's epoch order "
         f"(seed {SEED}); inputs times saeclip's input scale s = √d / mean‖x‖ "
-        f"({sc['summary_scale']:.4f}) from the same 65,536-row sample; decoder rows of unit norm and "
+        f"({ev['saeclip']['input_scale']:.4f}) from the same 65,536-row sample; decoder rows of unit norm and "
         "W_enc = W_decᵀ, b_enc = 0 at init (sae-lens `decoder_init_norm=1.0`; overcomplete "
         "`.untied(bias=True, copy_from_dictionary=True)`); b_dec = the geometric median of the "
         "scaled sample for saeclip and sae-lens (overcomplete's TopK SAE has no decoder bias, "
@@ -397,7 +397,6 @@ def main() -> int:
             continue
         if t == "saeclip":
             runs[t] = run_saeclip(exe, data, args.steps, args.threads)
-            runs[t]["checkpoint"] = runs[t]["checkpoint"]
         else:
             runs[t] = run_peer(t, data, args.steps, args.threads)
         log(f"{t}: {runs[t]['steps_per_s']:.3f} steps/s (load {loads(runs[t]['load'])})")
@@ -430,7 +429,6 @@ def main() -> int:
     log(f"done in {report['seconds']:.0f} s; report in {BENCH_DIR / 'report.json'}")
     if set(runs) != set(TRAINERS):
         return 0
-    runs["saeclip"]["summary_scale"] = ev["saeclip"]["input_scale"]
     text = section(report)
     print(text)
     if not args.no_write:
