@@ -160,7 +160,8 @@ def render(r: dict) -> str:
             "## CLIP image forward (saeclip vs transformers)",
             "",
             f"- Command: `make bench-clip` (runs `bench/clip_forward.py`, which alternates "
-            f"{r['rounds']} rounds of `cargo bench --bench clip_forward` and transformers)",
+            f"{r['rounds']} rounds of the `cargo bench --bench clip_forward` executable and of "
+            f"transformers in this process)",
             f"- Date: {r['date']}",
             f"- Machine: {r['cpu']} ({r['isa']}), {r['cores']} cores; {r['threads']} intra-op threads "
             f"for both peers",
