@@ -208,8 +208,10 @@ fn breakdown(model: &Path, files: &[PathBuf], a: &Args) -> Result<serde_json::Va
         .chunks(a.batch)
         .map(|chunk| decode_batch(chunk, &cfg))
         .collect::<Result<_>>()?;
-    // Untimed: the first forward pays for allocations and kernel selection.
+    // Apart: the first forward pays for allocations and kernel selection.
+    let first = Instant::now();
     forward(&clip, &decoded[0], size, a.layer)?;
+    let first_forward_s = first.elapsed().as_secs_f64();
     let (mut fwd, mut pipe, mut seq) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..a.breakdown_rounds {
@@ -247,6 +249,7 @@ fn breakdown(model: &Path, files: &[PathBuf], a: &Args) -> Result<serde_json::Va
         "batch": a.batch,
         "torch_threads": tch::get_num_threads(),
         "load_s": load_s,
+        "first_forward_s": first_forward_s,
         "forward_s": fwd,
         "pipelined_s": pipe,
         "sequential_s": seq,
