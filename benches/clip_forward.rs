@@ -193,7 +193,7 @@ struct Variant {
 /// How QuickGELU, `h · σ(1.702 h)`, is computed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Act {
-    /// As saeclip: three passes, three new tensors.
+    /// `h · σ(1.702 h)` as written: three passes, three new tensors.
     Reference,
     /// `t = 1.702 h; σ(t) in place; h ·= t`: three passes, one new tensor.
     InPlace,
@@ -206,7 +206,7 @@ enum Act {
 
 const VARIANTS: [Variant; 6] = [
     Variant {
-        name: "prototype, as saeclip",
+        name: "prototype: separate q/k/v, quickgelu in three ops (saeclip before fusing)",
         fused_qkv: false,
         act: Act::Reference,
         add_in_place: false,

@@ -4,17 +4,23 @@
 //! (models/clip/modeling_clip.py); variable names copy the checkpoint keys.
 //! Shapes: B batch, S sequence, D width, H heads, K head width.
 
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, Tensor};
 
 use super::config::Activation;
 
-/// Multi-head self-attention with separate q/k/v projections.
+/// Multi-head self-attention with q/k/v projections.
+///
+/// The checkpoint stores `q_proj`, `k_proj` and `v_proj` separately; [`Attention::fuse`]
+/// moves them into one [3D, D] matrix (the three variables become views of it), so the
+/// forward runs one projection instead of three.
 #[derive(Debug)]
 pub struct Attention {
     q_proj: nn::Linear,
     k_proj: nn::Linear,
     v_proj: nn::Linear,
     out_proj: nn::Linear,
+    /// `[q; k; v]` weight [3D, D] and bias [3D], once fused.
+    qkv: Option<(Tensor, Tensor)>,
     num_heads: i64,
 }
 
@@ -26,20 +32,65 @@ impl Attention {
             k_proj: linear("k_proj"),
             v_proj: linear("v_proj"),
             out_proj: linear("out_proj"),
+            qkv: None,
             num_heads,
+        }
+    }
+
+    /// Store q, k and v in one contiguous [3D, D] weight (and [3D] bias) and point the
+    /// three variables at their slices of it: same values, no extra memory. Call after the
+    /// weights are loaded and cast; loading into the variables later would still write
+    /// through to the fused storage, but a cast (`VarStore::set_kind`) would not.
+    pub fn fuse(&mut self) {
+        let parts = [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj];
+        let weight = Tensor::cat(&parts.iter().map(|p| &p.ws).collect::<Vec<_>>(), 0);
+        let bias = Tensor::cat(
+            &parts
+                .iter()
+                .map(|p| p.bs.as_ref().expect("q/k/v projections have biases"))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let d = weight.size()[1];
+        for (i, p) in parts.into_iter().enumerate() {
+            let i = i as i64;
+            tch::no_grad(|| {
+                p.ws.set_data(&weight.narrow(0, i * d, d));
+                if let Some(b) = p.bs.as_mut() {
+                    b.set_data(&bias.narrow(0, i * d, d));
+                }
+            });
+        }
+        self.qkv = Some((weight, bias));
+    }
+
+    /// q, k and v as [B, H, S, K].
+    fn project(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (b, s, d) = x.size3().expect("attention input is [B, S, D]");
+        let (h, k) = (self.num_heads, d / self.num_heads);
+        match &self.qkv {
+            Some((weight, bias)) => {
+                let qkv = x
+                    .linear(weight, Some(bias))
+                    .view([b, s, 3, h, k])
+                    .permute([2, 0, 3, 1, 4]); // 3, B, H, S, K
+                (qkv.get(0), qkv.get(1), qkv.get(2))
+            }
+            None => {
+                let heads = |t: Tensor| t.view([b, s, h, k]).transpose(1, 2);
+                (
+                    heads(x.apply(&self.q_proj)),
+                    heads(x.apply(&self.k_proj)),
+                    heads(x.apply(&self.v_proj)),
+                )
+            }
         }
     }
 
     /// `causal` masks attention to later positions (the text tower).
     pub fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
         let (b, s, d) = x.size3().expect("attention input is [B, S, D]");
-        let heads = |t: Tensor| {
-            t.view([b, s, self.num_heads, d / self.num_heads])
-                .transpose(1, 2)
-        };
-        let q = heads(x.apply(&self.q_proj)); // B, H, S, K
-        let k = heads(x.apply(&self.k_proj));
-        let v = heads(x.apply(&self.v_proj));
+        let (q, k, v) = self.project(x);
         let y = Tensor::scaled_dot_product_attention(
             &q,
             &k,
@@ -53,6 +104,9 @@ impl Attention {
         y.transpose(1, 2).reshape([b, s, d]).apply(&self.out_proj) // B, S, D
     }
 }
+
+/// QuickGELU's constant: `quick_gelu(h) = h · σ(1.702 h)`.
+const QUICK_GELU: f64 = 1.702;
 
 /// The position-wise feed-forward network.
 #[derive(Debug)]
@@ -70,17 +124,37 @@ impl Mlp {
             activation,
         }
     }
+
+    /// `fc2(act(fc1(x)))`. QuickGELU is computed as `silu(1.702 h) / 1.702`, the two
+    /// scalings folded into the matrix products (`α` and `β` of a GEMM), so that no
+    /// weight is copied and the activation is one in-place pass when nothing needs a
+    /// gradient.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self.activation {
+            Activation::Gelu => x.apply(&self.fc1).gelu("none").apply(&self.fc2),
+            Activation::QuickGelu => {
+                let t = scaled_linear(x, &self.fc1, QUICK_GELU, QUICK_GELU); // 1.702 · fc1(x)
+                let h = if t.requires_grad() {
+                    t.silu()
+                } else {
+                    let mut t = t;
+                    t.silu_()
+                };
+                scaled_linear(&h, &self.fc2, 1.0 / QUICK_GELU, 1.0) // fc2(h / 1.702)
+            }
+        }
+    }
 }
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let h = x.apply(&self.fc1);
-        let h = match self.activation {
-            Activation::QuickGelu => &h * (&h * 1.702).sigmoid(),
-            Activation::Gelu => h.gelu("none"),
-        };
-        h.apply(&self.fc2)
-    }
+/// `alpha · (x Wᵀ) + beta · b` over the last axis of `x`, as one matrix product.
+fn scaled_linear(x: &Tensor, linear: &nn::Linear, alpha: f64, beta: f64) -> Tensor {
+    let mut shape = x.size();
+    let d_in = *shape.last().expect("a linear input has a last axis");
+    let bias = linear.bs.as_ref().expect("MLP layers have biases");
+    let rows = x.reshape([1, -1, d_in]);
+    let y = bias.baddbmm(&rows, &linear.ws.tr().unsqueeze(0), beta, alpha);
+    *shape.last_mut().expect("checked above") = linear.ws.size()[0];
+    y.view(shape.as_slice())
 }
 
 /// One residual block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
@@ -124,9 +198,27 @@ impl EncoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
-        let x = x + self.self_attn.forward(&x.apply(&self.layer_norm1), causal);
-        let y = x.apply(&self.layer_norm2).apply(&self.mlp);
-        x + y
+        let x = residual_add(
+            self.self_attn.forward(&x.apply(&self.layer_norm1), causal),
+            x,
+        );
+        residual_add(self.mlp.forward(&x.apply(&self.layer_norm2)), &x)
+    }
+
+    /// See [`Attention::fuse`].
+    pub fn fuse(&mut self) {
+        self.self_attn.fuse();
+    }
+}
+
+/// `branch + x`, written into `branch` (a fresh tensor) when no gradient is needed. Never
+/// into `x`: callers keep shallow clones of earlier residuals.
+fn residual_add(branch: Tensor, x: &Tensor) -> Tensor {
+    if branch.requires_grad() || x.requires_grad() {
+        branch + x
+    } else {
+        let mut branch = branch;
+        branch.g_add_(x)
     }
 }
 
@@ -142,5 +234,12 @@ impl Encoder {
             .map(|i| EncoderLayer::new(&vs / "layers" / i, dims))
             .collect();
         Encoder { layers }
+    }
+
+    /// See [`Attention::fuse`].
+    pub fn fuse(&mut self) {
+        for layer in &mut self.layers {
+            layer.fuse();
+        }
     }
 }

@@ -157,7 +157,7 @@ impl Clip {
         kind: Kind,
     ) -> Result<Clip> {
         let mut vs = VarStore::new(device);
-        let model = ClipModel::new(vs.root(), config);
+        let mut model = ClipModel::new(vs.root(), config);
         match files.format {
             ModelFormat::OpenClip => weights::load_open_clip(&vs, &files.weights)?,
             _ => weights::load_hf(&vs, &files.weights)?,
@@ -166,6 +166,7 @@ impl Clip {
         if kind != Kind::Float {
             vs.set_kind(kind);
         }
+        model.fuse();
         Ok(Clip::Native {
             vs,
             model: Box::new(model),
@@ -177,11 +178,12 @@ impl Clip {
     pub fn random(config: &ClipConfig, seed: i64, device: Device, precision: Precision) -> Clip {
         tch::manual_seed(seed);
         let mut vs = VarStore::new(device);
-        let model = ClipModel::new(vs.root(), config);
+        let mut model = ClipModel::new(vs.root(), config);
         vs.freeze();
         if precision != Precision::F32 {
             vs.set_kind(precision.kind());
         }
+        model.fuse();
         Clip::Native {
             vs,
             model: Box::new(model),

@@ -47,6 +47,13 @@ impl ClipModel {
         }
     }
 
+    /// Derive the fast-path weights once the variables hold their final values and
+    /// dtype: fused q/k/v projections in both towers.
+    pub fn fuse(&mut self) {
+        self.vision.fuse();
+        self.text.fuse();
+    }
+
     pub fn config(&self) -> &ClipConfig {
         &self.config
     }

@@ -67,6 +67,11 @@ impl TextTransformer {
         }
     }
 
+    /// Fuse each block's q/k/v projections (see [`super::encoder::Attention::fuse`]).
+    pub fn fuse(&mut self) {
+        self.encoder.fuse();
+    }
+
     pub fn config(&self) -> &TextConfig {
         &self.config
     }

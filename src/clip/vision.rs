@@ -96,6 +96,11 @@ impl VisionTransformer {
         }
     }
 
+    /// Fuse each block's q/k/v projections (see [`super::encoder::Attention::fuse`]).
+    pub fn fuse(&mut self) {
+        self.encoder.fuse();
+    }
+
     pub fn config(&self) -> &VisionConfig {
         &self.config
     }
