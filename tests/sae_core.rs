@@ -312,6 +312,53 @@ fn forward_matches_the_formulas() {
     );
 }
 
+/// The encoder gain keeps W_enc's direction and the selected latents, equals the
+/// closed-form least-squares gain, and makes the first reconstruction better than both the
+/// plain transpose and nearby gains.
+#[test]
+fn encoder_gain_is_the_least_squares_scale() {
+    let x = random_inputs(512, 32, 11);
+    for arch in [
+        Architecture::TopK,
+        Architecture::BatchTopK,
+        Architecture::Relu,
+    ] {
+        let cfg = config(arch, 32, 128, 6);
+        let plain = Sae::init(&cfg, &x, BdecInit::Mean, 4).unwrap();
+        let selection = plain.training_selection(6);
+        let mut fitted = plain.copy();
+        let c = fitted.fit_encoder_gain(&x, selection).unwrap();
+        // Closed form from the plain SAE's own reconstruction.
+        let codes = plain.encode_sparse(&x, selection);
+        let x_hat0 = plain.decode_sparse(&codes) * plain.input_scale - &plain.b_dec;
+        let centered = &x * plain.input_scale - &plain.b_dec;
+        let expect = scalar(&(&centered * &x_hat0).sum(Kind::Double))
+            / scalar(&x_hat0.square().sum(Kind::Double));
+        assert!(
+            (c - expect).abs() < 1e-4 * expect,
+            "{arch}: {c} vs {expect}"
+        );
+        assert!(c > 0.0 && (c - 1.0).abs() > 1e-3, "{arch}: gain {c}");
+        assert!(rel_err(&fitted.w_enc, &(&plain.w_enc * c)) < 1e-6);
+        let fitted_codes = fitted.encode_sparse(&x, selection);
+        assert!(
+            fitted_codes.latents.equal(&codes.latents),
+            "{arch}: the selected latents changed"
+        );
+        let sse = |sae: &Sae, gain: f64| {
+            let codes = sae.encode_sparse(&x, selection);
+            let x_hat =
+                (sae.decode_sparse(&codes) * sae.input_scale - &sae.b_dec) * gain + &sae.b_dec;
+            scalar(&(&x * sae.input_scale - x_hat).square().sum(Kind::Double))
+        };
+        let best = sse(&fitted, 1.0);
+        assert!(best < sse(&plain, 1.0), "{arch}: the gain did not help");
+        for g in [0.9, 1.1] {
+            assert!(best <= sse(&fitted, g), "{arch}: gain ×{g} is better");
+        }
+    }
+}
+
 #[test]
 fn decoder_stays_unit_norm_and_projection_is_perpendicular() {
     let x = random_inputs(64, 32, 2);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Architecture, BdecInit};
+use super::model::{Architecture, BdecInit, WEncInit};
 use crate::clip::{Precision, Tokens};
 use crate::data::Split;
 
@@ -75,6 +75,9 @@ pub struct SaeSection {
     /// L1 coefficient (relu only).
     pub l1_coef: f64,
     pub b_dec_init: BdecInit,
+    /// `scaled_transpose`: W_decᵀ times the least-squares gain of the first
+    /// reconstructions; `transpose`: W_decᵀ exactly.
+    pub w_enc_init: WEncInit,
 }
 
 impl Default for SaeSection {
@@ -88,6 +91,7 @@ impl Default for SaeSection {
             aux_coef: 1.0 / 32.0,
             l1_coef: 0.0,
             b_dec_init: BdecInit::GeometricMedian,
+            w_enc_init: WEncInit::ScaledTranspose,
         }
     }
 }

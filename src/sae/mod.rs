@@ -28,7 +28,7 @@ pub mod optim;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
-pub use model::{Architecture, BdecInit, Codes, Sae, SaeConfig, Selection};
+pub use model::{Architecture, BdecInit, Codes, Sae, SaeConfig, Selection, WEncInit};
 pub use objective::{
     forward_backward, DeadTracker, Evr, Firing, Grads, LossOptions, StepOutput, ThresholdEstimator,
     Workspace,

@@ -62,6 +62,20 @@ pub enum BdecInit {
     Mean,
 }
 
+/// How `W_enc` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum WEncInit {
+    /// `W_decᵀ` times the one gain that makes the first reconstructions least-squares
+    /// optimal (see [`Sae::fit_encoder_gain`]).
+    #[default]
+    #[value(name = "scaled_transpose")]
+    ScaledTranspose,
+    /// `W_decᵀ` exactly.
+    #[value(name = "transpose")]
+    Transpose,
+}
+
 /// Sizes and architecture of an SAE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaeConfig {
@@ -392,6 +406,41 @@ impl Sae {
         sae.normalize_decoder();
         sae.w_enc = sae.w_dec.copy().tr();
         Ok(sae)
+    }
+
+    /// Scale `W_enc` by the gain `c` that minimises `Σ‖x_c − c·x̂₀‖²` over `sample`
+    /// [N, d_in], where `x_c = x·s − b_dec` and `x̂₀` is the reconstruction without
+    /// `b_dec` under `selection`; returns `c`.
+    ///
+    /// Top-k, batch top-k and ReLU are positively homogeneous, so while `b_enc = 0` (as at
+    /// initialisation) scaling `W_enc` by `c > 0` keeps which latents fire and scales every
+    /// code by `c`: the first reconstruction becomes exactly `c·x̂₀`. With unit decoder rows
+    /// and `W_enc = W_decᵀ` the codes start far from the right size (each is a projection,
+    /// and k of them overlap), which Adam would otherwise spend its first steps correcting.
+    /// A degenerate fit (`c` not finite or not positive) leaves `W_enc` alone and returns 1.
+    pub fn fit_encoder_gain(&mut self, sample: &Tensor, selection: Selection) -> Result<f64> {
+        let _guard = tch::no_grad_guard();
+        let (n, _) = sample
+            .size2()
+            .context("the gain sample must be [N, d_in]")?;
+        let (mut num, mut den) = (0.0, 0.0);
+        const CHUNK: i64 = 4096;
+        for start in (0..n).step_by(CHUNK as usize) {
+            let x = sample
+                .narrow(0, start, CHUNK.min(n - start))
+                .to_device(self.device());
+            let codes = self.encode_sparse(&x, selection);
+            let recon = decode_scaled(&self.w_dec, &codes);
+            let centered = self.scale_input(&x) - &self.b_dec;
+            num += (&centered * &recon).sum(Kind::Double).double_value(&[]);
+            den += recon.square().sum(Kind::Double).double_value(&[]);
+        }
+        let c = num / den;
+        if !(c.is_finite() && c > 0.0) {
+            return Ok(1.0);
+        }
+        self.w_enc = encoder_layout(&(&self.w_enc * c));
+        Ok(c)
     }
 
     /// An SAE from its tensors (any float dtype, converted to f32 on their device), with

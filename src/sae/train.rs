@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{self, CheckpointMeta, TrainingStateRef};
 use super::config::{LrSchedule, TrainConfig, TrainingSection};
-use super::model::{Architecture, Sae, SaeConfig};
+use super::model::{Architecture, Sae, SaeConfig, WEncInit};
 use super::objective::{
     forward_backward, DeadTracker, Evr, Firing, LossOptions, ThresholdEstimator, Workspace,
 };
@@ -471,7 +471,12 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
             .acts
             .index_select(0, &data.train.index_select(0, &pick))
             .to_kind(Kind::Float);
-        let sae = Sae::init(&sae_config, &sample, s.b_dec_init, t.seed)?;
+        let mut sae = Sae::init(&sae_config, &sample, s.b_dec_init, t.seed)?;
+        if s.w_enc_init == WEncInit::ScaledTranspose {
+            let k0 = k_at(s.k, t.k_start, t.k_warmup_steps, 0);
+            let gain = sae.fit_encoder_gain(&sample, sae.training_selection(k0))?;
+            crate::ui::debug(format!("W_enc = W_decᵀ × {gain:.4} (least-squares gain)"));
+        }
         let adam = Adam::new(&sae, adam_config);
         let dead = DeadTracker::new(sae_config.d_sae, t.dead_window as i64, device);
         let threshold = (s.architecture == Architecture::BatchTopK)
