@@ -191,7 +191,7 @@ fn feature_browser_loads_searches_and_sorts() {
     assert_eq!(card_ids(&dom), expected, "search for {phrase:?}");
     assert!(expected.len() < n || n == 1);
 
-    // Sort by frequency and by max activation.
+    // Sort by frequency, max activation and label score.
     for (key, value) in [
         (
             "frequency",
@@ -200,6 +200,12 @@ fn feature_browser_loads_searches_and_sorts() {
         (
             "max",
             Box::new(|f: &saeclip::interpret::FeatureReport| f.max),
+        ),
+        (
+            "label_score",
+            Box::new(|f: &saeclip::interpret::FeatureReport| {
+                f.labels.first().map_or(f64::NEG_INFINITY, |l| l.score)
+            }),
         ),
     ] {
         let mut order: Vec<&saeclip::interpret::FeatureReport> = s.features.iter().collect();
@@ -212,5 +218,10 @@ fn feature_browser_loads_searches_and_sorts() {
         );
         assert_clean(&dom, &stderr);
         assert_eq!(card_ids(&dom), expected, "sort by {key}");
+        let by_rank: Vec<usize> = s.features.iter().map(|f| f.latent).collect();
+        assert_ne!(
+            expected, by_rank,
+            "sort by {key} must differ from rank order here"
+        );
     }
 }

@@ -59,7 +59,9 @@ pub struct InterpretArgs {
     /// Also write a static feature browser (index.html) into DIR.
     #[arg(long, value_name = "DIR")]
     pub html: Option<PathBuf>,
-    /// Label vocabulary: one phrase a line, replacing the built-in ~1,300 phrases.
+    /// Label vocabulary: one phrase a line, replacing the built-in ~1,300 phrases. Their
+    /// text embeddings are cached in `.saeclip-cache/` next to the model (in the output
+    /// directory when the model's is read-only; under `$XDG_CACHE_HOME/saeclip` when set).
     #[arg(long, value_name = "FILE")]
     pub vocab: Option<PathBuf>,
     /// Images per forward pass.

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod fit;
 pub mod model;
 pub mod preprocess;
 pub mod script;

@@ -269,4 +269,40 @@ mod tests {
         let (x, y) = Grid { rows: 1, cols: 2 }.tile_origin(0);
         assert_eq!(img.get_pixel(x + 100, y + 50).0, [200, 10, 10]);
     }
+
+    /// A 2×2 heatmap on a grey tile: the hottest patch's quadrant is blended 65% towards
+    /// yellow, a half-hot one 32.5% towards orange, cold patches are left as they were, and
+    /// the scale is the maximum over all tiles of the collage.
+    #[test]
+    fn heatmap_overlay_pixels() {
+        let grey = Rgb([100, 100, 100]);
+        let tile = |heat: Vec<f32>| Tile {
+            image: RgbImage::from_pixel(224, 224, grey),
+            score: 1.0,
+            heat: Some((2, heat)),
+        };
+        let grid = Grid { rows: 1, cols: 2 };
+        // Tile 2 holds the collage's maximum (4), so tile 1's 2 is half-hot.
+        let tiles = [
+            tile(vec![2.0, 0.0, 0.0, 1.0]),
+            tile(vec![4.0, 0.0, 0.0, 0.0]),
+        ];
+        let img = render(grid, "heat", &tiles).unwrap();
+        let at = |t: usize, x: u32, y: u32| {
+            let (ox, oy) = grid.tile_origin(t);
+            img.get_pixel(ox + x, oy + y).0
+        };
+        let blend = |v: f32| {
+            let a = 0.65 * v;
+            [255.0, 255.0 * v, 0.0].map(|c: f32| (100.0 * (1.0 - a) + c * a).round() as u8)
+        };
+        assert_eq!(at(1, 50, 50), blend(1.0)); // top-left of tile 2: the maximum
+        assert_eq!(at(1, 170, 50), grey.0); // top-right: cold
+        assert_eq!(at(0, 50, 50), blend(0.5)); // top-left of tile 1: half the maximum
+        assert_eq!(at(0, 50, 170), grey.0); // bottom-left: cold
+        assert_eq!(at(0, 170, 150), blend(0.25)); // bottom-right, above the score strip
+                                                  // Patch boundaries fall at half the tile.
+        assert_eq!(at(0, 111, 50), blend(0.5));
+        assert_eq!(at(0, 112, 50), grey.0);
+    }
 }

@@ -88,17 +88,48 @@ pub fn vocabulary_hash(vocab: &[String]) -> String {
 }
 
 /// Where the text embeddings are cached: `$XDG_CACHE_HOME/saeclip/` when that variable is
-/// set, else `<fallback>/.saeclip-cache/` (the output directory).
-pub fn cache_path(fallback: &Path, model_sha256: &str, vocab: &[String]) -> PathBuf {
+/// set; else `.saeclip-cache/` next to the model's weights file when that directory can be
+/// created there; else `<fallback>/.saeclip-cache/` (the output directory, for a model on
+/// a read-only disk). The file name holds the model's hash and the vocabulary's.
+pub fn cache_path(
+    model_weights: &Path,
+    fallback: &Path,
+    model_sha256: &str,
+    vocab: &[String],
+) -> PathBuf {
+    let next_to_model = model_weights
+        .parent()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .map(|d| d.join(".saeclip-cache"));
     let dir = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(x) => PathBuf::from(x).join("saeclip"),
-        None => fallback.join(".saeclip-cache"),
+        None => match next_to_model.filter(|d| writable_dir(d)) {
+            Some(d) => d,
+            None => fallback.join(".saeclip-cache"),
+        },
     };
     let sha: String = model_sha256.chars().take(16).collect();
     dir.join(format!(
         "text-embeds-{sha}-{}.safetensors",
         vocabulary_hash(vocab)
     ))
+}
+
+/// Whether `dir` exists or can be created, and a file can be created in it.
+fn writable_dir(dir: &Path) -> bool {
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let ok = std::fs::File::create(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 /// Normalised text embeddings [V, E] (f32, CPU) of `vocab` in [`PROMPT`], read from

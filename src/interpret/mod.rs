@@ -678,7 +678,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let text_cache = labels::cache_path(&out_dir, &model_sha, &vocab);
+    let text_cache = labels::cache_path(&files.weights, &out_dir, &model_sha, &vocab);
     let text = labels::text_embeddings(&clip, &vocab, &text_cache)?;
     let directions =
         feature_directions(&clip, &sae, &origin, &chosen, &mut base, &top_data, method)?;
