@@ -12,10 +12,11 @@ overcomplete and torch 2.11.0, kept apart so that the project's .venv stays unto
    (width 16,384, k = 64, batch 4,096, Adam lr 4e-4 with betas (0.9, 0.999) and eps 1e-8,
    constant lr, no warm-up, no gradient clipping, no auxiliary loss, STEPS steps over the
    same batches in the same order, the same input scale, unit-norm decoder rows and
-   W_enc = W_decᵀ at init, which saeclip by default then scales by one least-squares gain):
-   - saeclip: `saeclip::sae::train::train` on the cache (the bench's `train` command), with
-     its default initialisation and again with `sae.w_enc_init=transpose` (the peers'
-     initialisation; a row of its own, not used by the verdicts);
+   W_enc = W_decᵀ at init, which saeclip then scales by one least-squares gain):
+   - saeclip: `saeclip::sae::train::train` on the cache (the bench's `train` command) with
+     `sae.w_enc_init=scaled_transpose` as configs/recommended.yaml sets it, and again with
+     the default `sae.w_enc_init=transpose` (the peers' initialisation; a row of its own,
+     not used by the verdicts);
    - sae-lens: `TopKTrainingSAE.training_forward_pass` in a plain Adam loop;
    - overcomplete: its `TopKSAE` in a plain Adam loop (bench/train_peers.py);
    steps/s counts the steps after the first 5 (start-up left out);
@@ -67,8 +68,10 @@ TARGET_EVR = 0.005  # saeclip evr ≥ best peer − this
 TARGET_MMCS = 0.01  # saeclip MMCS ≥ best peer − this
 
 TRAINERS = {"saeclip": "saeclip", "saelens": "sae-lens", "overcomplete": "overcomplete"}
-# saeclip again with the peers' initialisation (W_enc = W_decᵀ exactly): a row of its own,
-# not used by the verdicts, to show what saeclip's default encoder gain contributes.
+# saeclip trains with the encoder gain of configs/recommended.yaml (`w_enc_init:
+# scaled_transpose`; not the default), and again with the default, the peers'
+# initialisation (W_enc = W_decᵀ exactly): a row of its own, not used by the verdicts.
+GAIN_SET = "sae.w_enc_init=scaled_transpose"
 ABLATION = "saeclip_transpose"
 ABLATION_SET = "sae.w_enc_init=transpose"
 
@@ -142,6 +145,7 @@ def saeclip_sets(steps: int) -> list[str]:
         "training.grad_clip=0",
         f"training.seed={SEED}",
         f"training.log_every={SKIP_STEPS}",
+        GAIN_SET,
     ]
 
 
@@ -292,7 +296,8 @@ def section(r: dict) -> str:
     rows = []
     names = dict(TRAINERS)
     if ABLATION in runs:
-        names[ABLATION] = f"saeclip, `{ABLATION_SET}`,"
+        names[ABLATION] = f"saeclip, `{ABLATION_SET}` (default),"
+    names["saeclip"] = f"saeclip, `{GAIN_SET}`,"
     for t in names:
         ratio = "—" if t in ("saeclip", ABLATION) else f"{ratios[t]:.2f}×"
         e = ev[t]
@@ -328,11 +333,11 @@ def section(r: dict) -> str:
         f"(seed {SEED}); inputs times saeclip's input scale s = √d / mean‖x‖ "
         f"({ev['saeclip']['input_scale']:.4f}) from the same 65,536-row sample; decoder rows of unit norm and "
         "W_enc = W_decᵀ, b_enc = 0 at init (sae-lens `decoder_init_norm=1.0`; overcomplete "
-        "`.untied(bias=True, copy_from_dictionary=True)`), then saeclip's default "
-        "`sae.w_enc_init=scaled_transpose` multiplies its W_enc by the one gain that makes the "
-        "first reconstructions least-squares optimal (the peers have no such option; the row "
-        f"\"saeclip, `{ABLATION_SET}`\" is saeclip with the peers' initialisation, not used by the "
-        "verdicts); b_dec = the geometric median of the "
+        "`.untied(bias=True, copy_from_dictionary=True)`), then saeclip, with "
+        f"`{GAIN_SET}` as configs/recommended.yaml sets it (not the default), multiplies its "
+        "W_enc by the one gain that makes the first reconstructions least-squares optimal (the "
+        f"peers have no such option; the row \"saeclip, `{ABLATION_SET}`\" is saeclip with its "
+        "default, the peers' initialisation, and is not used by the verdicts); b_dec = the geometric median of the "
         "scaled sample for saeclip and sae-lens (overcomplete's TopK SAE has no decoder bias, "
         "so b_dec = 0 there). Decoder norms: saeclip keeps rows at unit norm (gradient "
         "projected, rows renormalised after each step); sae-lens "

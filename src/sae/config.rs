@@ -75,8 +75,8 @@ pub struct SaeSection {
     /// L1 coefficient (relu only).
     pub l1_coef: f64,
     pub b_dec_init: BdecInit,
-    /// `scaled_transpose`: W_decᵀ times the least-squares gain of the first
-    /// reconstructions; `transpose`: W_decᵀ exactly.
+    /// `transpose`: W_decᵀ exactly; `scaled_transpose`: W_decᵀ times the least-squares
+    /// gain of the first reconstructions.
     pub w_enc_init: WEncInit,
 }
 
@@ -91,7 +91,7 @@ impl Default for SaeSection {
             aux_coef: 1.0 / 32.0,
             l1_coef: 0.0,
             b_dec_init: BdecInit::GeometricMedian,
-            w_enc_init: WEncInit::ScaledTranspose,
+            w_enc_init: WEncInit::Transpose,
         }
     }
 }

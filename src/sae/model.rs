@@ -66,14 +66,14 @@ pub enum BdecInit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum WEncInit {
-    /// `W_decᵀ` times the one gain that makes the first reconstructions least-squares
-    /// optimal (see [`Sae::fit_encoder_gain`]).
-    #[default]
-    #[value(name = "scaled_transpose")]
-    ScaledTranspose,
     /// `W_decᵀ` exactly.
+    #[default]
     #[value(name = "transpose")]
     Transpose,
+    /// `W_decᵀ` times the one gain that makes the first reconstructions least-squares
+    /// optimal (see [`Sae::fit_encoder_gain`]).
+    #[value(name = "scaled_transpose")]
+    ScaledTranspose,
 }
 
 /// Sizes and architecture of an SAE.
