@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use saeclip::data::cache::{open_writer, CacheKey, DatasetRef, ImageRecord, ModelRef, Opened};
+use saeclip::clip::Tokens;
 use saeclip::sae::config::TrainConfig;
 use saeclip::sae::train::{train, TrainOptions};
 use serde_json::Value;
@@ -21,42 +21,9 @@ fn synthetic_cache(dir: &Path, n: usize) -> PathBuf {
     let codes = Tensor::rand([n as i64, 32], (Kind::Float, Device::Cpu));
     let keep = codes.ge_tensor(&codes.topk(3, 1, true, true).0.select(1, 2).unsqueeze(1));
     let x = (codes * 2.0 * keep.to_kind(Kind::Float)).matmul(&atoms) + 0.5;
-    let key = CacheKey {
-        d_model: D,
-        dtype: saeclip::clip::Precision::F32,
-        layer: 2,
-        tokens: saeclip::clip::Tokens::Cls,
-        model: ModelRef {
-            path: "tiny".into(),
-            sha256: "0".repeat(64),
-        },
-        dataset: DatasetRef {
-            kind: "synthetic".into(),
-            path: "-".into(),
-            split: "train".into(),
-        },
-        part: None,
-        limit: None,
-        image_size: 0,
-    };
-    let Opened::Writer(mut w) = open_writer(dir, key, 1 << 20, true).unwrap() else {
-        panic!()
-    };
-    for i in 0..n {
-        let r = ImageRecord {
-            image_index: i,
-            source: format!("i{i}"),
-            label: 0,
-        };
-        w.add_image(
-            r,
-            &x.narrow(0, i as i64, 1),
-            &Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
-        )
-        .unwrap();
-    }
-    w.finish().unwrap();
-    dir.to_path_buf()
+    common::write_row_cache(dir, &x, (2, Tokens::Cls), ("tiny", &"0".repeat(64)), |i| {
+        format!("i{i}")
+    })
 }
 
 /// A tiny run of 4 epochs (512 training rows: 8 steps each, a step line every 2 steps); `stop_after` stops it

@@ -9,7 +9,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use saeclip::data::cache::{open_writer, CacheKey, DatasetRef, ImageRecord, ModelRef, Opened};
 use saeclip::sae::checkpoint::{self, CheckpointMeta};
 use saeclip::sae::config::TrainConfig;
 use saeclip::sae::train::{train, TrainOptions};
@@ -138,42 +137,13 @@ fn trained_checkpoint(dir: &Path) -> PathBuf {
     let codes = Tensor::rand([n as i64, 48], (Kind::Float, Device::Cpu));
     let keep = codes.ge_tensor(&codes.topk(3, 1, true, true).0.select(1, 2).unsqueeze(1));
     let x = (codes * 3.0 * keep.to_kind(Kind::Float)).matmul(&atoms) + 2.0;
-    let key = CacheKey {
-        d_model: D,
-        dtype: saeclip::clip::Precision::F32,
-        layer: 7,
-        tokens: saeclip::clip::Tokens::Patches,
-        model: ModelRef {
-            path: "synthetic-clip".into(),
-            sha256: "cd".repeat(32),
-        },
-        dataset: DatasetRef {
-            kind: "synthetic".into(),
-            path: "-".into(),
-            split: "train".into(),
-        },
-        part: None,
-        limit: None,
-        image_size: 0,
-    };
-    let cache = dir.join("cache");
-    let Opened::Writer(mut w) = open_writer(&cache, key, 1 << 20, true).unwrap() else {
-        panic!()
-    };
-    for i in 0..n {
-        let r = ImageRecord {
-            image_index: i,
-            source: format!("r{i}"),
-            label: 0,
-        };
-        w.add_image(
-            r,
-            &x.narrow(0, i as i64, 1),
-            &Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
-        )
-        .unwrap();
-    }
-    w.finish().unwrap();
+    let cache = common::write_row_cache(
+        &dir.join("cache"),
+        &x,
+        (7, saeclip::clip::Tokens::Patches),
+        ("synthetic-clip", &"cd".repeat(32)),
+        |i| format!("r{i}"),
+    );
     let sets: Vec<String> = [
         format!("data.cache={}", cache.display()),
         format!("output.runs_dir={}", dir.join("runs").display()),

@@ -6,8 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use saeclip::clip::{Precision, Tokens};
-use saeclip::data::cache::{open_writer, CacheKey, DatasetRef, ImageRecord, ModelRef, Opened};
+use saeclip::clip::Tokens;
 use saeclip::sae::checkpoint;
 use saeclip::sae::config::TrainConfig;
 use saeclip::sae::train::{train, TrainOptions};
@@ -31,42 +30,13 @@ fn synthetic_cache(dir: &Path, n: usize, nan_row: Option<usize>) -> PathBuf {
     if let Some(r) = nan_row {
         let _ = x.get(r as i64).fill_(f64::NAN);
     }
-    let key = CacheKey {
-        d_model: D,
-        dtype: Precision::F32,
-        layer: 0,
-        tokens: Tokens::Cls,
-        model: ModelRef {
-            path: "synthetic".into(),
-            sha256: "0".repeat(64),
-        },
-        dataset: DatasetRef {
-            kind: "synthetic".into(),
-            path: "-".into(),
-            split: "train".into(),
-        },
-        part: None,
-        limit: None,
-        image_size: 0,
-    };
-    let Opened::Writer(mut w) = open_writer(dir, key, 1 << 20, true).unwrap() else {
-        panic!()
-    };
-    for i in 0..n {
-        let record = ImageRecord {
-            image_index: i,
-            source: format!("row{i}"),
-            label: 0,
-        };
-        w.add_image(
-            record,
-            &x.narrow(0, i as i64, 1),
-            &Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
-        )
-        .unwrap();
-    }
-    w.finish().unwrap();
-    dir.to_path_buf()
+    common::write_row_cache(
+        dir,
+        &x,
+        (0, Tokens::Cls),
+        ("synthetic", &"0".repeat(64)),
+        |i| format!("row{i}"),
+    )
 }
 
 fn config(cache: &Path, runs: &Path, extra: &[&str]) -> TrainConfig {

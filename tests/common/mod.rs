@@ -112,3 +112,54 @@ impl Drop for FileLock {
 pub fn saeclip() -> Command {
     Command::new(env!("CARGO_BIN_EXE_saeclip"))
 }
+
+/// Write `x` [N, D] (f32) as an activation cache with one row per image, labelled as
+/// `tokens` of `layer` of `model` (a name, not a file) with hash `sha256`; image `i` has
+/// source `source(i)`.
+pub fn write_row_cache(
+    dir: &Path,
+    x: &tch::Tensor,
+    (layer, tokens): (usize, saeclip::clip::Tokens),
+    (model, sha256): (&str, &str),
+    source: impl Fn(usize) -> String,
+) -> PathBuf {
+    use saeclip::data::cache::{open_writer, CacheKey, DatasetRef, ImageRecord, ModelRef, Opened};
+    use tch::{Device, Kind, Tensor};
+    let (n, d) = x.size2().expect("rows are [N, D]");
+    let key = CacheKey {
+        d_model: d,
+        dtype: saeclip::clip::Precision::F32,
+        layer,
+        tokens,
+        model: ModelRef {
+            path: model.into(),
+            sha256: sha256.into(),
+        },
+        dataset: DatasetRef {
+            kind: "synthetic".into(),
+            path: "-".into(),
+            split: "train".into(),
+        },
+        part: None,
+        limit: None,
+        image_size: 0,
+    };
+    let Opened::Writer(mut w) = open_writer(dir, key, 1 << 20, true).unwrap() else {
+        panic!("{} already holds a finished cache", dir.display())
+    };
+    for i in 0..n as usize {
+        let record = ImageRecord {
+            image_index: i,
+            source: source(i),
+            label: 0,
+        };
+        w.add_image(
+            record,
+            &x.narrow(0, i as i64, 1),
+            &Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+    dir.to_path_buf()
+}
