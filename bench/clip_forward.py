@@ -21,8 +21,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -34,13 +32,12 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, RESULTS, bench_executable, cpu_model, rust_env, write_section
+
 BENCH_DIR = ROOT / "target" / "bench"
 MODEL_DIR = BENCH_DIR / "vit-b-32-hf"
 PIXELS = BENCH_DIR / "pixels.safetensors"
 EMBEDS = BENCH_DIR / "saeclip_embeds.safetensors"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-TITLE = "# saeclip benchmark results"
 BEGIN, END = "<!-- clip_forward -->", "<!-- /clip_forward -->"
 
 # Targets from the task: saeclip at least as fast as transformers on the full forward,
@@ -75,31 +72,8 @@ def make_pixels(batch: int, size: int, seed: int) -> torch.Tensor:
 
 
 def build_rust_bench() -> Path:
-    """Build the bench once and return its executable, so that every round runs the same
-    binary even if someone edits the crate meanwhile."""
-    cmd = ["cargo", "bench", "--bench", "clip_forward", "--no-run", "--message-format=json"]
-    log(" ".join(cmd))
-    # stderr passes through, so that compile errors are seen.
-    out = subprocess.run(cmd, cwd=ROOT, env=rust_env(), check=True, stdout=subprocess.PIPE, text=True)
-    for line in out.stdout.splitlines():
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if (
-            msg.get("reason") == "compiler-artifact"
-            and msg.get("target", {}).get("name") == "clip_forward"
-            and msg.get("executable")
-        ):
-            return Path(msg["executable"])
-    raise SystemExit("cargo bench --no-run did not report the clip_forward executable")
-
-
-def rust_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
-    env["LIBTORCH_USE_PYTORCH"] = "1"
-    return env
+    """Build the bench once and return its executable."""
+    return bench_executable("clip_forward", log)
 
 
 def run_rust(exe: Path, args: argparse.Namespace, embeds: bool) -> dict:
@@ -136,16 +110,6 @@ def image_embeds(model: CLIPModel, pixels: torch.Tensor) -> torch.Tensor:
         out = model.get_image_features(pixel_values=pixels)
     # transformers 5 returns the vision output with the projection as pooler_output.
     return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def render(r: dict) -> str:
@@ -194,13 +158,7 @@ def render(r: dict) -> str:
 
 
 def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else f"{TITLE}\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    write_section(BEGIN, END, section)
 
 
 def main() -> int:

@@ -37,23 +37,20 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, RESULTS, bench_executable, cpu_model, rust_env, write_section
+
 BENCH_DIR = ROOT / "target" / "bench"
 VIT_DIR = BENCH_DIR / "vit-b-32-hf"
 TINY_BASE = ROOT / "target" / "reference-models"
 TINY_DIR = TINY_BASE / "tiny-quick" / "hf"
 WORK_DIR = BENCH_DIR / "eval-runs"
 BIN = ROOT / "target" / "release" / "saeclip"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-TITLE = "# saeclip benchmark results"
 BEGIN, END = "<!-- eval -->", "<!-- /eval -->"
 
 TARGET_OVERHEAD = 0.10  # spliced forward over plain forward, ViT-B/32, last block, CLS
@@ -62,13 +59,6 @@ EXPANSION, K = 32, 64
 
 def log(msg: str) -> None:
     print(f"[bench-eval] {msg}", file=sys.stderr, flush=True)
-
-
-def rust_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
-    env["LIBTORCH_USE_PYTORCH"] = "1"
-    return env
 
 
 # ---------------------------------------------------------------------------------------
@@ -100,23 +90,7 @@ def make_tiny() -> None:
 
 def build_rust_bench() -> Path:
     """Build the bench once and return its executable."""
-    cmd = ["cargo", "bench", "--bench", "eval_zeroshot", "--no-run", "--message-format=json"]
-    log(" ".join(cmd))
-    out = subprocess.run(cmd, cwd=ROOT, env=rust_env(), check=True, stdout=subprocess.PIPE, text=True)
-    for line in out.stdout.splitlines():
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        target = msg.get("target", {})
-        if (
-            msg.get("reason") == "compiler-artifact"
-            and target.get("name") == "eval_zeroshot"
-            and "bench" in target.get("kind", [])
-            and msg.get("executable")
-        ):
-            return Path(msg["executable"])
-    raise SystemExit("cargo bench --no-run did not report the eval_zeroshot executable")
+    return bench_executable("eval_zeroshot", log)
 
 
 def make_sae(exe: Path, model: Path, layer: int, out: Path, seed: int) -> None:
@@ -165,16 +139,6 @@ def run_cli(model: Path, sae: Path | None, samples: int, args: argparse.Namespac
 
 # ---------------------------------------------------------------------------------------
 # Report
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def med(xs: list[float]) -> float:
@@ -241,13 +205,7 @@ def render(r: dict) -> str:
 
 
 def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else f"{TITLE}\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    write_section(BEGIN, END, section)
 
 
 def main() -> int:

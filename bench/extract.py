@@ -43,7 +43,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, RESULTS, bench_executable, cpu_model, rust_env, write_section
+
 BENCH_DIR = ROOT / "target" / "bench"
 MODEL_DIR = BENCH_DIR / "vit-b-32-hf"
 IMAGE_DIR = BENCH_DIR / "extract-images"
@@ -52,8 +53,6 @@ IMAGE_DIR = BENCH_DIR / "extract-images"
 IMAGES_DONE = ".complete.json"
 WORK_DIR = BENCH_DIR / "extract-runs"
 BIN = ROOT / "target" / "release" / "saeclip"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-TITLE = "# saeclip benchmark results"
 BEGIN, END = "<!-- extract -->", "<!-- /extract -->"
 
 CLASSES = ["apple_pie", "caesar_salad", "donuts", "ramen"]
@@ -234,26 +233,9 @@ def python_reference(out: Path, layer: int, batch: int, workers: int, threads: i
 # Timed runs
 
 
-def rust_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
-    env["LIBTORCH_USE_PYTORCH"] = "1"
-    return env
-
-
 def build_decode_bench() -> Path:
     """The built extract_pipeline bench executable, so that every round runs the same one."""
-    cmd = ["cargo", "bench", "--bench", "extract_pipeline", "--no-run", "--message-format=json"]
-    out = subprocess.run(cmd, cwd=ROOT, env=rust_env(), check=True, stdout=subprocess.PIPE, text=True)
-    for line in out.stdout.splitlines():
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "extract_pipeline":
-            if msg.get("executable"):
-                return Path(msg["executable"])
-    raise SystemExit("cargo bench --no-run did not report the extract_pipeline executable")
+    return bench_executable("extract_pipeline")
 
 
 def children_cpu_s() -> float:
@@ -414,16 +396,6 @@ def compare(cache: Path, python_out: Path) -> dict:
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def best(runs: list[dict], key: str) -> dict:
     """The run with the highest `key`."""
     return max(runs, key=lambda r: r[key])
@@ -562,13 +534,7 @@ def breakdown_lines(r: dict) -> list[str]:
 
 
 def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else f"{TITLE}\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    write_section(BEGIN, END, section)
 
 
 def main() -> int:

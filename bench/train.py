@@ -46,11 +46,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, RESULTS, bench_executable, cpu_model, rust_env, write_section
+
 BENCH_DIR = ROOT / "target" / "bench" / "train-ground-truth"
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-TITLE = "# saeclip benchmark results"
 BEGIN, END = "<!-- train -->", "<!-- /train -->"
 
 # The data.
@@ -80,30 +79,9 @@ def log(msg: str) -> None:
     print(f"[bench-train] {msg}", file=sys.stderr, flush=True)
 
 
-def rust_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env.get('PATH', '')}"
-    env["LIBTORCH_USE_PYTORCH"] = "1"
-    return env
-
-
 def build_rust_bench() -> Path:
     """Build the bench once and return its executable."""
-    cmd = ["cargo", "bench", "--bench", "train_ground_truth", "--no-run", "--message-format=json"]
-    log(" ".join(cmd))
-    out = subprocess.run(cmd, cwd=ROOT, env=rust_env(), check=True, stdout=subprocess.PIPE, text=True)
-    for line in out.stdout.splitlines():
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if (
-            msg.get("reason") == "compiler-artifact"
-            and msg.get("target", {}).get("name") == "train_ground_truth"
-            and msg.get("executable")
-        ):
-            return Path(msg["executable"])
-    raise SystemExit("cargo bench --no-run did not report the train_ground_truth executable")
+    return bench_executable("train_ground_truth", log)
 
 
 def run_json(cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict, dict]:
@@ -248,16 +226,6 @@ def init_mmcs(atoms: torch.Tensor) -> float:
 # Report
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def cargo_version() -> str:
     text = (ROOT / "Cargo.toml").read_text()
     m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
@@ -382,13 +350,7 @@ def section(r: dict) -> str:
 
 
 def write_results(text_section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else f"{TITLE}\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: text_section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + text_section + "\n"
-    RESULTS.write_text(text)
+    write_section(BEGIN, END, text_section)
 
 
 def main() -> int:
