@@ -7,19 +7,17 @@
 //! continues after the last complete shard.
 
 use std::path::PathBuf;
-use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::clip::preprocess::{preprocess, PreprocessConfig};
+use crate::clip::preprocess::PreprocessConfig;
 use crate::clip::{weights, Clip, LoadOptions, Precision, Tokens};
 use crate::data::cache::{
     self, CacheKey, DatasetRef, ImageRecord, Manifest, ModelRef, Opened, Part,
 };
-use crate::data::{self as datasets, DatasetSpec, Item, Split};
+use crate::data::{self as datasets, stream_pixels, DatasetSpec, Split};
 
 /// What to extract and where.
 #[derive(Debug, Clone)]
@@ -93,9 +91,6 @@ impl ExtractSummary {
 pub struct Stopped {
     pub shards: usize,
 }
-
-/// One decoded batch: per image, its metadata and either pixels or why it failed.
-type Decoded = Vec<(Item, std::result::Result<Vec<f32>, String>)>;
 
 pub fn extract(o: &ExtractOptions) -> Result<ExtractSummary> {
     anyhow::ensure!(o.batch_size > 0, "--batch-size must be at least 1");
@@ -174,77 +169,56 @@ pub fn extract(o: &ExtractOptions) -> Result<ExtractSummary> {
     let shards_at_start = writer.complete_shards();
     let compute = Instant::now();
 
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = sync_channel::<Decoded>(2);
-        let dataset = &dataset;
-        let prep = &prep;
-        scope.spawn(move || {
-            for chunk in todo.chunks(o.batch_size) {
-                let decoded: Decoded = chunk
-                    .par_iter()
-                    .map(|&i| {
-                        let pixels = dataset
-                            .image(i)
-                            .map(|img| preprocess(&img, prep))
-                            .map_err(|e| e.to_string());
-                        (dataset.item(i), pixels)
-                    })
-                    .collect();
-                if tx.send(decoded).is_err() {
-                    break; // the consumer stopped
+    stream_pixels(dataset.as_ref(), todo, o.batch_size, &prep, |batch| {
+        let good: Vec<&Vec<f32>> = batch.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
+        let mut acts = None;
+        if !good.is_empty() {
+            let n = good.len() as i64;
+            let flat: Vec<f32> = good.iter().flat_map(|p| p.iter().copied()).collect();
+            let mut pixels = Tensor::f_from_slice(&flat)?.f_view([n, 3, size, size])?;
+            if device.is_cuda() {
+                pixels = pixels.pin_memory(device);
+            }
+            let residual = clip.residual(&pixels.to_device(device), o.layer)?;
+            let selected = o
+                .tokens
+                .select(&residual)
+                .to_device(Device::Cpu)
+                .to_kind(o.dtype.kind()); // n, K, D
+            acts = Some(selected);
+        }
+        let mut j = 0;
+        for (index, pixels) in batch {
+            let item = dataset.item(index);
+            match pixels {
+                Ok(_) => {
+                    let a = acts
+                        .as_ref()
+                        .expect("a batch with good images has activations")
+                        .get(j);
+                    j += 1;
+                    let k = a.size()[0];
+                    let first = if o.tokens == Tokens::Patches { 1 } else { 0 };
+                    let token_index =
+                        Tensor::arange_start(first, first + k, (Kind::Int64, Device::Cpu));
+                    let record = ImageRecord {
+                        image_index: item.index,
+                        source: item.source,
+                        label: item.label,
+                    };
+                    writer.add_image(record, &a, &token_index)?;
+                }
+                Err(e) => {
+                    crate::ui::debug(format!("skipping {}: {e}", item.source));
+                    writer.skip_image(item.index, item.source, e);
                 }
             }
-        });
-        for batch in rx {
-            let good: Vec<&Vec<f32>> = batch.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
-            let mut acts = None;
-            if !good.is_empty() {
-                let n = good.len() as i64;
-                let flat: Vec<f32> = good.iter().flat_map(|p| p.iter().copied()).collect();
-                let mut pixels = Tensor::f_from_slice(&flat)?.f_view([n, 3, size, size])?;
-                if device.is_cuda() {
-                    pixels = pixels.pin_memory(device);
-                }
-                let residual = clip.residual(&pixels.to_device(device), o.layer)?;
-                let selected = o
-                    .tokens
-                    .select(&residual)
-                    .to_device(Device::Cpu)
-                    .to_kind(o.dtype.kind()); // n, K, D
-                acts = Some(selected);
-            }
-            let mut j = 0;
-            for (item, pixels) in batch {
-                match pixels {
-                    Ok(_) => {
-                        let a = acts
-                            .as_ref()
-                            .expect("a batch with good images has activations")
-                            .get(j);
-                        j += 1;
-                        let k = a.size()[0];
-                        let first = if o.tokens == Tokens::Patches { 1 } else { 0 };
-                        let token_index =
-                            Tensor::arange_start(first, first + k, (Kind::Int64, Device::Cpu));
-                        let record = ImageRecord {
-                            image_index: item.index,
-                            source: item.source,
-                            label: item.label,
-                        };
-                        writer.add_image(record, &a, &token_index)?;
-                    }
-                    Err(e) => {
-                        crate::ui::debug(format!("skipping {}: {e}", item.source));
-                        writer.skip_image(item.index, item.source, e);
-                    }
-                }
-                bar.inc(1);
-            }
-            if writer.end_batch()? {
-                let written = writer.complete_shards() - shards_at_start;
-                if o.stop_after_shards.is_some_and(|n| written >= n) {
-                    return Err(Stopped { shards: written }.into());
-                }
+            bar.inc(1);
+        }
+        if writer.end_batch()? {
+            let written = writer.complete_shards() - shards_at_start;
+            if o.stop_after_shards.is_some_and(|n| written >= n) {
+                return Err(Stopped { shards: written }.into());
             }
         }
         Ok(())

@@ -296,6 +296,47 @@ fn out_of_range(spec: &DatasetSpec, index: usize, len: usize) -> ! {
     panic!("index {index} out of range for {spec} ({len} images)")
 }
 
+/// One decoded batch: each image's index in the dataset and its preprocessed pixels
+/// (3 × P × P, channel-major), or why it could not be read.
+pub type DecodedBatch = Vec<(usize, std::result::Result<Vec<f32>, String>)>;
+
+/// Decode and preprocess `indices` of `dataset` in batches of `batch` on a producer thread
+/// (rayon inside each batch), at most two batches ahead of `consume`, so that decoding
+/// overlaps the forward pass. An error from `consume` stops the producer and is returned.
+pub fn stream_pixels(
+    dataset: &dyn Dataset,
+    indices: &[usize],
+    batch: usize,
+    prep: &crate::clip::preprocess::PreprocessConfig,
+    mut consume: impl FnMut(DecodedBatch) -> Result<()>,
+) -> Result<()> {
+    use rayon::prelude::*;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<DecodedBatch>(2);
+        scope.spawn(move || {
+            for chunk in indices.chunks(batch.max(1)) {
+                let decoded: DecodedBatch = chunk
+                    .par_iter()
+                    .map(|&i| {
+                        let pixels = dataset
+                            .image(i)
+                            .map(|img| crate::clip::preprocess::preprocess(&img, prep))
+                            .map_err(|e| e.to_string());
+                        (i, pixels)
+                    })
+                    .collect();
+                if tx.send(decoded).is_err() {
+                    break; // the consumer stopped
+                }
+            }
+        });
+        for decoded in rx {
+            consume(decoded)?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,19 +15,17 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use rayon::prelude::*;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use super::{replace_tokens, token_rows, SplicedSae};
-use crate::clip::preprocess::{preprocess, PreprocessConfig};
+use crate::clip::preprocess::PreprocessConfig;
 use crate::clip::{normalize, Clip, LoadOptions, Precision, Tokens};
-use crate::data::{self as datasets, Dataset, DatasetKind, DatasetSpec, Item, Split};
+use crate::data::{self as datasets, stream_pixels, Dataset, DatasetKind, DatasetSpec, Split};
 use crate::embed::tokenize_texts;
 use crate::sae::Evr;
 
@@ -490,9 +488,6 @@ pub fn evaluate(o: &ZeroshotOptions) -> Result<ZeroshotReport> {
     })
 }
 
-/// One decoded batch: per image, its metadata and either pixels or why it failed.
-type Decoded = Vec<(Item, std::result::Result<Vec<f32>, String>)>;
-
 /// Largest change of a cosine (image · class) allowed between plain CLIP and CLIP with the
 /// SAE error added back.
 fn noise_tolerance(precision: Precision) -> f64 {
@@ -564,88 +559,68 @@ pub fn evaluate_dataset(
     );
     let start = Instant::now();
 
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = sync_channel::<Decoded>(2);
-        let prep = &prep;
-        let positions = &positions;
-        scope.spawn(move || {
-            for chunk in positions.chunks(o.batch_size) {
-                let decoded: Decoded = chunk
-                    .par_iter()
-                    .map(|&i| {
-                        let pixels = dataset
-                            .image(i)
-                            .map(|img| preprocess(&img, prep))
-                            .map_err(|e| e.to_string());
-                        (dataset.item(i), pixels)
-                    })
-                    .collect();
-                if tx.send(decoded).is_err() {
-                    break; // the consumer stopped
+    stream_pixels(dataset, &positions, o.batch_size, &prep, |batch| {
+        let mut good = Vec::with_capacity(batch.len());
+        let mut flat = Vec::with_capacity(batch.len() * (3 * size * size) as usize);
+        for (index, pixels) in batch {
+            let item = dataset.item(index);
+            match pixels {
+                Ok(p) => {
+                    flat.extend_from_slice(&p);
+                    good.push(item);
+                }
+                Err(error) => {
+                    crate::ui::debug(format!("skipping {}: {error}", item.source));
+                    skipped.push(SkippedImage {
+                        image_index: item.index,
+                        source: item.source,
+                        error,
+                    });
+                    bar.inc(1);
                 }
             }
-        });
-        for batch in rx {
-            let mut good = Vec::with_capacity(batch.len());
-            let mut flat = Vec::with_capacity(batch.len() * (3 * size * size) as usize);
-            for (item, pixels) in batch {
-                match pixels {
-                    Ok(p) => {
-                        flat.extend_from_slice(&p);
-                        good.push(item);
-                    }
-                    Err(error) => {
-                        crate::ui::debug(format!("skipping {}: {error}", item.source));
-                        skipped.push(SkippedImage {
-                            image_index: item.index,
-                            source: item.source,
-                            error,
-                        });
-                        bar.inc(1);
-                    }
-                }
+        }
+        if good.is_empty() {
+            return Ok(());
+        }
+        let b = good.len() as i64;
+        let mut pixels = Tensor::f_from_slice(&flat)?.f_view([b, 3, size, size])?;
+        if device.is_cuda() {
+            pixels = pixels.pin_memory(device);
+        }
+        let pixels = pixels.to_device(device);
+        let scored = match sae {
+            None => Scored::plain(&text, k5, &clip.image_embeds(&pixels)?)?,
+            Some((s, splice)) => {
+                let f = spliced_forward(clip, s, splice, &pixels)?;
+                evr.update(&f.x, &f.x_hat);
+                Scored::spliced(&text, k5, &f)?
             }
-            if good.is_empty() {
-                continue;
-            }
-            let b = good.len() as i64;
-            let mut pixels = Tensor::f_from_slice(&flat)?.f_view([b, 3, size, size])?;
-            if device.is_cuda() {
-                pixels = pixels.pin_memory(device);
-            }
-            let pixels = pixels.to_device(device);
-            let scored = match sae {
-                None => Scored::plain(&text, k5, &clip.image_embeds(&pixels)?)?,
-                Some((s, splice)) => {
-                    let f = spliced_forward(clip, s, splice, &pixels)?;
-                    evr.update(&f.x, &f.x_hat);
-                    Scored::spliced(&text, k5, &f)?
-                }
+        };
+        for (j, item) in good.into_iter().enumerate() {
+            let top5 = scored.top5[j].clone();
+            tally.n += 1;
+            tally.top1 += usize::from(top5[0] == item.label);
+            tally.top5 += usize::from(top5.contains(&item.label));
+            let mut p = Prediction {
+                image_index: item.index,
+                source: item.source,
+                label: item.label,
+                top5,
+                top5_sae: None,
+                pred_error_added: None,
             };
-            for (j, item) in good.into_iter().enumerate() {
-                let top5 = scored.top5[j].clone();
-                tally.n += 1;
-                tally.top1 += usize::from(top5[0] == item.label);
-                tally.top5 += usize::from(top5.contains(&item.label));
-                let mut p = Prediction {
-                    image_index: item.index,
-                    source: item.source,
-                    label: item.label,
-                    top5,
-                    top5_sae: None,
-                    pred_error_added: None,
-                };
-                if let Some(extra) = &scored.sae {
-                    let t = &extra.top5[j];
-                    tally.sae_top1 += usize::from(t[0] == p.label);
-                    tally.sae_top5 += usize::from(t.contains(&p.label));
-                    let e = &extra.error_top5[j];
-                    tally.err_top1 += usize::from(e[0] == p.label);
-                    tally.err_top5 += usize::from(e.contains(&p.label));
-                    tally.err_agree += usize::from(e[0] == p.pred());
-                    tally.cosine += extra.cosine[j];
-                    let (moved, margin) = (extra.moved[j], extra.margin[j]);
-                    ensure!(
+            if let Some(extra) = &scored.sae {
+                let t = &extra.top5[j];
+                tally.sae_top1 += usize::from(t[0] == p.label);
+                tally.sae_top5 += usize::from(t.contains(&p.label));
+                let e = &extra.error_top5[j];
+                tally.err_top1 += usize::from(e[0] == p.label);
+                tally.err_top5 += usize::from(e.contains(&p.label));
+                tally.err_agree += usize::from(e[0] == p.pred());
+                tally.cosine += extra.cosine[j];
+                let (moved, margin) = (extra.moved[j], extra.margin[j]);
+                ensure!(
                         moved <= tolerance && (e[0] == p.pred() || margin <= 2.0 * moved),
                         "sanity check failed on {name}, image {} ({}): with the SAE error added back (x̂ + (x − x̂)) the class cosines moved by {moved:.2e} (allowed {tolerance:.0e}) and the prediction changed from {} to {} (plain margin {margin:.2e}): the splice does not reproduce CLIP",
                         p.image_index,
@@ -653,12 +628,11 @@ pub fn evaluate_dataset(
                         p.pred(),
                         e[0]
                     );
-                    p.top5_sae = Some(t.clone());
-                    p.pred_error_added = Some(e[0]);
-                }
-                predictions.push(p);
-                bar.inc(1);
+                p.top5_sae = Some(t.clone());
+                p.pred_error_added = Some(e[0]);
             }
+            predictions.push(p);
+            bar.inc(1);
         }
         Ok(())
     })?;

@@ -26,17 +26,18 @@ pub mod topk;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::clip::preprocess::{preprocess, resize_and_crop, PreprocessConfig};
+use crate::clip::preprocess::{resize_and_crop, PreprocessConfig};
 use crate::clip::{normalize, weights, Clip, LoadOptions, Tokens};
 use crate::data::cache::{file_sha256, ActivationCache};
-use crate::data::{self as datasets, Dataset, DatasetKind, DatasetSpec, Split};
+use crate::data::{
+    self as datasets, stream_pixels, Dataset, DatasetKind, DatasetSpec, DecodedBatch, Split,
+};
 use crate::sae::{checkpoint::load_sae, Sae};
 
 pub use collage::{CollageFormat, Grid};
@@ -238,46 +239,8 @@ fn sae_origin(meta: &serde_json::Value, path: &Path) -> Result<SaeOrigin> {
 /// Images that could not be read: (dataset index, error).
 type Skips = Vec<(usize, String)>;
 
-/// One decoded batch: dataset index and pixels or why not.
-type Decoded = Vec<(usize, std::result::Result<Vec<f32>, String>)>;
-
-/// Decode `indices` in batches on a producer thread (rayon inside), one batch ahead of
-/// `consume`.
-fn stream_pixels(
-    dataset: &dyn Dataset,
-    indices: &[usize],
-    batch: usize,
-    prep: &PreprocessConfig,
-    mut consume: impl FnMut(Decoded) -> Result<()>,
-) -> Result<()> {
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = sync_channel::<Decoded>(2);
-        scope.spawn(move || {
-            for chunk in indices.chunks(batch) {
-                let decoded: Decoded = chunk
-                    .par_iter()
-                    .map(|&i| {
-                        let p = dataset
-                            .image(i)
-                            .map(|img| preprocess(&img, prep))
-                            .map_err(|e| e.to_string());
-                        (i, p)
-                    })
-                    .collect();
-                if tx.send(decoded).is_err() {
-                    break;
-                }
-            }
-        });
-        for b in rx {
-            consume(b)?;
-        }
-        Ok(())
-    })
-}
-
 /// Stack the good images of a batch: (indices, pixels [B, 3, P, P]) and the failures.
-fn stack(batch: Decoded, size: i64) -> Result<(Vec<usize>, Option<Tensor>, Skips)> {
+fn stack(batch: DecodedBatch, size: i64) -> Result<(Vec<usize>, Option<Tensor>, Skips)> {
     let mut ids = Vec::new();
     let mut flat = Vec::new();
     let mut bad = Vec::new();
