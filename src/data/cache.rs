@@ -660,8 +660,105 @@ impl ActivationCache {
     }
 }
 
-/// sha256 of a file, hex.
+/// Hex sha256 of a file's bytes. The digest of a file of 64 MiB or more (a 600 MB model
+/// takes about a second to hash) is remembered in `.saeclip-cache/sha256-<name>.json` next
+/// to it, keyed by the file's size, modification time (ns) and inode; any change to those
+/// recomputes it. A directory that cannot be written only means no remembering.
 pub fn file_sha256(path: &Path) -> Result<String> {
+    file_sha256_memo(path, MEMO_MIN_BYTES)
+}
+
+/// Files smaller than this are hashed every time (it is quick, and spares small files'
+/// folders a `.saeclip-cache`).
+const MEMO_MIN_BYTES: u64 = 64 << 20;
+
+fn file_sha256_memo(path: &Path, min_bytes: u64) -> Result<String> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let stamp = FileStamp::of(&meta).filter(|s| s.size >= min_bytes);
+    let memo = sha256_memo_path(path);
+    if let (Some(memo), Some(stamp)) = (&memo, &stamp) {
+        if let Some(sha) = std::fs::read(memo)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Sha256Memo>(&b).ok())
+            .filter(|m| &m.stamp == stamp)
+            .map(|m| m.sha256)
+        {
+            return Ok(sha);
+        }
+    }
+    let sha = hash_file(path)?;
+    if let (Some(memo), Some(stamp)) = (memo, stamp) {
+        if memo
+            .parent()
+            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+        {
+            let record = Sha256Memo {
+                stamp,
+                sha256: sha.clone(),
+            };
+            if let Ok(bytes) = serde_json::to_vec(&record) {
+                let _ = write_bytes_atomic(&memo, &bytes);
+            }
+        }
+    }
+    Ok(sha)
+}
+
+/// What identifies one version of a file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileStamp {
+    size: u64,
+    /// Nanoseconds since the Unix epoch (u64 lasts until 2554).
+    mtime_ns: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Option<FileStamp> {
+        let mtime_ns = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos()
+            .try_into()
+            .ok()?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Some(FileStamp {
+            size: meta.len(),
+            mtime_ns,
+            inode,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Sha256Memo {
+    #[serde(flatten)]
+    stamp: FileStamp,
+    sha256: String,
+}
+
+fn sha256_memo_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    Some(
+        dir.join(".saeclip-cache")
+            .join(format!("sha256-{name}.json")),
+    )
+}
+
+/// Hex sha256 of a file's bytes, read in 1 MiB blocks.
+fn hash_file(path: &Path) -> Result<String> {
     use sha2::Digest;
     use std::io::Read;
     let mut file =
@@ -680,4 +777,45 @@ pub fn file_sha256(path: &Path) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memo gives back the digest while the file is unchanged, is used (a planted
+    /// digest with a matching stamp is returned), and any change of size or time recomputes.
+    #[test]
+    fn sha256_memo_is_used_and_invalidated() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w.bin");
+        std::fs::write(&f, b"abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(file_sha256_memo(&f, 0).unwrap(), abc);
+        let memo = sha256_memo_path(&f).unwrap();
+        assert!(memo.is_file());
+        // A planted digest under the same stamp is trusted: the memo is really read.
+        let mut m: Sha256Memo = serde_json::from_slice(&std::fs::read(&memo).unwrap()).unwrap();
+        m.sha256 = "planted".into();
+        std::fs::write(&memo, serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(file_sha256_memo(&f, 0).unwrap(), "planted");
+        // New content of a new size recomputes and rewrites the memo.
+        std::fs::write(&f, b"abcd").unwrap();
+        let abcd = "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589";
+        assert_eq!(file_sha256_memo(&f, 0).unwrap(), abcd);
+        assert_eq!(file_sha256_memo(&f, 0).unwrap(), abcd);
+        // Same size, another modification time: recomputed too.
+        let mut m: Sha256Memo = serde_json::from_slice(&std::fs::read(&memo).unwrap()).unwrap();
+        m.sha256 = "planted".into();
+        std::fs::write(&memo, serde_json::to_vec(&m).unwrap()).unwrap();
+        let file = std::fs::File::options().write(true).open(&f).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(file_sha256_memo(&f, 0).unwrap(), abcd);
+        // Small files are not memoised by the public function.
+        let g = dir.path().join("small.bin");
+        std::fs::write(&g, b"abc").unwrap();
+        assert_eq!(file_sha256(&g).unwrap(), abc);
+        assert!(!sha256_memo_path(&g).unwrap().exists());
+    }
 }
