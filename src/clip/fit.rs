@@ -33,7 +33,8 @@ pub struct FitOptions {
     pub lr: f64,
     /// Multiplies the cosine similarities (CLIP's exp(logit_scale), 1/0.07 at its init).
     pub temperature: f64,
-    /// Fixes the initial weights and the batches.
+    /// Fixes the initial weights and the batches (through tch's generator, which is global
+    /// to the process: other threads drawing from it meanwhile change the fit).
     pub seed: i64,
 }
 

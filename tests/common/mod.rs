@@ -4,6 +4,8 @@
 //! with a message that says how to fix it (`make setup`).
 #![allow(dead_code)]
 
+pub mod planted;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
