@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use saeclip::clip::Tokens;
-use saeclip::sae::config::TrainConfig;
-use saeclip::sae::train::{train, TrainOptions};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -42,15 +40,7 @@ fn tiny_run(run_dir: &Path, cache: &Path, stop_after: Option<usize>) -> PathBuf 
         "training.log_every=2".into(),
     ]
     .into();
-    let config = TrainConfig::from_yaml("", &sets).unwrap();
-    let o = TrainOptions {
-        config,
-        device: Device::Cpu,
-        model_load: Default::default(),
-        resume: None,
-        stop_after_epochs: stop_after,
-    };
-    train(&o).unwrap().run_dir
+    common::train_run(&sets, stop_after)
 }
 
 /// The complete lines of a run's metrics.jsonl.

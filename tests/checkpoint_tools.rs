@@ -10,8 +10,6 @@ use std::process::Output;
 use saeclip::clip::Tokens;
 use saeclip::data::cache::ActivationCache;
 use saeclip::sae::checkpoint;
-use saeclip::sae::config::TrainConfig;
-use saeclip::sae::train::{train, TrainOptions};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -49,15 +47,7 @@ fn tiny_run(dir: &Path, cache: &Path, architecture: &str) -> PathBuf {
         "training.log_every=2".into(),
     ]
     .into();
-    let config = TrainConfig::from_yaml("", &sets).unwrap();
-    let o = TrainOptions {
-        config,
-        device: Device::Cpu,
-        model_load: Default::default(),
-        resume: None,
-        stop_after_epochs: None,
-    };
-    train(&o).unwrap().run_dir
+    common::train_run(&sets, None)
 }
 
 fn saeclip(args: &[&str]) -> Output {

@@ -90,8 +90,6 @@ fn identity_sae(d: i64) -> Sae {
 /// A small SAE trained for a few epochs on the tiny model's layer-1 CLS activations of
 /// procedural training images; returns its checkpoint.
 fn trained_sae(root: &Path) -> PathBuf {
-    use saeclip::sae::config::TrainConfig;
-    use saeclip::sae::train::{train, TrainOptions};
     let sets: Vec<String> = vec![
         format!("data.model={}", tiny_model().display()),
         "data.dataset=procedural:0".into(),
@@ -111,16 +109,7 @@ fn trained_sae(root: &Path) -> PathBuf {
         "training.lr=0.004".into(),
         "training.lr_warmup_steps=5".into(),
     ];
-    let config = TrainConfig::from_yaml("", &sets).unwrap();
-    let result = train(&TrainOptions {
-        config,
-        device: Device::Cpu,
-        model_load: Default::default(),
-        resume: None,
-        stop_after_epochs: None,
-    })
-    .unwrap();
-    result.run_dir.join("checkpoints/best.safetensors")
+    common::train_run(&sets, None).join("checkpoints/best.safetensors")
 }
 
 fn by_source(r: &ZeroshotReport) -> HashMap<String, &saeclip::eval::zeroshot::Prediction> {

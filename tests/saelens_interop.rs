@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use saeclip::sae::checkpoint::{self, CheckpointMeta};
-use saeclip::sae::config::TrainConfig;
-use saeclip::sae::train::{train, TrainOptions};
 use saeclip::sae::{Architecture, Sae, SaeConfig};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -156,18 +154,7 @@ fn trained_checkpoint(dir: &Path) -> PathBuf {
         "training.lr_warmup_steps=2".into(),
     ]
     .into();
-    let config = TrainConfig::from_yaml("", &sets).unwrap();
-    let o = TrainOptions {
-        config,
-        device: Device::Cpu,
-        model_load: Default::default(),
-        resume: None,
-        stop_after_epochs: None,
-    };
-    train(&o)
-        .unwrap()
-        .run_dir
-        .join("checkpoints/best.safetensors")
+    common::train_run(&sets, None).join("checkpoints/best.safetensors")
 }
 
 #[test]

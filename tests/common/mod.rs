@@ -165,3 +165,19 @@ pub fn write_row_cache(
     w.finish().unwrap();
     dir.to_path_buf()
 }
+
+/// Train on the CPU with the default config plus `sets` (`key=value`), optionally stopping
+/// after `stop_after_epochs` as an interruption would; returns the run directory.
+pub fn train_run(sets: &[String], stop_after_epochs: Option<usize>) -> PathBuf {
+    use saeclip::sae::config::TrainConfig;
+    use saeclip::sae::train::{train, TrainOptions};
+    let config = TrainConfig::from_yaml("", sets).unwrap();
+    let o = TrainOptions {
+        config,
+        device: tch::Device::Cpu,
+        model_load: Default::default(),
+        resume: None,
+        stop_after_epochs,
+    };
+    train(&o).unwrap().run_dir
+}
