@@ -64,19 +64,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// One line on stderr naming `expect`, a non-zero exit, no panic.
-fn fails_cleanly(out: &Output, expect: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    assert!(stderr.contains(expect), "expected {expect:?} in: {stderr}");
-    assert_eq!(
-        stderr.lines().filter(|l| !l.trim().is_empty()).count(),
-        1,
-        "one line: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 /// The cells of the table row of `epoch`.
 fn row(markdown: &str, epoch: u64) -> Vec<String> {
     markdown
@@ -261,23 +248,23 @@ fn a_run_in_progress_with_a_truncated_line_is_analyzed_with_a_warning() {
 fn missing_runs_and_empty_logs_fail_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    fails_cleanly(
+    common::fails_cleanly(
         &analyze(&["--logdir", s(&d.join("no-such-run"))]),
         "does not exist",
     );
     std::fs::create_dir(d.join("not-a-run")).unwrap();
-    fails_cleanly(
+    common::fails_cleanly(
         &analyze(&["--logdir", s(&d.join("not-a-run"))]),
         "no metrics.jsonl",
     );
     std::fs::write(d.join("file"), "x").unwrap();
-    fails_cleanly(
+    common::fails_cleanly(
         &analyze(&["--logdir", s(&d.join("file"))]),
         "not a directory",
     );
     std::fs::create_dir(d.join("empty")).unwrap();
     std::fs::write(d.join("empty/metrics.jsonl"), "").unwrap();
-    fails_cleanly(
+    common::fails_cleanly(
         &analyze(&["--logdir", s(&d.join("empty"))]),
         "no complete metrics record",
     );
@@ -289,6 +276,6 @@ fn missing_runs_and_empty_logs_fail_in_one_line() {
         "--output",
         s(&d.join("r.md")),
     ]);
-    fails_cleanly(&out, "no complete metrics record");
+    common::fails_cleanly(&out, "no complete metrics record");
     assert!(!d.join("r.md").exists(), "no report for a failed analysis");
 }

@@ -67,19 +67,6 @@ fn succeeds(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// One line on stderr naming `expect`, a non-zero exit, no panic.
-fn fails_cleanly(out: &Output, expect: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    assert!(stderr.contains(expect), "expected {expect:?} in: {stderr}");
-    assert_eq!(
-        stderr.lines().filter(|l| !l.trim().is_empty()).count(),
-        1,
-        "one line: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 fn tensor_names(path: &Path) -> Vec<(String, safetensors::Dtype)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -220,7 +207,7 @@ fn clean_checkpoint_overwrites_its_input_only_in_place() {
     let run = tiny_run(&d.join("run"), &cache, "topk");
     let last = run.join("checkpoints/last.safetensors");
     let original = std::fs::read(&last).unwrap();
-    fails_cleanly(
+    common::fails_cleanly(
         &saeclip(&[
             "clean-checkpoint",
             "--input",
@@ -232,7 +219,7 @@ fn clean_checkpoint_overwrites_its_input_only_in_place() {
     );
     // The same file under another spelling.
     let other = run.join("checkpoints/../checkpoints/./last.safetensors");
-    fails_cleanly(
+    common::fails_cleanly(
         &saeclip(&[
             "clean-checkpoint",
             "--input",
@@ -312,13 +299,13 @@ fn bad_checkpoints_fail_in_one_line() {
     let good = run.join("checkpoints/best.safetensors");
     for (path, expect) in bad_checkpoints(d, &good) {
         let out = d.join("out.safetensors");
-        fails_cleanly(
+        common::fails_cleanly(
             &saeclip(&["clean-checkpoint", "--input", s(&path), "--output", s(&out)]),
             expect,
         );
         assert!(!out.exists(), "{}: nothing written", path.display());
-        fails_cleanly(&saeclip(&["info", s(&path)]), expect);
-        fails_cleanly(&saeclip(&["info", "--json", s(&path)]), expect);
+        common::fails_cleanly(&saeclip(&["info", s(&path)]), expect);
+        common::fails_cleanly(&saeclip(&["info", "--json", s(&path)]), expect);
     }
 }
 
@@ -415,11 +402,11 @@ fn info_describes_checkpoints_caches_and_runs() {
 
     // Neither.
     std::fs::create_dir(d.join("empty")).unwrap();
-    fails_cleanly(
+    common::fails_cleanly(
         &saeclip(&["info", s(&d.join("empty"))]),
         "is not an activation cache",
     );
-    fails_cleanly(
+    common::fails_cleanly(
         &saeclip(&["info", s(&d.join("nothing-here"))]),
         "does not exist",
     );

@@ -73,19 +73,6 @@ fn succeeds(out: &Output) {
     );
 }
 
-/// One line on stderr naming `expect`, a non-zero exit, no panic.
-fn fails_cleanly(out: &Output, expect: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    assert!(stderr.contains(expect), "expected {expect:?} in: {stderr}");
-    assert_eq!(
-        stderr.lines().filter(|l| !l.trim().is_empty()).count(),
-        1,
-        "one line: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 /// Run the reference script on a list of jobs.
 fn reference(dir: &Path, jobs: &Value) {
     let path = dir.join("jobs.json");
@@ -412,28 +399,28 @@ fn folders_saved_by_saelens_import_and_compute_like_saelens() {
         args.extend(extra);
         saeclip(&args)
     };
-    fails_cleanly(
+    common::fails_cleanly(
         &attempt("jumprelu-spread", &["--k", "4"]),
         "thresholds differ",
     );
-    fails_cleanly(
+    common::fails_cleanly(
         &attempt("topk-rescaled", &[]),
         "rescale_acts_by_decoder_norm",
     );
-    fails_cleanly(&attempt("jumprelu", &[]), "--k");
-    fails_cleanly(&attempt("no-such-folder", &[]), "no-such-folder");
+    common::fails_cleanly(&attempt("jumprelu", &[]), "--k");
+    common::fails_cleanly(&attempt("no-such-folder", &[]), "no-such-folder");
     std::fs::create_dir(d.join("empty")).unwrap();
-    fails_cleanly(&attempt("empty", &[]), "not an SAE-Lens folder");
+    common::fails_cleanly(&attempt("empty", &[]), "not an SAE-Lens folder");
     std::fs::create_dir(d.join("broken")).unwrap();
     std::fs::copy(d.join("topk/cfg.json"), d.join("broken/cfg.json")).unwrap();
     let w = std::fs::read(d.join("topk/sae_weights.safetensors")).unwrap();
     std::fs::write(d.join("broken/sae_weights.safetensors"), &w[..w.len() / 2]).unwrap();
-    fails_cleanly(&attempt("broken", &[]), "sae_weights.safetensors");
+    common::fails_cleanly(&attempt("broken", &[]), "sae_weights.safetensors");
     assert!(!out.exists());
     // An existing checkpoint is kept unless --force.
     let existing = d.join("topk.safetensors");
     let before = std::fs::read(&existing).unwrap();
-    fails_cleanly(
+    common::fails_cleanly(
         &saeclip(&[
             "import",
             "--format",
@@ -513,12 +500,12 @@ fn export_refuses_bad_input_and_existing_folders() {
         saeclip(&args)
     };
     let out = d.join("out");
-    fails_cleanly(
+    common::fails_cleanly(
         &export(&d.join("missing.safetensors"), &out, false),
         "missing.safetensors",
     );
     std::fs::write(d.join("text.safetensors"), "not a checkpoint").unwrap();
-    fails_cleanly(
+    common::fails_cleanly(
         &export(&d.join("text.safetensors"), &out, false),
         "not a valid safetensors file",
     );
@@ -531,7 +518,7 @@ fn export_refuses_bad_input_and_existing_folders() {
         Kind::Float,
     )
     .unwrap();
-    fails_cleanly(&export(&no_theta, &out, false), "no inference threshold");
+    common::fails_cleanly(&export(&no_theta, &out, false), "no inference threshold");
     assert!(!out.exists(), "nothing half-written");
     let leftovers: Vec<_> = std::fs::read_dir(d)
         .unwrap()
@@ -550,9 +537,9 @@ fn export_refuses_bad_input_and_existing_folders() {
     )
     .unwrap();
     succeeds(&export(&ckpt, &out, false));
-    fails_cleanly(&export(&ckpt, &out, false), "--force");
+    common::fails_cleanly(&export(&ckpt, &out, false), "--force");
     succeeds(&export(&ckpt, &out, true));
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
-    fails_cleanly(&export(&ckpt, &out, true), "notes.txt");
+    common::fails_cleanly(&export(&ckpt, &out, true), "notes.txt");
     assert!(out.join("notes.txt").exists() && out.join("cfg.json").exists());
 }

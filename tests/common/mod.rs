@@ -181,3 +181,16 @@ pub fn train_run(sets: &[String], stop_after_epochs: Option<usize>) -> PathBuf {
     };
     train(&o).unwrap().run_dir
 }
+
+/// One line on stderr naming `expect`, a non-zero exit, no panic.
+pub fn fails_cleanly(out: &std::process::Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?} in: {stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "one line: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
