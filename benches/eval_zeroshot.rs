@@ -121,8 +121,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
 /// A seeded batch of normalised-pixel-like values, [B, 3, P, P].
 fn pixels(clip: &Clip, batch: i64, seed: i64) -> Tensor {
     let size = clip.config().vision.image_size;
-    tch::manual_seed(seed);
-    Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu))
+    saeclip::rng::seeded(seed, || {
+        Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu))
+    })
 }
 
 fn make_sae(args: &Args, out: &Path) -> Result<()> {

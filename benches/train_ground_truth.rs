@@ -237,11 +237,13 @@ fn make_data(a: &DataArgs) -> Result<Value> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let started = Instant::now();
-    tch::manual_seed(a.seed);
-    let atoms = Tensor::randn([a.atoms, a.d], (Kind::Float, Device::Cpu));
-    let atoms = &atoms / atoms.norm_scalaropt_dim(2.0, [1], true);
-    let rows = draw_rows(&atoms, a.rows, a.active, a.noise);
-    let heldout = draw_rows(&atoms, a.heldout, a.active, a.noise);
+    let (atoms, rows, heldout) = saeclip::rng::seeded(a.seed, || {
+        let atoms = Tensor::randn([a.atoms, a.d], (Kind::Float, Device::Cpu));
+        let atoms = &atoms / atoms.norm_scalaropt_dim(2.0, [1], true);
+        let rows = draw_rows(&atoms, a.rows, a.active, a.noise);
+        let heldout = draw_rows(&atoms, a.heldout, a.active, a.noise);
+        (atoms, rows, heldout)
+    });
     Tensor::write_safetensors(
         &[("train", &rows), ("heldout", &heldout), ("atoms", &atoms)],
         a.out.join("data.safetensors"),

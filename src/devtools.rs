@@ -85,61 +85,62 @@ pub fn write_synthetic_cache(
         rows > 0 && d > 0 && atoms >= active && active > 0,
         "invalid synthetic cache sizes"
     );
-    tch::manual_seed(seed);
-    let opts = (Kind::Float, Device::Cpu);
-    let dict = Tensor::randn([atoms, d], opts);
-    let dict = &dict / dict.norm_scalaropt_dim(2.0, [1], true);
-    let key = CacheKey {
-        d_model: d,
-        dtype,
-        layer: 0,
-        tokens: Tokens::Cls,
-        model: ModelRef {
-            path: "synthetic".into(),
-            sha256: format!("synthetic-{seed}-{atoms}-{active}"),
-        },
-        dataset: DatasetRef {
-            kind: "synthetic".into(),
-            path: format!("{rows}x{d}"),
-            split: "train".into(),
-        },
-        part: None,
-        limit: None,
-        image_size: 0,
-    };
-    let Opened::Writer(mut w) = open_writer(out, key, 1 << 18, true)? else {
-        bail!("could not open {} for writing", out.display());
-    };
-    let chunk = 8192usize;
-    let mut start = 0;
-    while start < rows {
-        let n = chunk.min(rows - start) as i64;
-        let idx = Tensor::rand([n, atoms], opts)
-            .topk(active, 1, true, false)
-            .1;
-        let mags = -Tensor::rand([n, active], opts).clamp_min(1e-6).log(); // exponential
-        let chosen = dict
-            .index_select(0, &idx.flatten(0, 1))
-            .view([n, active, d]);
-        let x = (mags.unsqueeze(2) * chosen).sum_dim_intlist(1, false, Kind::Float)
-            + Tensor::randn([n, d], opts) * 0.01;
-        for r in 0..n {
-            let i = start + r as usize;
-            let record = ImageRecord {
-                image_index: i,
-                source: format!("synthetic:{i}"),
-                label: 0,
-            };
-            w.add_image(
-                record,
-                &x.narrow(0, r, 1),
-                &Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
-            )?;
+    crate::rng::seeded(seed, || {
+        let opts = (Kind::Float, Device::Cpu);
+        let dict = Tensor::randn([atoms, d], opts);
+        let dict = &dict / dict.norm_scalaropt_dim(2.0, [1], true);
+        let key = CacheKey {
+            d_model: d,
+            dtype,
+            layer: 0,
+            tokens: Tokens::Cls,
+            model: ModelRef {
+                path: "synthetic".into(),
+                sha256: format!("synthetic-{seed}-{atoms}-{active}"),
+            },
+            dataset: DatasetRef {
+                kind: "synthetic".into(),
+                path: format!("{rows}x{d}"),
+                split: "train".into(),
+            },
+            part: None,
+            limit: None,
+            image_size: 0,
+        };
+        let Opened::Writer(mut w) = open_writer(out, key, 1 << 18, true)? else {
+            bail!("could not open {} for writing", out.display());
+        };
+        let chunk = 8192usize;
+        let mut start = 0;
+        while start < rows {
+            let n = chunk.min(rows - start) as i64;
+            let idx = Tensor::rand([n, atoms], opts)
+                .topk(active, 1, true, false)
+                .1;
+            let mags = -Tensor::rand([n, active], opts).clamp_min(1e-6).log(); // exponential
+            let chosen = dict
+                .index_select(0, &idx.flatten(0, 1))
+                .view([n, active, d]);
+            let x = (mags.unsqueeze(2) * chosen).sum_dim_intlist(1, false, Kind::Float)
+                + Tensor::randn([n, d], opts) * 0.01;
+            for r in 0..n {
+                let i = start + r as usize;
+                let record = ImageRecord {
+                    image_index: i,
+                    source: format!("synthetic:{i}"),
+                    label: 0,
+                };
+                w.add_image(
+                    record,
+                    &x.narrow(0, r, 1),
+                    &Tensor::zeros([1], (Kind::Int64, Device::Cpu)),
+                )?;
+            }
+            w.end_batch()?;
+            start += n as usize;
         }
-        w.end_batch()?;
-        start += n as usize;
-    }
-    w.finish()
+        w.finish()
+    })
 }
 
 /// Max absolute and relative difference of the tensors two safetensors files share.

@@ -15,5 +15,6 @@ pub mod fetch;
 pub mod info;
 pub mod interpret;
 pub mod report;
+pub mod rng;
 pub mod sae;
 pub mod ui;

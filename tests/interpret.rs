@@ -373,7 +373,9 @@ fn bad_inputs_are_reported() {
         d_sae: 8,
         k: 2,
     };
-    let sample = Tensor::randn([16, 32], (Kind::Float, tch::Device::Cpu));
+    let sample = saeclip::rng::seeded(0, || {
+        Tensor::randn([16, 32], (Kind::Float, tch::Device::Cpu))
+    });
     let sae = Sae::init(&config, &sample, saeclip::sae::BdecInit::Mean, 1).unwrap();
     let path = dir.path().join("narrow.safetensors");
     write_sae(&sae, 1, Tokens::Cls, &path);
@@ -381,7 +383,9 @@ fn bad_inputs_are_reported() {
     assert!(err.contains("d_in = 32"), "{err}");
     // A layer the model does not have.
     let config = SaeConfig { d_in: 64, ..config };
-    let sample = Tensor::randn([16, 64], (Kind::Float, tch::Device::Cpu));
+    let sample = saeclip::rng::seeded(0, || {
+        Tensor::randn([16, 64], (Kind::Float, tch::Device::Cpu))
+    });
     let sae = Sae::init(&config, &sample, saeclip::sae::BdecInit::Mean, 1).unwrap();
     let path = dir.path().join("deep.safetensors");
     write_sae(&sae, 7, Tokens::Cls, &path);

@@ -26,13 +26,15 @@ fn random_sae(
     threshold: Option<f64>,
     seed: i64,
 ) -> Sae {
-    tch::manual_seed(seed);
     let opts = (Kind::Float, Device::Cpu);
-    let w_dec = Tensor::randn([F, D], opts);
-    let w_dec = &w_dec / w_dec.norm_scalaropt_dim(2.0, [1], true);
-    let w_enc = w_dec.tr() + Tensor::randn([D, F], opts) * 0.1;
-    let b_enc = Tensor::randn([F], opts) * 0.2;
-    let b_dec = Tensor::randn([D], opts) * 0.5;
+    let (w_dec, w_enc, b_enc, b_dec) = saeclip::rng::seeded(seed, || {
+        let w_dec = Tensor::randn([F, D], opts);
+        let w_dec = &w_dec / w_dec.norm_scalaropt_dim(2.0, [1], true);
+        let w_enc = w_dec.tr() + Tensor::randn([D, F], opts) * 0.1;
+        let b_enc = Tensor::randn([F], opts) * 0.2;
+        let b_dec = Tensor::randn([D], opts) * 0.5;
+        (w_dec, w_enc, b_enc, b_dec)
+    });
     let config = SaeConfig {
         architecture,
         d_in: D,
@@ -44,8 +46,9 @@ fn random_sae(
 
 /// Activations with an offset, at a scale unlike the SAE's (so that s matters).
 fn inputs(seed: i64, scale: f64) -> Tensor {
-    tch::manual_seed(seed);
-    (Tensor::randn([ROWS, D], (Kind::Float, Device::Cpu)) + 0.7) * scale
+    saeclip::rng::seeded(seed, || {
+        Tensor::randn([ROWS, D], (Kind::Float, Device::Cpu)) + 0.7
+    }) * scale
 }
 
 fn meta() -> CheckpointMeta {
@@ -116,10 +119,13 @@ fn cfg(dir: &Path) -> Value {
 
 /// A tiny trained run (topk) on planted-dictionary data; returns its best checkpoint.
 fn trained_checkpoint(dir: &Path) -> PathBuf {
-    tch::manual_seed(3);
     let n = 400usize;
-    let atoms = Tensor::randn([48, D], (Kind::Float, Device::Cpu));
-    let codes = Tensor::rand([n as i64, 48], (Kind::Float, Device::Cpu));
+    let (atoms, codes) = saeclip::rng::seeded(3, || {
+        (
+            Tensor::randn([48, D], (Kind::Float, Device::Cpu)),
+            Tensor::rand([n as i64, 48], (Kind::Float, Device::Cpu)),
+        )
+    });
     let keep = codes.ge_tensor(&codes.topk(3, 1, true, true).0.select(1, 2).unsqueeze(1));
     let x = (codes * 3.0 * keep.to_kind(Kind::Float)).matmul(&atoms) + 2.0;
     let cache = common::write_row_cache(

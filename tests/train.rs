@@ -18,15 +18,16 @@ const D: i64 = 32;
 /// A cache of `n` rows (one per image) drawn from a planted dictionary of 64 unit atoms,
 /// 4 active per row, plus an offset and a little noise. `nan_row` poisons one row.
 fn synthetic_cache(dir: &Path, n: usize, nan_row: Option<usize>) -> PathBuf {
-    tch::manual_seed(7);
-    let atoms = Tensor::randn([64, D], (Kind::Float, Device::Cpu));
-    let atoms = &atoms / atoms.norm_scalaropt_dim(2.0, [1], true);
-    let codes = Tensor::rand([n as i64, 64], (Kind::Float, Device::Cpu));
-    let keep = codes.ge_tensor(&codes.topk(4, 1, true, true).0.select(1, 3).unsqueeze(1));
-    let mags = Tensor::rand([n as i64, 64], (Kind::Float, Device::Cpu)) * 3.0 + 0.5;
-    let x = (mags * keep.to_kind(Kind::Float)).matmul(&atoms)
-        + 0.5
-        + Tensor::randn([n as i64, D], (Kind::Float, Device::Cpu)) * 0.01;
+    let x = saeclip::rng::seeded(7, || {
+        let atoms = Tensor::randn([64, D], (Kind::Float, Device::Cpu));
+        let atoms = &atoms / atoms.norm_scalaropt_dim(2.0, [1], true);
+        let codes = Tensor::rand([n as i64, 64], (Kind::Float, Device::Cpu));
+        let keep = codes.ge_tensor(&codes.topk(4, 1, true, true).0.select(1, 3).unsqueeze(1));
+        let mags = Tensor::rand([n as i64, 64], (Kind::Float, Device::Cpu)) * 3.0 + 0.5;
+        (mags * keep.to_kind(Kind::Float)).matmul(&atoms)
+            + 0.5
+            + Tensor::randn([n as i64, D], (Kind::Float, Device::Cpu)) * 0.01
+    });
     if let Some(r) = nan_row {
         let _ = x.get(r as i64).fill_(f64::NAN);
     }

@@ -93,27 +93,30 @@ pub fn fit_zero_shot(
         })
         .collect::<Result<_>>()?;
 
-    tch::manual_seed(options.seed);
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let mut model = ClipModel::new(vs.root(), config);
-    let mut adam = nn::Adam::default()
-        .build(&vs, options.lr)
-        .context("cannot build the optimizer")?;
-    let mut losses = Vec::with_capacity(options.steps);
-    for _ in 0..options.steps {
-        let batch = Tensor::randint(n, [options.batch_size.min(n)], (Kind::Int64, Device::Cpu));
-        let images = normalize(&model.image_embeds(&pixels.index_select(0, &batch))?);
-        let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
-        for (ids, labels) in &tasks {
-            let texts = normalize(&model.text_embeds(ids)?);
-            let logits = images.matmul(&texts.tr()) * options.temperature;
-            loss += logits.cross_entropy_for_logits(&labels.index_select(0, &batch));
+    // Initialisation and batch draws share one seeded section: same seed, same fit.
+    let (mut vs, mut model, losses) = crate::rng::seeded(options.seed, || -> Result<_> {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = ClipModel::new(vs.root(), config);
+        let mut adam = nn::Adam::default()
+            .build(&vs, options.lr)
+            .context("cannot build the optimizer")?;
+        let mut losses = Vec::with_capacity(options.steps);
+        for _ in 0..options.steps {
+            let batch = Tensor::randint(n, [options.batch_size.min(n)], (Kind::Int64, Device::Cpu));
+            let images = normalize(&model.image_embeds(&pixels.index_select(0, &batch))?);
+            let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
+            for (ids, labels) in &tasks {
+                let texts = normalize(&model.text_embeds(ids)?);
+                let logits = images.matmul(&texts.tr()) * options.temperature;
+                loss += logits.cross_entropy_for_logits(&labels.index_select(0, &batch));
+            }
+            let value = loss.double_value(&[]);
+            ensure!(value.is_finite(), "the loss diverged ({value})");
+            adam.backward_step(&loss);
+            losses.push(value);
         }
-        let value = loss.double_value(&[]);
-        ensure!(value.is_finite(), "the loss diverged ({value})");
-        adam.backward_step(&loss);
-        losses.push(value);
-    }
+        Ok((vs, model, losses))
+    })?;
     vs.freeze();
     model.fuse();
     Ok(Fitted {

@@ -177,9 +177,11 @@ impl Clip {
     /// A model with the given dimensions and weights drawn from `seed` (tch's default
     /// initialisation). It is not a trained CLIP: useful for tests, demos and benchmarks.
     pub fn random(config: &ClipConfig, seed: i64, device: Device, precision: Precision) -> Clip {
-        tch::manual_seed(seed);
-        let mut vs = VarStore::new(device);
-        let mut model = ClipModel::new(vs.root(), config);
+        let (mut vs, mut model) = crate::rng::seeded(seed, || {
+            let vs = VarStore::new(device);
+            let model = ClipModel::new(vs.root(), config);
+            (vs, model)
+        });
         vs.freeze();
         if precision != Precision::F32 {
             vs.set_kind(precision.kind());

@@ -391,9 +391,10 @@ impl Sae {
             BdecInit::GeometricMedian => geometric_median(&scaled, 100, 1e-7),
         }
         .to_kind(Kind::Float);
-        tch::manual_seed(seed);
-        let w_dec = Tensor::randn([config.d_sae, config.d_in], (Kind::Float, Device::Cpu))
-            .to_device(device);
+        let w_dec = crate::rng::seeded(seed, || {
+            Tensor::randn([config.d_sae, config.d_in], (Kind::Float, Device::Cpu))
+        })
+        .to_device(device);
         let mut sae = Sae {
             config: *config,
             w_enc: Tensor::zeros([config.d_in, config.d_sae], (Kind::Float, device)),
@@ -674,9 +675,9 @@ mod tests {
     #[test]
     fn batch_topk_candidates_are_exact() {
         // Rows with very different scales force the candidate doubling.
-        tch::manual_seed(1);
         let scales = Tensor::from_slice(&[100.0f32, 1.0, 1.0, 0.01]).unsqueeze(1);
-        let pre = Tensor::randn([4, 300], (Kind::Float, Device::Cpu)) * scales;
+        let pre =
+            crate::rng::seeded(1, || Tensor::randn([4, 300], (Kind::Float, Device::Cpu))) * scales;
         let c = select(&pre, Selection::BatchTopK(5));
         let (v, i) = pre.reshape([-1]).topk(20, 0, true, true);
         let expect = Tensor::zeros([1200], (Kind::Float, Device::Cpu))

@@ -377,45 +377,47 @@ mod tests {
 
     #[test]
     fn fused_update_matches_tensor_ops() {
-        tch::manual_seed(0);
-        let x = Tensor::randn([64, 96], (Kind::Float, Device::Cpu));
-        let config = SaeConfig {
-            architecture: Architecture::TopK,
-            d_in: 96,
-            d_sae: 1024,
-            k: 4,
-        };
-        let sae = Sae::init(&config, &x, BdecInit::Mean, 0).unwrap();
-        for adam_config in [
-            AdamConfig::default(),
-            AdamConfig {
-                beta1: 0.3,
-                beta2: 0.9,
-                eps: 1e-3,
-            },
-        ] {
-            let (mut a, mut b) = (sae.copy(), sae.copy());
-            let (mut fused, mut plain) = (Adam::new(&a, adam_config), Adam::new(&b, adam_config));
-            for step in 0..20 {
-                let g = |p: &Tensor| Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.1;
-                let grads = Grads {
-                    w_enc: g(&a.w_enc).tr().contiguous().tr(),
-                    b_enc: g(&a.b_enc),
-                    w_dec: g(&a.w_dec),
-                    b_dec: g(&a.b_dec),
-                };
-                fused.update_with(&mut a, &grads, 1e-2 * (1 + step % 3) as f64, true);
-                plain.update_with(&mut b, &grads, 1e-2 * (1 + step % 3) as f64, false);
-            }
-            for (p, q) in [
-                (&a.w_enc, &b.w_enc),
-                (&a.b_enc, &b.b_enc),
-                (&a.w_dec, &b.w_dec),
-                (&a.b_dec, &b.b_dec),
+        crate::rng::seeded(0, || {
+            let x = Tensor::randn([64, 96], (Kind::Float, Device::Cpu));
+            let config = SaeConfig {
+                architecture: Architecture::TopK,
+                d_in: 96,
+                d_sae: 1024,
+                k: 4,
+            };
+            let sae = Sae::init(&config, &x, BdecInit::Mean, 0).unwrap();
+            for adam_config in [
+                AdamConfig::default(),
+                AdamConfig {
+                    beta1: 0.3,
+                    beta2: 0.9,
+                    eps: 1e-3,
+                },
             ] {
-                let err = (p - q).abs().max().double_value(&[]);
-                assert!(err < 1e-6, "fused and tensor updates differ by {err}");
+                let (mut a, mut b) = (sae.copy(), sae.copy());
+                let (mut fused, mut plain) =
+                    (Adam::new(&a, adam_config), Adam::new(&b, adam_config));
+                for step in 0..20 {
+                    let g = |p: &Tensor| Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.1;
+                    let grads = Grads {
+                        w_enc: g(&a.w_enc).tr().contiguous().tr(),
+                        b_enc: g(&a.b_enc),
+                        w_dec: g(&a.w_dec),
+                        b_dec: g(&a.b_dec),
+                    };
+                    fused.update_with(&mut a, &grads, 1e-2 * (1 + step % 3) as f64, true);
+                    plain.update_with(&mut b, &grads, 1e-2 * (1 + step % 3) as f64, false);
+                }
+                for (p, q) in [
+                    (&a.w_enc, &b.w_enc),
+                    (&a.b_enc, &b.b_enc),
+                    (&a.w_dec, &b.w_dec),
+                    (&a.b_dec, &b.b_dec),
+                ] {
+                    let err = (p - q).abs().max().double_value(&[]);
+                    assert!(err < 1e-6, "fused and tensor updates differ by {err}");
+                }
             }
-        }
+        });
     }
 }

@@ -294,11 +294,9 @@ fn load_data(cache: &ActivationCache, config: &TrainConfig, device: Device) -> R
     let mut images = image_index.clone();
     images.sort_unstable();
     images.dedup();
-    tch::manual_seed(config.training.seed);
-    let order = Vec::<i64>::try_from(&Tensor::randperm(
-        images.len() as i64,
-        (Kind::Int64, Device::Cpu),
-    ))?;
+    let order = Vec::<i64>::try_from(&crate::rng::seeded(config.training.seed, || {
+        Tensor::randperm(images.len() as i64, (Kind::Int64, Device::Cpu))
+    }))?;
     let n_val = if config.data.val_fraction > 0.0 && images.len() >= 2 {
         ((images.len() as f64 * config.data.val_fraction).ceil() as usize)
             .clamp(1, images.len() - 1)
@@ -462,9 +460,8 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
             best,
         )
     } else {
-        tch::manual_seed(t.seed);
         let n = data.train.size()[0];
-        let pick = Tensor::randperm(n, (Kind::Int64, Device::Cpu))
+        let pick = crate::rng::seeded(t.seed, || Tensor::randperm(n, (Kind::Int64, Device::Cpu)))
             .narrow(0, 0, n.min(INIT_SAMPLE_ROWS))
             .to_device(device);
         let sample = data
@@ -519,12 +516,14 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
             });
         }
         // The shuffle depends only on (seed, epoch).
-        tch::manual_seed(
-            t.seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(epoch as i64 + 1),
-        );
-        let perm = Tensor::randperm(n_train as i64, (Kind::Int64, Device::Cpu)).to_device(device);
+        let shuffle_seed = t
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(epoch as i64 + 1);
+        let perm = crate::rng::seeded(shuffle_seed, || {
+            Tensor::randperm(n_train as i64, (Kind::Int64, Device::Cpu))
+        })
+        .to_device(device);
         let order = data.train.index_select(0, &perm);
         let mut train_evr = Evr::new(d_in, device);
         let mut train_firing = Firing::new(sae_config.d_sae, device);

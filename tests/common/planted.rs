@@ -86,8 +86,7 @@ pub fn planted_sae_on(clip: &Clip, layer: usize, sample: &[usize]) -> Sae {
         .double_value(&[]);
     let threshold = (red_mean_proj + other_mean_proj) / 2.0;
     let (d, f) = (x.size()[1], 8);
-    tch::manual_seed(5);
-    let w_dec = Tensor::randn([f, d], (Kind::Float, tch::Device::Cpu));
+    let w_dec = saeclip::rng::seeded(5, || Tensor::randn([f, d], (Kind::Float, tch::Device::Cpu)));
     let w_dec = &w_dec / w_dec.norm_scalaropt_dim(2.0, [1], true);
     let w_dec = w_dec.index_copy(0, &Tensor::from_slice(&[0i64]), &v.unsqueeze(0));
     let w_enc = w_dec.tr().contiguous();
