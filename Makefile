@@ -12,7 +12,7 @@ BIN    := target/release/saeclip
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo chromium bench bench-train bench-clip bench-extract bench-eval bench-interpret clean
+.PHONY: setup build test lint demo chromium bench bench-train bench-clip bench-extract bench-eval bench-interpret bench-step clean
 
 ## setup: create .venv with torch 2.11.0 and the pinned reference packages
 setup: $(STAMP)
@@ -84,7 +84,11 @@ bench-interpret: setup
 	cargo build --release
 	$(PY) bench/interpret.py
 
-bench: bench-clip bench-extract bench-train bench-eval bench-interpret
+## bench-step: one SAE training step at ViT-B/32 scale, sparse backward vs dense autograd (prints)
+bench-step: setup
+	cargo bench --bench sae_step
+
+bench: bench-clip bench-extract bench-train bench-eval bench-interpret bench-step
 
 clean:
 	cargo clean

@@ -4,19 +4,19 @@
 //! tests/reference/sae_autograd.py), training on planted dictionaries, AuxK, metrics and
 //! checkpoints.
 //!
-//! The step-time benchmark is `#[ignore]`d:
-//! `cargo test --release --test sae_core -- --ignored --nocapture step_time`.
+//! The step-time benchmark (sparse against dense) is `make bench-step` (benches/sae_step.rs).
 
 mod common;
 
 use std::path::Path;
-use std::time::Instant;
 
 use saeclip::sae::checkpoint::{self, CheckpointMeta, TrainingStateRef};
 use saeclip::sae::model::select;
 use saeclip::sae::*;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
+
+use common::dense::dense_reference;
 
 const CPU: Device = Device::Cpu;
 
@@ -50,19 +50,23 @@ fn scalar(t: &Tensor) -> f64 {
 
 /// Inputs with a large common offset, like CLIP's residual stream.
 fn random_inputs(b: i64, d: i64, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    let offset = Tensor::randn([d], (Kind::Float, CPU)) * 3.0;
-    Tensor::randn([b, d], (Kind::Float, CPU)) + offset
+    saeclip::rng::seeded(seed, || {
+        let offset = Tensor::randn([d], (Kind::Float, CPU)) * 3.0;
+        Tensor::randn([b, d], (Kind::Float, CPU)) + offset
+    })
 }
 
 /// An SAE away from its symmetric initialisation.
 fn random_sae(cfg: SaeConfig, x: &Tensor, seed: i64) -> Sae {
-    let mut sae = Sae::init(&cfg, x, BdecInit::GeometricMedian, seed).unwrap();
-    let _ = sae
-        .w_enc
-        .g_add_(&(Tensor::randn([cfg.d_in, cfg.d_sae], (Kind::Float, CPU)) * 0.05));
-    sae.b_enc = Tensor::randn([cfg.d_sae], (Kind::Float, CPU)) * 0.1;
-    sae
+    // Sae::init reseeds with `seed`; the perturbations continue that stream.
+    saeclip::rng::seeded(seed, || {
+        let mut sae = Sae::init(&cfg, x, BdecInit::GeometricMedian, seed).unwrap();
+        let _ = sae
+            .w_enc
+            .g_add_(&(Tensor::randn([cfg.d_in, cfg.d_sae], (Kind::Float, CPU)) * 0.05));
+        sae.b_enc = Tensor::randn([cfg.d_sae], (Kind::Float, CPU)) * 0.1;
+        sae
+    })
 }
 
 /// Every 4th latent is flagged dead, and its bias lowered so that it rarely wins the
@@ -72,77 +76,6 @@ fn plant_dead(sae: &mut Sae) -> Tensor {
     let dead = Tensor::arange(f, (Kind::Int64, CPU)).remainder(4).eq(0);
     let _ = sae.b_enc.g_sub_(&(dead.to_kind(Kind::Float) * 0.7));
     dead
-}
-
-struct Reference {
-    loss: Tensor,
-    mse: Tensor,
-    aux: Tensor,
-    l1: Tensor,
-    grads: [Tensor; 4],
-}
-
-/// The same loss with dense codes and tch autograd.
-fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOptions) -> Reference {
-    let p: Vec<Tensor> = [&sae.w_enc, &sae.b_enc, &sae.w_dec, &sae.b_dec]
-        .iter()
-        .map(|t| t.detach().copy().set_requires_grad(true))
-        .collect();
-    let (b, _) = x.size2().unwrap();
-    let f = sae.config.d_sae;
-    let xs = x * sae.input_scale;
-    let xc = &xs - &p[3];
-    let pre = xc.matmul(&p[0]) + &p[1];
-    let z = match sae.config.architecture {
-        Architecture::TopK => {
-            let (v, i) = pre.topk(o.k, 1, true, true);
-            pre.zeros_like().scatter(1, &i, &v.relu())
-        }
-        Architecture::BatchTopK => {
-            let (v, i) = pre.reshape([-1]).topk(o.k * b, 0, true, true);
-            Tensor::zeros([b * f], (Kind::Float, x.device()))
-                .scatter(0, &i, &v.relu())
-                .view([b, f])
-        }
-        Architecture::Relu => pre.relu(),
-    };
-    let x_hat = z.matmul(&p[2]) + &p[3];
-    let e = &xs - &x_hat;
-    let mse = e.square().mean(Kind::Float);
-    let l1 = if sae.config.architecture == Architecture::Relu && o.l1_coef != 0.0 {
-        let norms = p[2].square().sum_dim_intlist(1, false, Kind::Float).sqrt();
-        (&z * norms)
-            .sum_dim_intlist(1, false, Kind::Float)
-            .mean(Kind::Float)
-            * o.l1_coef
-    } else {
-        Tensor::zeros([], (Kind::Float, x.device()))
-    };
-    let aux = match dead {
-        Some(dead) if o.k_aux > 0 && dead.any().int64_value(&[]) != 0 => {
-            let ed = e.detach();
-            let idx = dead.nonzero().view([-1]);
-            let pd = pre.index_select(1, &idx);
-            let ka = o.k_aux.min(idx.size()[0]);
-            let (v, i) = pd.topk(ka, 1, true, true);
-            let za = pd.zeros_like().scatter(1, &i, &v.relu());
-            let e_hat = za.matmul(&p[2].index_select(0, &idx));
-            let total = (&ed - ed.mean_dim(0, true, Kind::Float))
-                .square()
-                .sum(Kind::Float);
-            (ed - e_hat).square().sum(Kind::Float) / total * o.aux_coef
-        }
-        _ => Tensor::zeros([], (Kind::Float, x.device())),
-    };
-    let loss = &mse + &aux + &l1;
-    loss.backward();
-    Reference {
-        loss: loss.detach(),
-        mse: mse.detach(),
-        aux: aux.detach(),
-        l1: l1.detach(),
-        grads: [p[0].grad(), p[1].grad(), p[2].grad(), p[3].grad()],
-    }
 }
 
 fn check_gradients(architecture: Architecture, with_aux: bool, l1_coef: f64) {
@@ -430,14 +363,13 @@ fn adam_matches_torch_update_rule() {
     let mut m: Vec<Vec<f64>> = p.iter().map(|v| vec![0.0; v.len()]).collect();
     let mut v2 = m.clone();
     for t in 1..=4 {
-        tch::manual_seed(100 + t);
-        let grads = Grads {
+        let grads = saeclip::rng::seeded(100 + t, || Grads {
             // W_enc's gradient in W_enc's layout, as forward_backward makes it
             w_enc: Tensor::randn([f, d], (Kind::Float, CPU)).tr(),
             b_enc: Tensor::randn([f], (Kind::Float, CPU)),
             w_dec: Tensor::randn([f, d], (Kind::Float, CPU)),
             b_dec: Tensor::randn([d], (Kind::Float, CPU)),
-        };
+        });
         let lr = 0.01 * t as f64;
         for (i, g) in grads.tensors().iter().enumerate() {
             let g = flat(g);
@@ -497,13 +429,12 @@ fn matches_pytorch() {
     ];
     let mut step_grads = Vec::new();
     for t in 0..steps {
-        tch::manual_seed(1000 + t);
-        let g = Grads {
+        let g = saeclip::rng::seeded(1000 + t, || Grads {
             w_enc: Tensor::randn([d, f], (Kind::Float, CPU)) * 0.01,
             b_enc: Tensor::randn([f], (Kind::Float, CPU)) * 0.01,
             w_dec: Tensor::randn([f, d], (Kind::Float, CPU)) * 0.01,
             b_dec: Tensor::randn([d], (Kind::Float, CPU)) * 0.01,
-        };
+        });
         for (name, t2) in ["W_enc", "b_enc", "W_dec", "b_dec"].iter().zip(g.tensors()) {
             inputs.push((format!("g{t}.{name}"), t2.contiguous()));
         }
@@ -588,14 +519,15 @@ fn matches_pytorch() {
 
 /// x = Σ c·atom + offset + noise, `active` atoms per row with c in [0.5, 1.5].
 fn planted(n: i64, d: i64, atoms: i64, active: i64, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    let dict = Tensor::randn([atoms, d], (Kind::Float, CPU));
-    let dict = &dict / dict.square().sum_dim_intlist(1, true, Kind::Float).sqrt();
-    let offset = Tensor::randn([d], (Kind::Float, CPU)) * 2.0;
-    let (_, which) = Tensor::rand([n, atoms], (Kind::Float, CPU)).topk(active, 1, true, false);
-    let coef = Tensor::rand([n, active], (Kind::Float, CPU)) + 0.5;
-    let z = Tensor::zeros([n, atoms], (Kind::Float, CPU)).scatter(1, &which, &coef);
-    z.mm(&dict) + offset + Tensor::randn([n, d], (Kind::Float, CPU)) * 0.01
+    saeclip::rng::seeded(seed, || {
+        let dict = Tensor::randn([atoms, d], (Kind::Float, CPU));
+        let dict = &dict / dict.square().sum_dim_intlist(1, true, Kind::Float).sqrt();
+        let offset = Tensor::randn([d], (Kind::Float, CPU)) * 2.0;
+        let (_, which) = Tensor::rand([n, atoms], (Kind::Float, CPU)).topk(active, 1, true, false);
+        let coef = Tensor::rand([n, active], (Kind::Float, CPU)) + 0.5;
+        let z = Tensor::zeros([n, atoms], (Kind::Float, CPU)).scatter(1, &which, &coef);
+        z.mm(&dict) + offset + Tensor::randn([n, d], (Kind::Float, CPU)) * 0.01
+    })
 }
 
 struct Trained {
@@ -811,15 +743,16 @@ fn training_is_deterministic_on_cpu() {
 
 #[test]
 fn metrics_match_direct_computation() {
-    tch::manual_seed(4);
-    let batches: Vec<(Tensor, Tensor)> = [7i64, 5, 1, 9]
-        .iter()
-        .map(|&b| {
-            let x = Tensor::randn([b, 3], (Kind::Float, CPU)) * 2.0 + 1.0;
-            let x_hat = &x + Tensor::randn([b, 3], (Kind::Float, CPU)) * 0.5;
-            (x, x_hat)
-        })
-        .collect();
+    let batches: Vec<(Tensor, Tensor)> = saeclip::rng::seeded(4, || {
+        [7i64, 5, 1, 9]
+            .iter()
+            .map(|&b| {
+                let x = Tensor::randn([b, 3], (Kind::Float, CPU)) * 2.0 + 1.0;
+                let x_hat = &x + Tensor::randn([b, 3], (Kind::Float, CPU)) * 0.5;
+                (x, x_hat)
+            })
+            .collect()
+    });
     let mut evr = Evr::new(3, CPU);
     for (x, x_hat) in &batches {
         evr.update(x, x_hat);
@@ -1119,102 +1052,4 @@ fn bad_checkpoints_give_clear_errors() {
         Some("optim.b_enc.exp_avg_sq"),
     );
     expect(&bad_optim, "tensor optim.b_enc.exp_avg_sq is missing");
-}
-
-/// Step time (forward, backward, Adam) at ViT-B/32 scale: hand-written sparse against
-/// dense autograd. Run explicitly (see the top of the file).
-#[test]
-#[ignore]
-fn step_time() {
-    let (b, d, f, k) = (4096, 768, 16384, 64);
-    let threads = tch::get_num_threads();
-    let x = random_inputs(b, d, 9);
-    let mut sae = Sae::init(&config(Architecture::TopK, d, f, k), &x, BdecInit::Mean, 0).unwrap();
-    let mut adam = Adam::new(&sae, AdamConfig::default());
-    let o = LossOptions {
-        k,
-        k_aux: 0,
-        aux_coef: 0.0,
-        l1_coef: 0.0,
-    };
-    let dead_mask = Tensor::zeros([f], (Kind::Bool, CPU));
-    let _ = dead_mask.narrow(0, 0, f / 8).fill_(1);
-    let o_aux = LossOptions {
-        k_aux: 384,
-        aux_coef: 1.0 / 32.0,
-        ..o
-    };
-    let mut ws = Workspace::new();
-    let reps = 5;
-    // The fastest of a few runs: the machine is shared, and interference only adds time.
-    let time = |label: &str, run: &mut dyn FnMut()| {
-        run(); // warm up
-        let mut best = f64::INFINITY;
-        for _ in 0..reps {
-            let start = Instant::now();
-            run();
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        println!("{label:52} {:8.1} ms/step", best * 1e3);
-        best
-    };
-    println!("B = {b}, d_in = {d}, d_sae = {f}, k = {k}, {threads} threads");
-    let sparse = time("sparse forward+backward+adam (topk)", &mut || {
-        let out = forward_backward(&sae, &x, None, &o, &mut ws);
-        let _ = adam.step(&mut sae, out.grads, 1e-4, Some(1.0));
-    });
-    time("  sparse forward+backward only", &mut || {
-        let _ = forward_backward(&sae, &x, None, &o, &mut ws);
-    });
-    time("  adam step only", &mut || {
-        let out_grads = Grads {
-            w_enc: sae.w_enc.zeros_like(),
-            b_enc: sae.b_enc.zeros_like(),
-            w_dec: sae.w_dec.zeros_like(),
-            b_dec: sae.b_dec.zeros_like(),
-        };
-        let _ = adam.step(&mut sae, out_grads, 1e-4, Some(1.0));
-    });
-    time(
-        "  encoder matmul alone (fresh output, as at inference)",
-        &mut || {
-            let _ = sae.pre_activations(&x);
-        },
-    );
-    time(
-        "sparse forward+backward+adam (topk, AuxK 1/8 dead)",
-        &mut || {
-            let out = forward_backward(&sae, &x, Some(&dead_mask), &o_aux, &mut ws);
-            let _ = adam.step(&mut sae, out.grads, 1e-4, Some(1.0));
-        },
-    );
-    let mut sae_b = sae.copy();
-    sae_b.config.architecture = Architecture::BatchTopK;
-    time("sparse forward+backward+adam (batchtopk)", &mut || {
-        let out = forward_backward(&sae_b, &x, None, &o, &mut ws);
-        let _ = adam.step(&mut sae_b, out.grads, 1e-4, Some(1.0));
-    });
-    // The dense version keeps W_enc contiguous, the layout its gradient comes in.
-    let mut sae_d = sae.copy();
-    sae_d.w_enc = sae_d.w_enc.contiguous();
-    let mut adam_d = Adam::new(&sae_d, AdamConfig::default());
-    let dense = time("dense autograd forward+backward+adam (topk)", &mut || {
-        let r = dense_reference(&sae_d, &x, None, &o);
-        let [w_enc, b_enc, w_dec, b_dec] = r.grads;
-        let _ = adam_d.step(
-            &mut sae_d,
-            Grads {
-                w_enc,
-                b_enc,
-                w_dec,
-                b_dec,
-            },
-            1e-4,
-            Some(1.0),
-        );
-    });
-    time("  dense autograd forward+backward only", &mut || {
-        let _ = dense_reference(&sae_d, &x, None, &o);
-    });
-    println!("speed-up {:.2}x", dense / sparse);
 }

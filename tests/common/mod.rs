@@ -4,6 +4,7 @@
 //! with a message that says how to fix it (`make setup`).
 #![allow(dead_code)]
 
+pub mod dense;
 pub mod planted;
 
 use std::path::{Path, PathBuf};

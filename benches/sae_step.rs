@@ -1,0 +1,139 @@
+//! Time of one SAE training step (forward, backward, Adam) at ViT-B/32 scale: saeclip's
+//! hand-written sparse backward against the same loss through dense tch autograd
+//! (tests/common/dense.rs, which tests/sae_core.rs checks the sparse gradients against).
+//!
+//! ```text
+//! make bench-step
+//! cargo bench --bench sae_step [-- --threads N]
+//! ```
+//!
+//! Batch 4,096 rows of width 768, 16,384 latents, k = 64; each line is the fastest of 5
+//! runs after a warm-up (the machine may be shared, and interference only adds time).
+
+#[allow(dead_code)] // the bench reads the gradients only
+#[path = "../tests/common/dense.rs"]
+mod dense;
+
+use std::time::Instant;
+
+use dense::dense_reference;
+use saeclip::sae::*;
+use tch::{Device, Kind, Tensor};
+
+/// `--threads N` from the command line (cargo bench also passes `--bench`, ignored).
+fn threads_arg() -> Option<i32> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == "--threads")?;
+    args.get(i + 1)?.parse().ok()
+}
+
+fn main() {
+    let (b, d, f, k) = (4096, 768, 16384, 64);
+    if let Some(n) = threads_arg() {
+        tch::set_num_threads(n);
+    }
+    let threads = tch::get_num_threads();
+    let x = saeclip::rng::seeded(9, || {
+        let offset = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 3.0;
+        Tensor::randn([b, d], (Kind::Float, Device::Cpu)) + offset
+    });
+    let mut sae = Sae::init(
+        &SaeConfig {
+            architecture: Architecture::TopK,
+            d_in: d,
+            d_sae: f,
+            k,
+        },
+        &x,
+        BdecInit::Mean,
+        0,
+    )
+    .unwrap();
+    let mut adam = Adam::new(&sae, AdamConfig::default());
+    let o = LossOptions {
+        k,
+        k_aux: 0,
+        aux_coef: 0.0,
+        l1_coef: 0.0,
+    };
+    let dead_mask = Tensor::zeros([f], (Kind::Bool, Device::Cpu));
+    let _ = dead_mask.narrow(0, 0, f / 8).fill_(1);
+    let o_aux = LossOptions {
+        k_aux: 384,
+        aux_coef: 1.0 / 32.0,
+        ..o
+    };
+    let mut ws = Workspace::new();
+    let reps = 5;
+    // The fastest of a few runs: the machine is shared, and interference only adds time.
+    let time = |label: &str, run: &mut dyn FnMut()| {
+        run(); // warm up
+        let mut best = f64::INFINITY;
+        for _ in 0..reps {
+            let start = Instant::now();
+            run();
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        println!("{label:52} {:8.1} ms/step", best * 1e3);
+        best
+    };
+    println!("B = {b}, d_in = {d}, d_sae = {f}, k = {k}, {threads} threads");
+    let sparse = time("sparse forward+backward+adam (topk)", &mut || {
+        let out = forward_backward(&sae, &x, None, &o, &mut ws);
+        let _ = adam.step(&mut sae, out.grads, 1e-4, Some(1.0));
+    });
+    time("  sparse forward+backward only", &mut || {
+        let _ = forward_backward(&sae, &x, None, &o, &mut ws);
+    });
+    time("  adam step only", &mut || {
+        let out_grads = Grads {
+            w_enc: sae.w_enc.zeros_like(),
+            b_enc: sae.b_enc.zeros_like(),
+            w_dec: sae.w_dec.zeros_like(),
+            b_dec: sae.b_dec.zeros_like(),
+        };
+        let _ = adam.step(&mut sae, out_grads, 1e-4, Some(1.0));
+    });
+    time(
+        "  encoder matmul alone (fresh output, as at inference)",
+        &mut || {
+            let _ = sae.pre_activations(&x);
+        },
+    );
+    time(
+        "sparse forward+backward+adam (topk, AuxK 1/8 dead)",
+        &mut || {
+            let out = forward_backward(&sae, &x, Some(&dead_mask), &o_aux, &mut ws);
+            let _ = adam.step(&mut sae, out.grads, 1e-4, Some(1.0));
+        },
+    );
+    let mut sae_b = sae.copy();
+    sae_b.config.architecture = Architecture::BatchTopK;
+    time("sparse forward+backward+adam (batchtopk)", &mut || {
+        let out = forward_backward(&sae_b, &x, None, &o, &mut ws);
+        let _ = adam.step(&mut sae_b, out.grads, 1e-4, Some(1.0));
+    });
+    // The dense version keeps W_enc contiguous, the layout its gradient comes in.
+    let mut sae_d = sae.copy();
+    sae_d.w_enc = sae_d.w_enc.contiguous();
+    let mut adam_d = Adam::new(&sae_d, AdamConfig::default());
+    let dense = time("dense autograd forward+backward+adam (topk)", &mut || {
+        let r = dense_reference(&sae_d, &x, None, &o);
+        let [w_enc, b_enc, w_dec, b_dec] = r.grads;
+        let _ = adam_d.step(
+            &mut sae_d,
+            Grads {
+                w_enc,
+                b_enc,
+                w_dec,
+                b_dec,
+            },
+            1e-4,
+            Some(1.0),
+        );
+    });
+    time("  dense autograd forward+backward only", &mut || {
+        let _ = dense_reference(&sae_d, &x, None, &o);
+    });
+    println!("speed-up {:.2}x", dense / sparse);
+}
