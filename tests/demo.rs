@@ -87,4 +87,11 @@ fn demo_runs_the_pipeline_and_its_outputs_agree() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+    // -q means quiet: no progress, no info lines, no library warnings (libtorch's
+    // "index_reduce() is in beta" used to appear here, from interpret).
+    assert!(
+        again.stderr.is_empty(),
+        "-q demo wrote to stderr:\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }

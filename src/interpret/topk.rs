@@ -42,13 +42,15 @@ pub fn score_rows(
     let token = row_token.index_select(0, &codes.rows);
     let flat = &image * f + &codes.latents;
     let values = codes.values.to_kind(Kind::Float);
+    // scatter_reduce (include_self) rather than index_reduce: the same reduction along a
+    // 1-d index, without libtorch's "index_reduce() is in beta" warning on stderr.
     let scores = Tensor::zeros([batch * f], (Kind::Float, device))
-        .index_reduce(0, &flat, &values, "amax", true);
+        .internal_scatter_reduce(0, &flat, &values, "amax", true);
     // The first token (lowest index) reaching the maximum of a fired latent.
     let at_max = values.eq_tensor(&scores.index_select(0, &flat)) * values.gt(0.0);
     let at_max = at_max.to_kind(Kind::Bool);
     let big = i64::MAX / 4;
-    let tok = Tensor::full([batch * f], big, (Kind::Int64, device)).index_reduce(
+    let tok = Tensor::full([batch * f], big, (Kind::Int64, device)).internal_scatter_reduce(
         0,
         &flat.masked_select(&at_max),
         &token.masked_select(&at_max),
