@@ -202,7 +202,7 @@ fn bench(args: &Args, sae_path: &Path) -> Result<()> {
                 })?;
             } else {
                 s = time(|| {
-                    let _ = spliced_forward(&clip, &sae, sae.tokens, &pixels)?;
+                    let _ = spliced_forward(&clip, &sae, sae.tokens, &pixels, true)?;
                     Ok(())
                 })?;
             }
@@ -213,7 +213,7 @@ fn bench(args: &Args, sae_path: &Path) -> Result<()> {
             Ok(())
         })?;
         let a = time(|| {
-            let _ = splice_residual(&clip, &sae, sae.tokens, &residual)?;
+            let _ = splice_residual(&clip, &sae, sae.tokens, &residual, true)?;
             Ok(())
         })?;
         let t = time(|| {

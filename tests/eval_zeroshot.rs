@@ -223,8 +223,17 @@ fn identity_sae_changes_nothing_and_error_added_equals_plain() {
         for (p, q) in d.predictions.iter().zip(&plain.datasets[0].predictions) {
             assert_eq!(p.top5, q.top5);
             assert_eq!(p.top5_sae.as_ref(), Some(&q.top5));
+            assert_eq!(p.pred_error_added, Some(q.pred()));
         }
     }
+    // Without the error check: the same spliced figures, no error-added ones.
+    let mut o = options(&images, Some(ckpt.clone()));
+    o.error_check = false;
+    let r = evaluate(&o).unwrap();
+    let d = &r.datasets[0];
+    assert_eq!(d.clip_sae, Some(plain.datasets[0].clip));
+    assert_eq!((d.error_added, d.error_added_agreement), (None, None));
+    assert!(d.predictions.iter().all(|p| p.pred_error_added.is_none()));
 }
 
 #[test]
@@ -355,6 +364,36 @@ fn trained_sae_figures_are_true_and_outputs_agree() {
         "{} vs {want}",
         sets[0]["sae_evr"]
     );
+
+    // --no-error-check: the same figures without path (3), whose fields become null.
+    let unchecked = common::saeclip()
+        .args(["--device", "cpu", "-q", "eval-zeroshot", "--model"])
+        .arg(tiny_model())
+        .arg("--sae")
+        .arg(&ckpt)
+        .arg("--dataset")
+        .arg(format!("folder:{}", images.display()))
+        .args(["--dataset", "procedural:0", "--samples", "48"])
+        .args(["--batch-size", "16", "--no-error-check", "--json"])
+        .arg(out("unchecked.json"))
+        .output()
+        .unwrap();
+    assert!(
+        unchecked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unchecked.stderr)
+    );
+    let table = String::from_utf8_lossy(&unchecked.stdout);
+    assert!(!table.contains("Sanity, "), "{table}");
+    assert!(table.contains("sanity check was skipped"), "{table}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out("unchecked.json")).unwrap()).unwrap();
+    for (d, checked) in json["datasets"].as_array().unwrap().iter().zip(sets) {
+        for key in ["clip", "clip_sae", "drop_top1", "sae_evr", "mean_cosine"] {
+            assert_eq!(d[key], checked[key], "{key}");
+        }
+        assert!(d["error_added"].is_null() && d["error_added_agreement"].is_null());
+    }
 }
 
 #[test]

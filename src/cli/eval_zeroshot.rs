@@ -48,6 +48,11 @@ pub struct EvalZeroshotArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub batch_size: usize,
+    /// Skip the sanity pass that splices x̂ + (x − x̂) (the SAE error added back) and
+    /// checks that it reproduces plain CLIP: one pass through the blocks after the SAE's
+    /// layer less, worth it for early layers; the error-added fields become null.
+    #[arg(long)]
+    pub no_error_check: bool,
     /// Also write the Markdown table to this file.
     #[arg(long, value_name = "MD")]
     pub output: Option<PathBuf>,
@@ -71,8 +76,14 @@ pub fn run(global: &GlobalArgs, args: &EvalZeroshotArgs) -> Result<()> {
     o.template = args.template.clone();
     o.splice = args.splice;
     o.batch_size = args.batch_size;
-    if args.splice.is_some() && args.sae.is_none() {
-        crate::ui::warn("--splice has no effect without --sae");
+    o.error_check = !args.no_error_check;
+    if args.sae.is_none() {
+        if args.splice.is_some() {
+            crate::ui::warn("--splice has no effect without --sae");
+        }
+        if args.no_error_check {
+            crate::ui::warn("--no-error-check has no effect without --sae");
+        }
     }
     let report = evaluate(&o)?;
     let markdown = to_markdown(&report);
