@@ -15,8 +15,9 @@
 //! (`Clip::image_embeds`), `eval-zeroshot`'s spliced forward (`spliced_forward`: one forward
 //! to block L, the SAE on the spliced tokens, and the remaining blocks for the original,
 //! spliced and error-added residuals); then, on their own, the SAE reconstruction and
-//! everything the spliced forward does after block L (`splice_residual`), and the plain
-//! pass through the blocks after L (`image_embeds_from`). Prints one JSON
+//! everything the spliced forward does after block L (`splice_residual`), the same without
+//! the error-added pass (`eval-zeroshot --no-error-check`), and the plain pass through the
+//! blocks after L (`image_embeds_from`). Prints one JSON
 //! line: every timed iteration in seconds and the medians.
 //!
 //! The second form writes an untrained but initialised top-k SAE checkpoint (`Sae::init` on
@@ -181,6 +182,7 @@ fn bench(args: &Args, sae_path: &Path) -> Result<()> {
     let pixels = pixels(&clip, args.batch, args.seed);
     let (mut plain, mut spliced, mut sae_only, mut after, mut tail) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut unchecked = Vec::new();
     let residual = clip.residual(&pixels, sae.layer)?;
     let rows = {
         let d = residual.size()[2];
@@ -220,7 +222,13 @@ fn bench(args: &Args, sae_path: &Path) -> Result<()> {
             let _ = clip.image_embeds_from(&residual, sae.layer)?;
             Ok(())
         })?;
+        // eval-zeroshot --no-error-check: no error-added pass.
+        let u = time(|| {
+            let _ = splice_residual(&clip, &sae, sae.tokens, &residual, false)?;
+            Ok(())
+        })?;
         if i >= args.warmup {
+            unchecked.push(u);
             tail.push(t);
             plain.push(p);
             spliced.push(s);
@@ -251,6 +259,7 @@ fn bench(args: &Args, sae_path: &Path) -> Result<()> {
             "spliced_s": spliced,
             "sae_s": sae_only,
             "after_residual_s": after,
+            "after_residual_unchecked_s": unchecked,
             "plain_images_per_s": b / p,
             "spliced_images_per_s": b / s,
             "overhead": s / p - 1.0,
