@@ -9,19 +9,11 @@ use std::process::Output;
 
 use saeclip::clip::Tokens;
 use serde_json::Value;
-use tch::{Device, Kind, Tensor};
 
 const D: i64 = 16;
 
 fn synthetic_cache(dir: &Path, n: usize) -> PathBuf {
-    let (atoms, codes) = saeclip::rng::seeded(5, || {
-        (
-            Tensor::randn([32, D], (Kind::Float, Device::Cpu)),
-            Tensor::rand([n as i64, 32], (Kind::Float, Device::Cpu)),
-        )
-    });
-    let keep = codes.ge_tensor(&codes.topk(3, 1, true, true).0.select(1, 2).unsqueeze(1));
-    let x = (codes * 2.0 * keep.to_kind(Kind::Float)).matmul(&atoms) + 0.5;
+    let x = common::planted_rows(5, n, (32, D), 3, 2.0, 0.5);
     common::write_row_cache(dir, &x, (2, Tokens::Cls), ("tiny", &"0".repeat(64)), |i| {
         format!("i{i}")
     })

@@ -17,14 +17,7 @@ const D: i64 = 16;
 
 /// A cache of `n` single-row images from a planted dictionary of 32 atoms, 3 active per row.
 fn synthetic_cache(dir: &Path, n: usize) -> PathBuf {
-    let (atoms, codes) = saeclip::rng::seeded(11, || {
-        (
-            Tensor::randn([32, D], (Kind::Float, Device::Cpu)),
-            Tensor::rand([n as i64, 32], (Kind::Float, Device::Cpu)),
-        )
-    });
-    let keep = codes.ge_tensor(&codes.topk(3, 1, true, true).0.select(1, 2).unsqueeze(1));
-    let x = (codes * 2.0 * keep.to_kind(Kind::Float)).matmul(&atoms) + 1.0;
+    let x = common::planted_rows(11, n, (32, D), 3, 2.0, 1.0);
     common::write_row_cache(
         dir,
         &x,

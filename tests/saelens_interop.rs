@@ -120,14 +120,7 @@ fn cfg(dir: &Path) -> Value {
 /// A tiny trained run (topk) on planted-dictionary data; returns its best checkpoint.
 fn trained_checkpoint(dir: &Path) -> PathBuf {
     let n = 400usize;
-    let (atoms, codes) = saeclip::rng::seeded(3, || {
-        (
-            Tensor::randn([48, D], (Kind::Float, Device::Cpu)),
-            Tensor::rand([n as i64, 48], (Kind::Float, Device::Cpu)),
-        )
-    });
-    let keep = codes.ge_tensor(&codes.topk(3, 1, true, true).0.select(1, 2).unsqueeze(1));
-    let x = (codes * 3.0 * keep.to_kind(Kind::Float)).matmul(&atoms) + 2.0;
+    let x = common::planted_rows(3, n, (48, D), 3, 3.0, 2.0);
     let cache = common::write_row_cache(
         &dir.join("cache"),
         &x,

@@ -116,6 +116,28 @@ pub fn saeclip() -> Command {
     Command::new(env!("CARGO_BIN_EXE_saeclip"))
 }
 
+/// `n` rows of width `d` from a planted dictionary of `atoms` random directions (seeded):
+/// each row keeps its `active` largest uniform codes, times `scale`, plus `offset`.
+pub fn planted_rows(
+    seed: i64,
+    n: usize,
+    (atoms, d): (i64, i64),
+    active: i64,
+    scale: f64,
+    offset: f64,
+) -> tch::Tensor {
+    use tch::{Device, Kind, Tensor};
+    let (dictionary, codes) = saeclip::rng::seeded(seed, || {
+        (
+            Tensor::randn([atoms, d], (Kind::Float, Device::Cpu)),
+            Tensor::rand([n as i64, atoms], (Kind::Float, Device::Cpu)),
+        )
+    });
+    let kth = codes.topk(active, 1, true, true).0.select(1, active - 1);
+    let keep = codes.ge_tensor(&kth.unsqueeze(1)).to_kind(Kind::Float);
+    (codes * scale * keep).matmul(&dictionary) + offset
+}
+
 /// Write `x` [N, D] (f32) as an activation cache with one row per image, labelled as
 /// `tokens` of `layer` of `model` (a name, not a file) with hash `sha256`; image `i` has
 /// source `source(i)`.

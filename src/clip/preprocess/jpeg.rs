@@ -653,21 +653,14 @@ fn decode_scan(
                         c.coefs[index * 64] |= (1 << al) as i16;
                     }
                 }
-                ScanKind::AcFirst => {
+                ScanKind::AcFirst | ScanKind::AcRefine => {
+                    let decode = if kind == ScanKind::AcFirst {
+                        ac_first
+                    } else {
+                        ac_refine
+                    };
                     let coefs = &mut c.coefs[index * 64..index * 64 + 64];
-                    ac_first(
-                        &mut bits,
-                        acs[m].as_ref().unwrap(),
-                        coefs,
-                        ss,
-                        se,
-                        al,
-                        &mut eobrun,
-                    )?;
-                }
-                ScanKind::AcRefine => {
-                    let coefs = &mut c.coefs[index * 64..index * 64 + 64];
-                    ac_refine(
+                    decode(
                         &mut bits,
                         acs[m].as_ref().unwrap(),
                         coefs,
@@ -683,7 +676,7 @@ fn decode_scan(
     Ok(bits.marker_position())
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum ScanKind {
     Sequential,
     DcFirst,
