@@ -33,6 +33,10 @@ fn main() {
         tch::set_num_threads(n);
     }
     let threads = tch::get_num_threads();
+    topk_against_batchtopk(threads);
+    if std::env::args().any(|a| a == "--architectures-only") {
+        return;
+    }
     let x = saeclip::rng::seeded(9, || {
         let offset = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 3.0;
         Tensor::randn([b, d], (Kind::Float, Device::Cpu)) + offset
@@ -55,6 +59,7 @@ fn main() {
         k_aux: 0,
         aux_coef: 0.0,
         l1_coef: 0.0,
+        data_variance: 1.0,
     };
     let dead_mask = Tensor::zeros([f], (Kind::Bool, Device::Cpu));
     let _ = dead_mask.narrow(0, 0, f / 8).fill_(1);
@@ -136,4 +141,66 @@ fn main() {
         let _ = dense_reference(&sae_d, &x, None, &o);
     });
     println!("speed-up {:.2}x", dense / sparse);
+}
+
+/// The fastest of `reps` runs of `run` after a warm-up, in seconds.
+fn fastest(reps: usize, run: &mut dyn FnMut()) -> f64 {
+    run();
+    (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Rows/s of a whole training step for topk and batchtopk at the same size (2,048 latents,
+/// batch 1,024, d_in 768, k = 32), and of the selection alone.
+fn topk_against_batchtopk(threads: i32) {
+    let (b, d, f, k) = (1024, 768, 2048, 32);
+    let x = saeclip::rng::seeded(10, || {
+        let offset = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 3.0;
+        Tensor::randn([b, d], (Kind::Float, Device::Cpu)) + offset
+    });
+    let o = LossOptions {
+        k,
+        k_aux: 0,
+        aux_coef: 0.0,
+        l1_coef: 0.0,
+        data_variance: 1.0,
+    };
+    println!("B = {b}, d_in = {d}, d_sae = {f}, k = {k}, {threads} threads");
+    let mut rates = Vec::new();
+    for arch in [Architecture::TopK, Architecture::BatchTopK] {
+        let config = SaeConfig {
+            architecture: arch,
+            d_in: d,
+            d_sae: f,
+            k,
+        };
+        let mut sae = Sae::init(&config, &x, BdecInit::Mean, 0).unwrap();
+        let mut adam = Adam::new(&sae, AdamConfig::default());
+        let mut ws = Workspace::new();
+        let step = fastest(20, &mut || {
+            let out = forward_backward(&sae, &x, None, &o, &mut ws);
+            let _ = adam.step(&mut sae, out.grads, 1e-4, Some(1.0));
+        });
+        let pre = sae.pre_activations(&x);
+        let selection = sae.training_selection(k);
+        let select_s = fastest(20, &mut || {
+            let _ = saeclip::sae::model::select(&pre, selection);
+        });
+        let rate = b as f64 / step;
+        println!(
+            "{arch:10} step {:7.2} ms ({rate:8.0} rows/s), selection alone {:6.2} ms",
+            step * 1e3,
+            select_s * 1e3
+        );
+        rates.push(rate);
+    }
+    println!(
+        "topk rows/s ÷ batchtopk rows/s = {:.2}",
+        rates[0] / rates[1]
+    );
 }

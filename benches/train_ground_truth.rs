@@ -413,6 +413,7 @@ fn profile(a: &ProfileArgs) -> Result<Value> {
         k_aux: config.k_aux(d_in),
         aux_coef: s.aux_coef,
         l1_coef: s.l1_coef,
+        data_variance: 1.0,
     };
     let clip = (t.grad_clip > 0.0).then_some(t.grad_clip);
     let mut ws = Workspace::new();

@@ -88,6 +88,7 @@ fn check_gradients(architecture: Architecture, with_aux: bool, l1_coef: f64) {
         k_aux: if with_aux { 24 } else { 0 },
         aux_coef: 1.0 / 32.0,
         l1_coef,
+        data_variance: 0.7,
     };
     let out = forward_backward(&sae, &x, Some(&dead), &o, &mut Workspace::default());
     let r = dense_reference(&sae, &x, Some(&dead), &o);
@@ -148,6 +149,64 @@ fn gradients_relu() {
     check_gradients(Architecture::Relu, true, 3e-3);
 }
 
+/// A batch of one row has no residual variance for AuxK to normalise by: it trains on the
+/// reconstruction alone (finite), whatever is dead; the same row in a batch of two gets AuxK.
+#[test]
+fn a_one_row_batch_skips_auxk() {
+    let (d, f, k) = (16, 64, 2);
+    let x = random_inputs(2, d, 5);
+    let mut sae = random_sae(config(Architecture::TopK, d, f, k), &x, 5);
+    let dead = plant_dead(&mut sae);
+    let o = LossOptions {
+        k,
+        k_aux: 8,
+        aux_coef: 1.0 / 32.0,
+        l1_coef: 0.0,
+        data_variance: 1.0,
+    };
+    let one = forward_backward(
+        &sae,
+        &x.narrow(0, 0, 1),
+        Some(&dead),
+        &o,
+        &mut Workspace::new(),
+    );
+    assert_eq!(scalar(&one.aux), 0.0);
+    assert!(scalar(&one.loss).is_finite() && scalar(&one.loss) < 1e3);
+    let r = dense_reference(&sae, &x.narrow(0, 0, 1), Some(&dead), &o);
+    for (a, e) in one.grads.tensors().iter().zip(&r.grads) {
+        assert!(rel_err(a, e) <= 1e-5);
+    }
+    let two = forward_backward(&sae, &x, Some(&dead), &o, &mut Workspace::new());
+    assert!(scalar(&two.aux) > 0.0, "two rows: AuxK acts");
+}
+
+/// σ² makes the loss scale-free: data times 1,000 gives the same loss and gradient norm
+/// (input_scale absorbs the factor; σ² the offset's share of the norm).
+#[test]
+fn the_normalised_loss_does_not_depend_on_the_data_scale() {
+    let (d, f, k) = (24, 96, 4);
+    let x = random_inputs(64, d, 11);
+    let run = |x: &Tensor| {
+        let sae = Sae::init(&config(Architecture::TopK, d, f, k), x, BdecInit::Mean, 3).unwrap();
+        let v = data_variance(x, sae.input_scale).unwrap();
+        let o = LossOptions {
+            k,
+            k_aux: 0,
+            aux_coef: 0.0,
+            l1_coef: 0.0,
+            data_variance: v,
+        };
+        let out = forward_backward(&sae, x, None, &o, &mut Workspace::new());
+        (scalar(&out.loss), scalar(&out.grads.global_norm()))
+    };
+    let (a, b) = (run(&x), run(&(&x * 1000.0)));
+    assert!((a.0 - b.0).abs() < 1e-4 * a.0, "{a:?} vs {b:?}");
+    assert!((a.1 - b.1).abs() < 1e-3 * a.1, "{a:?} vs {b:?}");
+    // The constant prediction x̄ scores 1: a fraction of unexplained variance.
+    assert!(a.0 > 0.0 && a.0 < 2.0, "{a:?}");
+}
+
 #[test]
 fn no_dead_latent_means_no_aux() {
     let x = random_inputs(32, 16, 1);
@@ -157,6 +216,7 @@ fn no_dead_latent_means_no_aux() {
         k_aux: 16,
         aux_coef: 1.0,
         l1_coef: 0.0,
+        data_variance: 1.0,
     };
     let none = Tensor::zeros([64], (Kind::Bool, CPU));
     let a = forward_backward(&sae, &x, Some(&none), &o, &mut Workspace::default());
@@ -220,6 +280,7 @@ fn forward_matches_the_formulas() {
             k_aux: 0,
             aux_coef: 0.0,
             l1_coef: 0.0,
+            data_variance: 1.0,
         },
         &mut Workspace::default(),
     );
@@ -301,6 +362,7 @@ fn decoder_stays_unit_norm_and_projection_is_perpendicular() {
         k_aux: 0,
         aux_coef: 0.0,
         l1_coef: 0.0,
+        data_variance: 1.0,
     };
     let mut adam = Adam::new(&sae, AdamConfig::default());
     for _ in 0..5 {
@@ -412,6 +474,7 @@ fn matches_pytorch() {
         k_aux: 12,
         aux_coef: 1.0 / 32.0,
         l1_coef: 0.0,
+        data_variance: 0.6,
     };
     let cfg = AdamConfig {
         beta1: 0.9,
@@ -443,7 +506,7 @@ fn matches_pytorch() {
     let input_path = dir.path().join("in.safetensors");
     Tensor::write_safetensors(&inputs, &input_path).unwrap();
     let options = json!({
-        "k": k, "k_aux": o.k_aux, "aux_coef": o.aux_coef, "input_scale": sae.input_scale,
+        "k": k, "k_aux": o.k_aux, "aux_coef": o.aux_coef, "data_variance": o.data_variance, "input_scale": sae.input_scale,
         "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps,
         "steps": steps, "lr": lr, "max_norm": max_norm,
     });
@@ -609,6 +672,7 @@ fn training_recovers_a_planted_dictionary() {
             k_aux: 16,
             aux_coef: 1.0 / 32.0,
             l1_coef: 1e-3,
+            data_variance: 1.0,
         };
         let t = train(sae, &data, 256, 400, 3e-3, &o, 4096);
         let mut sae = t.sae;
@@ -645,6 +709,7 @@ fn batchtopk_threshold_gives_l0_near_k() {
         k_aux: 0,
         aux_coef: 0.0,
         l1_coef: 0.0,
+        data_variance: 1.0,
     };
     let t = train(sae, &data.narrow(0, 0, 6144), 256, 300, 3e-3, &o, 1 << 40);
     let mut sae = t.sae;
@@ -693,6 +758,7 @@ fn auxk_revives_dead_latents() {
             k_aux,
             aux_coef: 1.0 / 32.0,
             l1_coef: 0.0,
+            data_variance: 1.0,
         };
         let t = train(sae, &data, 256, 400, 3e-3, &o, 2048);
         let fired = t
@@ -727,6 +793,7 @@ fn training_is_deterministic_on_cpu() {
             k_aux: 32,
             aux_coef: 1.0 / 32.0,
             l1_coef: 0.0,
+            data_variance: 1.0,
         };
         train(sae, &data, 512, 40, 3e-3, &o, 1024).sae
     };
@@ -839,6 +906,7 @@ fn checkpoint_round_trip_is_exact() {
         k_aux: 8,
         aux_coef: 0.03,
         l1_coef: 0.0,
+        data_variance: 1.0,
     };
     let mut adam = Adam::new(
         &sae,
@@ -912,6 +980,7 @@ fn checkpoint_round_trip_is_exact() {
     let mut dead2 = DeadTracker {
         rows_since_fired: resumed.tensors.remove(0).1,
         window: 100,
+        rows_seen: dead.rows_seen,
     };
     for x in &batches[3..] {
         step(&mut sae, &mut adam, &mut est, &mut dead, x);

@@ -472,3 +472,242 @@ fn shipped_configs_parse_and_validate_for_vit_b_32() {
     );
     assert_eq!(seed.training.lr, 2e-4);
 }
+
+fn epoch_lines(run: &Path) -> Vec<Value> {
+    lines(run)
+        .into_iter()
+        .filter(|v| v["type"] == "epoch")
+        .collect()
+}
+
+fn step_lines(run: &Path) -> Vec<Value> {
+    lines(run)
+        .into_iter()
+        .filter(|v| v["type"] == "step")
+        .collect()
+}
+
+/// 4,097 training rows in batches of 512 end with a batch of one row. AuxK normalises by
+/// the variance of a batch's residuals, which one row has not got: that batch must train
+/// on the reconstruction loss alone instead of dividing by zero.
+#[test]
+fn a_one_row_last_batch_keeps_the_loss_finite() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(&dir.path().join("cache"), 4097, None);
+    let c = config(
+        &cache,
+        &dir.path().join("runs"),
+        &[
+            "data.val_fraction=0",
+            "sae.d_sae=512",
+            "sae.k=2",
+            "training.batch_size=512",
+            "training.epochs=2",
+            "training.dead_window=1024",
+            "training.grad_clip=0",
+            "training.log_every=1",
+        ],
+    );
+    let result = train(&options(c)).unwrap();
+    let run = result.run_dir;
+    let steps = step_lines(&run);
+    assert_eq!(steps.len(), 18, "9 steps per epoch, the 9th of one row");
+    let aux_used = steps.iter().any(|v| v["aux_loss"].as_f64().unwrap() > 0.0);
+    assert!(aux_used, "AuxK must act in this run (dead latents exist)");
+    for v in &steps {
+        let loss = v["loss"].as_f64().unwrap();
+        assert!(
+            loss.is_finite() && loss < 10.0,
+            "step {}: loss {loss}",
+            v["step"]
+        );
+    }
+    // The one-row steps (9 and 18) train on the reconstruction alone.
+    for s in [8, 17] {
+        assert_eq!(steps[s]["aux_loss"].as_f64(), Some(0.0), "{}", steps[s]);
+    }
+    for v in epoch_lines(&run) {
+        assert!(v["loss"].as_f64().unwrap() < 10.0, "{v}");
+    }
+    assert!(result.summary.unwrap().final_metrics.val_evr > 0.0);
+}
+
+/// The seed's case in small: 5,000 rows, 4,096 latents, k = 2, the default window of
+/// 1,000,000 rows, longer than the whole run. A latent silent for a whole epoch is dead
+/// (the window is bounded by the rows of one epoch), the epoch line says which window was
+/// used, and the count agrees with the share of latents that fire on no training row.
+#[test]
+fn dead_latents_are_counted_from_the_first_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(&dir.path().join("cache"), 5000, None);
+    let c = config(
+        &cache,
+        &dir.path().join("runs"),
+        &[
+            "data.val_fraction=0",
+            "sae.d_sae=4096",
+            "sae.k=2",
+            "sae.aux_coef=0",
+            "training.batch_size=500",
+            "training.epochs=2",
+            "training.dead_window=1000000",
+            "training.log_every=10",
+        ],
+    );
+    let result = train(&options(c)).unwrap();
+    let summary = result.summary.unwrap();
+    let epochs = epoch_lines(&result.run_dir);
+    for v in &epochs {
+        assert_eq!(v["dead_window"].as_i64(), Some(5000), "{v}");
+    }
+    assert_eq!(summary.final_metrics.dead_window, Some(5000));
+    let dead = summary.final_metrics.dead_frac;
+    // Independently: the share of latents the final SAE fires on no training row.
+    let (sae, _) = checkpoint::load_sae(
+        &result.run_dir.join("checkpoints/last.safetensors"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let x = saeclip::data::cache::ActivationCache::open(&cache)
+        .unwrap()
+        .load_all(Kind::Float)
+        .unwrap()
+        .activations;
+    let fired = sae.encode(&x).gt(0.0).any_dim(0, false);
+    let never = 1.0
+        - fired
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
+    assert!(
+        never > 0.1,
+        "the test needs latents that never fire ({never})"
+    );
+    assert!(
+        (dead - never).abs() < 0.05,
+        "dead_frac {dead} vs {never} never firing on the training rows"
+    );
+    let first = epochs[0]["dead_frac"].as_f64().unwrap();
+    assert!(
+        first > 0.1,
+        "dead latents show after the first epoch: {first}"
+    );
+}
+
+/// With AuxK on and the default window, AuxK acts within a run of a few epochs.
+#[test]
+fn auxk_acts_on_a_run_shorter_than_the_dead_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(&dir.path().join("cache"), 4000, None);
+    let c = config(
+        &cache,
+        &dir.path().join("runs"),
+        &[
+            "sae.d_sae=1024",
+            "sae.k=2",
+            "training.batch_size=500",
+            "training.epochs=3",
+            "training.dead_window=1000000",
+            "training.log_every=1",
+        ],
+    );
+    let run = train(&options(c)).unwrap().run_dir;
+    let acted = step_lines(&run)
+        .iter()
+        .filter(|v| v["aux_loss"].as_f64().unwrap() > 0.0)
+        .count();
+    assert!(acted > 0, "AuxK never acted");
+}
+
+/// batchtopk's inference threshold estimates the final regime: after k warms up from 32
+/// to 8, validation l0 lands within 10% of k.
+#[test]
+fn batchtopk_threshold_follows_k_after_its_warm_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough rows that the held-out rows see what the training rows saw (on 4,000 rows this
+    // SAE over-fits, and validation l0 comes out 13% above training l0).
+    let cache = synthetic_cache(&dir.path().join("cache"), 16_000, None);
+    let c = config(
+        &cache,
+        &dir.path().join("runs"),
+        &[
+            "sae.architecture=batchtopk",
+            "sae.d_sae=256",
+            "training.batch_size=256",
+            "training.epochs=5",
+            "training.k_start=32",
+            "training.k_warmup_steps=100",
+            "training.log_every=20",
+        ],
+    );
+    let s = train(&options(c)).unwrap().summary.unwrap();
+    let l0 = s.final_metrics.val_l0;
+    assert!((l0 - 8.0).abs() <= 0.8, "validation l0 {l0}, k = 8");
+}
+
+/// Every step line carries the gradient norm before clipping; at the default clip (1.0)
+/// clipping binds on a batch far off the data (a spike), not on ordinary batches.
+#[test]
+fn gradient_norm_is_logged_and_the_default_clip_binds_on_spikes() {
+    use saeclip::sae::config::TrainConfig;
+    use saeclip::sae::train::{Plan, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(&dir.path().join("cache"), 3000, None);
+    let c = config(
+        &cache,
+        &dir.path().join("runs"),
+        &["training.log_every=1", "training.grad_clip=1.0"],
+    );
+    let run = train(&options(c)).unwrap().run_dir;
+    let norms: Vec<f64> = step_lines(&run)
+        .iter()
+        .map(|v| v["grad_norm"].as_f64().unwrap())
+        .collect();
+    assert!(norms.iter().all(|n| n.is_finite() && *n > 0.0));
+    let ordinary = norms[norms.len() / 2..]
+        .iter()
+        .filter(|n| **n > 1.0)
+        .count();
+    assert_eq!(ordinary, 0, "clipping binds on ordinary batches: {norms:?}");
+    // A spike: the same SAE fed rows ten times off the data binds the clip.
+    let x = saeclip::data::cache::ActivationCache::open(&cache)
+        .unwrap()
+        .load_all(Kind::Float)
+        .unwrap()
+        .activations;
+    let config = TrainConfig::load(&run.join("config.yaml"), &[]).unwrap();
+    let plan = Plan::new(&config, 3000, D);
+    let mut trainer = Trainer::from_checkpoint(
+        &run.join("checkpoints/last.safetensors"),
+        &plan,
+        Device::Cpu,
+    )
+    .unwrap();
+    let spike = x.narrow(0, 0, 128) * 10.0;
+    let report = trainer.step(&spike, &plan, 0);
+    let n = report.grad_norm.double_value(&[]);
+    assert!(
+        n > 1.0,
+        "a spike's gradient norm {n} should exceed the clip"
+    );
+}
+
+/// A finished run copies its best SAE to `checkpoints/<run name>.safetensors` beside the
+/// runs folder.
+#[test]
+fn finished_runs_publish_their_best_sae() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(&dir.path().join("cache"), 600, None);
+    let run = train(&options(config(&cache, &dir.path().join("runs"), &[])))
+        .unwrap()
+        .run_dir;
+    let name = run.file_name().unwrap().to_str().unwrap();
+    let published = dir
+        .path()
+        .join("checkpoints")
+        .join(format!("{name}.safetensors"));
+    assert_eq!(
+        std::fs::read(&published).unwrap(),
+        std::fs::read(run.join("checkpoints/best.safetensors")).unwrap()
+    );
+}

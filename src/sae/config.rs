@@ -130,8 +130,13 @@ pub struct TrainingSection {
     pub seed: i64,
     /// Write a step line to metrics.jsonl every N steps.
     pub log_every: usize,
-    /// A latent is dead when it has not fired over this many training rows.
+    /// A latent is dead when it has not fired over the last min(this, rows per epoch,
+    /// rows seen) training rows.
     pub dead_window: usize,
+    /// batchtopk: decay of the exponential moving average of each batch's smallest kept
+    /// activation that becomes the inference threshold θ; the average starts after the k
+    /// warm-up.
+    pub threshold_decay: f64,
 }
 
 impl Default for TrainingSection {
@@ -153,6 +158,7 @@ impl Default for TrainingSection {
             seed: 0,
             log_every: 50,
             dead_window: 1_000_000,
+            threshold_decay: 0.99,
         }
     }
 }
@@ -166,6 +172,22 @@ pub struct OutputSection {
     pub caches_dir: PathBuf,
     /// Exact run directory instead of a timestamped one.
     pub run_dir: Option<PathBuf>,
+    /// A finished run's best SAE is copied to `<checkpoints_dir>/<run name>.safetensors`;
+    /// default `checkpoints` beside `runs_dir` (or beside `run_dir`).
+    pub checkpoints_dir: Option<PathBuf>,
+}
+
+impl OutputSection {
+    /// Where finished runs publish their best SAE.
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        if let Some(d) = &self.checkpoints_dir {
+            return d.clone();
+        }
+        let beside = self.run_dir.as_ref().unwrap_or(&self.runs_dir);
+        beside
+            .parent()
+            .map_or_else(|| PathBuf::from("checkpoints"), |p| p.join("checkpoints"))
+    }
 }
 
 impl Default for OutputSection {
@@ -174,6 +196,7 @@ impl Default for OutputSection {
             runs_dir: "runs".into(),
             caches_dir: "caches".into(),
             run_dir: None,
+            checkpoints_dir: None,
         }
     }
 }
@@ -268,6 +291,11 @@ impl TrainConfig {
         ensure!(t.steps != Some(0), "training.steps must be at least 1");
         ensure!(t.log_every > 0, "training.log_every must be at least 1");
         ensure!(t.dead_window > 0, "training.dead_window must be at least 1");
+        ensure!(
+            (0.0..1.0).contains(&t.threshold_decay),
+            "training.threshold_decay = {}: must lie in [0, 1)",
+            t.threshold_decay
+        );
         ensure!(
             t.grad_clip >= 0.0,
             "training.grad_clip = {}: must not be negative",

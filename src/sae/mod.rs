@@ -7,7 +7,7 @@
 //! # use saeclip::sae::*;
 //! # fn demo(sae: &mut Sae, adam: &mut Adam, x: &tch::Tensor, dead: &mut DeadTracker) {
 //! let mut workspace = Workspace::new(); // once, before the loop
-//! let options = LossOptions { k: 64, k_aux: 384, aux_coef: 1.0 / 32.0, l1_coef: 0.0 };
+//! let options = LossOptions { k: 64, k_aux: 384, aux_coef: 1.0 / 32.0, l1_coef: 0.0 , data_variance: 1.0};
 //! let out = forward_backward(sae, x, Some(&dead.mask()), &options, &mut workspace);
 //! dead.update(&out.fired, x.size()[0]);
 //! let grad_norm = adam.step(sae, out.grads, 2e-4, Some(1.0));
@@ -30,7 +30,7 @@ pub mod train;
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
 pub use model::{Architecture, BdecInit, Codes, Sae, SaeConfig, Selection, WEncInit};
 pub use objective::{
-    forward_backward, DeadTracker, Evr, Firing, Grads, LossOptions, StepOutput, ThresholdEstimator,
-    Workspace,
+    data_variance, forward_backward, DeadTracker, Evr, Firing, Grads, LossOptions, StepOutput,
+    ThresholdEstimator, Workspace,
 };
 pub use optim::{Adam, AdamConfig};

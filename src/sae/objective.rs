@@ -2,14 +2,24 @@
 //! (saev src/saev/nn/objectives.py: loss terms and their metrics in one place).
 //!
 //! # Loss (scaled space x_s = x·s, x̂_s = z·W_dec + b_dec, e = x_s − x̂_s)
-//! - `mse` = Σ_i ‖e_i‖² / (B·D): the mean over all B·D elements, like torch's
-//!   `F.mse_loss`. (SAELens sums over D and means over the batch: D times this.)
+//! - `mse` = Σ_i ‖e_i‖² / (B·D·σ²): the mean over all B·D elements, like torch's
+//!   `F.mse_loss`, divided by σ² = [`LossOptions::data_variance`], the per-element variance
+//!   of the training data (in the scaled space) measured once before training
+//!   ([`data_variance`]). So the loss is a fraction of unexplained variance (1 for the
+//!   constant prediction x̄, 0 for a perfect one) whatever the data's scale and mean, and
+//!   `aux_coef`, `adam_eps` and `grad_clip` mean the same on every dataset. OpenAI's
+//!   trainer divides by each batch's own variance instead; a fixed σ² gives the same scale
+//!   without making a loss depend on the batch (a one-row batch has no variance).
+//!   σ² = 1 gives the plain mean squared error. (SAELens sums over D and means over the
+//!   batch, without σ².)
 //! - `aux` (AuxK, Gao et al. 2024) = aux_coef · ‖e − ê‖² / ‖e − ē‖², sums over the whole
 //!   batch, ē the batch mean of e, ê = z_aux·W_dec (no bias), z_aux the k_aux largest
 //!   ReLU'd pre-activations per row among the latents flagged dead. e is a constant here
-//!   (no gradient flows through it). Zero when no latent is dead. Unlike SAELens, the
-//!   auxiliary pre-activations go through ReLU (a latent whose pre-activations are all
-//!   negative gets no auxiliary gradient), and there is no dead-count scale factor.
+//!   (no gradient flows through it). Zero when no latent is dead, and for a batch of fewer
+//!   than two rows (whose e has no variance to normalise by: that batch trains on `mse`
+//!   alone). Unlike SAELens, the auxiliary pre-activations go through ReLU (a latent whose
+//!   pre-activations are all negative gets no auxiliary gradient), and there is no
+//!   dead-count scale factor.
 //! - `l1` (relu only) = l1_coef · mean_i Σ_j z_ij·‖W_dec[j]‖.
 //! - `loss` = mse + aux + l1.
 //!
@@ -49,6 +59,33 @@ pub struct LossOptions {
     pub aux_coef: f64,
     /// Weight of the L1 term (relu only).
     pub l1_coef: f64,
+    /// σ²: `mse` is divided by it (see the module docs and [`data_variance`]); 1 gives the
+    /// plain mean squared error.
+    pub data_variance: f64,
+}
+
+/// σ² for [`LossOptions::data_variance`]: the mean over the D columns of the variance of
+/// `sample` [N, D] times `input_scale`, i.e. Σ_i ‖x_i·s − x̄·s‖² / (N·D), in f64.
+///
+/// The fraction of variance a reconstruction leaves unexplained is then `mse` itself.
+pub fn data_variance(sample: &Tensor, input_scale: f64) -> anyhow::Result<f64> {
+    let (n, _) = sample
+        .size2()
+        .map_err(|_| anyhow::anyhow!("the variance sample must be a [N, d_in] matrix"))?;
+    anyhow::ensure!(
+        n >= 2,
+        "the variance sample needs at least two rows, got {n}"
+    );
+    let x = sample.to_kind(Kind::Double) * input_scale;
+    let v = x
+        .var_dim(0, false, false)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    anyhow::ensure!(
+        v.is_finite() && v > 0.0,
+        "the training rows have no variance (σ² = {v}): every row is the same"
+    );
+    Ok(v)
 }
 
 /// Gradients of the loss with respect to the four parameters, shaped like them.
@@ -232,7 +269,8 @@ fn aux_k(
     ws: &mut Workspace,
 ) -> Option<AuxK> {
     let dead = dead?;
-    if o.k_aux <= 0 || o.aux_coef == 0.0 {
+    // A batch of one row has no variance to normalise by: no AuxK (module docs).
+    if o.k_aux <= 0 || o.aux_coef == 0.0 || e.size()[0] < 2 {
         return None;
     }
     assert_eq!(
@@ -256,6 +294,12 @@ fn aux_k(
     let loss = residual.square().sum(Kind::Float) / &total * o.aux_coef;
     let grad = residual * (-2.0 * o.aux_coef) / total;
     Some(AuxK { codes, grad, loss })
+}
+
+/// d/db_dec: the decoder's Σ_i dx̂_i, minus what flows back through x_c = x_s − b_dec into
+/// the encoder (W_enc·db_enc). [D]
+fn b_dec_grad(sae: &Sae, dx_hat: &Tensor, b_enc: &Tensor) -> Tensor {
+    dx_hat.sum_dim_intlist(0, false, Kind::Float) - sae.w_enc.mv(b_enc)
 }
 
 fn zero(device: Device) -> Tensor {
@@ -296,8 +340,8 @@ fn sparse_step(
     let d = sae.config.d_in;
     let xs_hat = decode_scaled(&sae.w_dec, &codes) + &sae.b_dec; // [B, D]
     let e = xs - &xs_hat;
-    let mse = e.square().mean(Kind::Float);
-    let dx_hat = &e * (-2.0 / (b * d) as f64); // dmse/dx̂_s [B, D]
+    let mse = e.square().mean(Kind::Float) / o.data_variance;
+    let dx_hat = &e * (-2.0 / ((b * d) as f64 * o.data_variance)); // dmse/dx̂_s [B, D]
     let aux = aux_k(sae, pre, &e, dead, o, ws);
 
     // All entries, main then AuxK's (as rows B..2B), sorted by latent then row: every sum
@@ -334,7 +378,7 @@ fn sparse_step(
     let w_enc = bag_sum(&inputs, &cols, &by_latent, &dpre).tr(); // [D, F], the encoder layout
     let ones = Tensor::ones([n_cols, 1], (Kind::Float, xs.device()));
     let b_enc = bag_sum(&ones, &cols, &by_latent, &dpre).view([f]);
-    let b_dec = dx_hat.sum_dim_intlist(0, false, Kind::Float) - sae.w_enc.mv(&b_enc);
+    let b_dec = b_dec_grad(sae, &dx_hat, &b_enc);
 
     let aux_loss = aux
         .as_ref()
@@ -372,8 +416,8 @@ fn relu_step(
     let z = pre.relu(); // [B, F]
     let xs_hat = sae.b_dec.addmm(&z, &sae.w_dec);
     let e = xs - &xs_hat;
-    let mse = e.square().mean(Kind::Float);
-    let dx_hat = &e * (-2.0 / (b * d) as f64);
+    let mse = e.square().mean(Kind::Float) / o.data_variance;
+    let dx_hat = &e * (-2.0 / ((b * d) as f64 * o.data_variance));
     let mut dz = dx_hat.mm(&sae.w_dec.tr()); // [B, F]
     let mut w_dec = z.tr().mm(&dx_hat); // [F, D]
     let l1 = if o.l1_coef != 0.0 {
@@ -410,7 +454,7 @@ fn relu_step(
     }
     let w_enc = dpre.tr().mm(xc).tr(); // [D, F], the encoder layout
     let b_enc = dpre.sum_dim_intlist(0, false, Kind::Float);
-    let b_dec = dx_hat.sum_dim_intlist(0, false, Kind::Float) - sae.w_enc.mv(&b_enc);
+    let b_dec = b_dec_grad(sae, &dx_hat, &b_enc);
     let aux_loss = aux
         .as_ref()
         .map_or_else(|| zero(device), |a| a.loss.shallow_clone());
@@ -479,22 +523,24 @@ impl ThresholdEstimator {
         let w = self.weight.double_value(&[]);
         (w > 0.0).then(|| self.sum.double_value(&[]) / w)
     }
-
-    pub fn to_device(&self, device: Device) -> ThresholdEstimator {
-        ThresholdEstimator {
-            decay: self.decay,
-            sum: self.sum.to_device(device),
-            weight: self.weight.to_device(device),
-        }
-    }
 }
 
-/// Which latents count as dead: those that fired in none of the last `window` rows.
+/// Which latents count as dead: those that fired in none of the last W rows, where
+/// W = min(`training.dead_window`, the rows of one epoch, the rows seen so far).
+///
+/// The epoch bound makes a latent that stayed silent for a whole pass over the data count
+/// as dead even when the configured window is longer than the data (a 1,000,000-row
+/// window over Food-101's 72k CLS rows would otherwise never flag one, and AuxK would
+/// never act); the rows-seen bound makes the count honest before W rows have passed (dead
+/// = never fired so far). Before the first row nothing is dead.
 #[derive(Debug)]
 pub struct DeadTracker {
-    /// Rows seen since each latent last fired. [F] i64
+    /// Rows seen since each latent last fired (at most `rows_seen`). [F] i64
     pub rows_since_fired: Tensor,
+    /// min(`training.dead_window`, rows per epoch).
     pub window: i64,
+    /// Training rows seen so far.
+    pub rows_seen: i64,
 }
 
 impl DeadTracker {
@@ -502,17 +548,27 @@ impl DeadTracker {
         DeadTracker {
             rows_since_fired: Tensor::zeros([d_sae], (Kind::Int64, device)),
             window,
+            rows_seen: 0,
         }
     }
 
     /// Fold in a batch of `rows` rows with per-latent firing counts `fired` [F].
     pub fn update(&mut self, fired: &Tensor, rows: i64) {
         self.rows_since_fired = (&self.rows_since_fired + rows).where_scalarother(&fired.eq(0), 0);
+        self.rows_seen += rows;
+    }
+
+    /// The window in force now: min(window, rows seen); 0 before the first row.
+    pub fn current_window(&self) -> i64 {
+        self.window.min(self.rows_seen)
     }
 
     /// [F] bool
     pub fn mask(&self) -> Tensor {
-        self.rows_since_fired.ge(self.window)
+        match self.current_window() {
+            0 => self.rows_since_fired.zeros_like().to_kind(Kind::Bool),
+            w => self.rows_since_fired.ge(w),
+        }
     }
 
     /// Share of dead latents. 0-dim f32
@@ -645,12 +701,21 @@ mod tests {
     #[test]
     fn dead_tracker_window() {
         let mut t = DeadTracker::new(3, 10, Device::Cpu);
-        t.update(&Tensor::from_slice(&[1i64, 0, 0]), 6);
-        t.update(&Tensor::from_slice(&[0i64, 2, 0]), 6);
+        let mask = |t: &DeadTracker| Vec::<bool>::try_from(t.mask()).unwrap();
         assert_eq!(
-            Vec::<bool>::try_from(t.mask()).unwrap(),
-            vec![false, false, true]
+            mask(&t),
+            vec![false; 3],
+            "nothing is dead before the first row"
         );
+        t.update(&Tensor::from_slice(&[1i64, 0, 0]), 6);
+        // 6 rows seen, fewer than the window: dead = never fired so far.
+        assert_eq!(t.current_window(), 6);
+        assert_eq!(mask(&t), vec![false, true, true]);
+        t.update(&Tensor::from_slice(&[0i64, 2, 0]), 6);
+        assert_eq!(t.current_window(), 10);
+        assert_eq!(mask(&t), vec![false, false, true]);
         assert!((t.dead_fraction().double_value(&[]) - 1.0 / 3.0).abs() < 1e-6);
+        t.update(&Tensor::from_slice(&[0i64, 0, 0]), 6);
+        assert_eq!(mask(&t), vec![true, false, true]);
     }
 }

@@ -346,28 +346,6 @@ impl Adam {
             scratch: scratch_for(params(sae)),
         })
     }
-
-    /// The optimizer on `device` (moments shared with `self` when they are there already).
-    pub fn to_device(&self, device: Device) -> Adam {
-        let mv = |ts: &[Tensor; 4]| -> [Tensor; 4] {
-            std::array::from_fn(|i| {
-                let t = ts[i].to_device(device);
-                if i == 0 {
-                    encoder_layout(&t)
-                } else {
-                    t
-                }
-            })
-        };
-        let exp_avg = mv(&self.exp_avg);
-        Adam {
-            config: self.config,
-            steps: self.steps,
-            scratch: scratch_for([&exp_avg[0], &exp_avg[1], &exp_avg[2], &exp_avg[3]]),
-            exp_avg,
-            exp_avg_sq: mv(&self.exp_avg_sq),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -22,10 +22,11 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{self, CheckpointMeta, TrainingStateRef};
-use super::config::{LrSchedule, TrainConfig, TrainingSection};
+use super::config::{LrSchedule, SaeSection, TrainConfig, TrainingSection};
 use super::model::{Architecture, Sae, SaeConfig, WEncInit};
 use super::objective::{
-    forward_backward, DeadTracker, Evr, Firing, LossOptions, ThresholdEstimator, Workspace,
+    data_variance, forward_backward, DeadTracker, Evr, Firing, LossOptions, StepOutput,
+    ThresholdEstimator, Workspace,
 };
 use super::optim::{Adam, AdamConfig};
 use crate::clip::LoadOptions;
@@ -68,7 +69,12 @@ pub struct FinalMetrics {
     pub val_evr: f64,
     pub evr_seed: f64,
     pub val_l0: f64,
+    /// Share of latents that fired in none of the last `dead_window` training rows.
     pub dead_frac: f64,
+    /// The window `dead_frac` was counted over: min(`training.dead_window`, rows per
+    /// epoch, rows seen). Absent from runs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_window: Option<i64>,
 }
 
 /// What a finished (or stopped) run produced.
@@ -194,8 +200,6 @@ pub struct EvalMetrics {
     pub evr: f64,
     pub evr_seed: f64,
     pub l0: f64,
-    /// Share of latents that never fired on these rows.
-    pub never_fired: f64,
 }
 
 /// Evaluate `sae` (inference encoding) on `rows` of `acts`, in batches.
@@ -222,7 +226,6 @@ pub fn evaluate(sae: &Sae, acts: &Tensor, rows: &Tensor, batch_size: usize) -> E
         evr: evr.evr(),
         evr_seed: evr.evr_seed(),
         l0: firing.l0(),
-        never_fired: firing.dead_fraction(),
     }
 }
 
@@ -233,6 +236,27 @@ struct Data {
     train: Tensor,
     val: Tensor,
     clip: Value,
+}
+
+impl Data {
+    fn n_train(&self) -> usize {
+        self.train.size()[0] as usize
+    }
+
+    /// The rows the end-of-epoch SAE is evaluated on: the validation rows, or the
+    /// training rows when there are none.
+    fn held_out(&self) -> &Tensor {
+        if self.val.size()[0] > 0 {
+            &self.val
+        } else {
+            &self.train
+        }
+    }
+
+    /// Rows `rows` (indices into `acts`) as f32. [B, D]
+    fn batch(&self, rows: &Tensor) -> Tensor {
+        self.acts.index_select(0, rows).to_kind(Kind::Float)
+    }
 }
 
 /// Find or make the cache the config points at.
@@ -333,11 +357,44 @@ fn load_data(cache: &ActivationCache, config: &TrainConfig, device: Device) -> R
     })
 }
 
-/// One JSON line to `metrics.jsonl`.
-fn log_line(file: &mut std::fs::File, value: &Value) -> Result<()> {
-    writeln!(file, "{value}")?;
-    file.flush()?;
-    Ok(())
+/// An open run: its directory, `metrics.jsonl` open for appending, and what every
+/// checkpoint's header records besides the metrics.
+struct RunFiles {
+    dir: RunDir,
+    metrics: std::fs::File,
+    clip: Value,
+    training: Value,
+}
+
+impl RunFiles {
+    fn open(dir: RunDir, clip: Value, config: &TrainConfig) -> Result<RunFiles> {
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.metrics())
+            .with_context(|| format!("cannot open {}", dir.metrics().display()))?;
+        Ok(RunFiles {
+            dir,
+            metrics,
+            clip,
+            training: serde_json::to_value(config)?,
+        })
+    }
+
+    fn meta(&self, metrics: Value) -> CheckpointMeta {
+        CheckpointMeta {
+            clip: self.clip.clone(),
+            training: self.training.clone(),
+            metrics,
+        }
+    }
+
+    /// One JSON line to `metrics.jsonl`.
+    fn log(&mut self, value: &Value) -> Result<()> {
+        writeln!(self.metrics, "{value}")?;
+        self.metrics.flush()?;
+        Ok(())
+    }
 }
 
 /// Keep the metric lines up to `step` (an interrupted run may have logged past its last
@@ -369,310 +426,595 @@ fn finite(name: &str, value: f64, step: usize) -> Result<()> {
     Ok(())
 }
 
-pub fn train(o: &TrainOptions) -> Result<TrainResult> {
-    let mut config = o.config.clone();
-    let device = o.device;
-    // A resumed run takes its config, data and state from the run directory.
-    let (run, resumed) = match &o.resume {
-        Some(dir) => {
-            let run = RunDir(dir.clone());
-            ensure!(
-                run.last().exists(),
-                "{} has no checkpoints/last.safetensors to resume from",
-                dir.display()
-            );
-            config = TrainConfig::load(&run.config(), &[])?;
-            (run, true)
-        }
-        None => (RunDir(PathBuf::new()), false),
-    };
-    let cache = resolve_cache(&mut config, &o.model_load)?;
-    let d_in = cache.d_model();
-    config.validate(d_in)?;
-    let run = if resumed {
-        run
-    } else {
-        RunDir::create(&config)?
-    };
-    if !resumed {
-        write_bytes_atomic(&run.config(), serde_yaml_ng::to_string(&config)?.as_bytes())?;
-    }
-    let data = load_data(&cache, &config, device)?;
-    let t = config.training.clone();
-    let s = config.sae.clone();
-    let sae_config = SaeConfig {
-        architecture: s.architecture,
-        d_in,
-        d_sae: config.d_sae(d_in),
-        k: s.k,
-    };
-    sae_config.validate()?;
-    let k_aux = config.k_aux(d_in);
-    let n_train = data.train.size()[0] as usize;
-    let steps_per_epoch = n_train.div_ceil(t.batch_size);
-    let total_steps = t.steps.unwrap_or(t.epochs * steps_per_epoch);
-    let epochs = total_steps.div_ceil(steps_per_epoch);
-    let meta = |metrics: Value| CheckpointMeta {
-        clip: data.clip.clone(),
-        training: serde_json::to_value(&config).unwrap_or_default(),
-        metrics,
-    };
+/// The schedules of a run, fixed by the config and the number of training rows: what
+/// every step's learning rate, k and L1 coefficient are.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub training: TrainingSection,
+    pub sae: SaeSection,
+    pub k_aux: i64,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
+    pub epochs: usize,
+    /// min(`training.dead_window`, rows per epoch): see [`DeadTracker`].
+    pub dead_window: i64,
+    /// First step whose batch feeds batchtopk's threshold estimate: the end of the k
+    /// warm-up (the last step when the warm-up outlasts the run).
+    pub threshold_start: usize,
+}
 
-    // State: fresh, or from the last checkpoint.
-    let adam_config = AdamConfig {
+impl Plan {
+    pub fn new(config: &TrainConfig, n_train: usize, d_in: i64) -> Plan {
+        let t = config.training.clone();
+        let steps_per_epoch = n_train.div_ceil(t.batch_size).max(1);
+        let total_steps = t.steps.unwrap_or(t.epochs * steps_per_epoch);
+        Plan {
+            k_aux: config.k_aux(d_in),
+            epochs: total_steps.div_ceil(steps_per_epoch),
+            dead_window: t.dead_window.min(n_train) as i64,
+            threshold_start: t.k_warmup_steps.min(total_steps.saturating_sub(1)),
+            steps_per_epoch,
+            total_steps,
+            sae: config.sae.clone(),
+            training: t,
+        }
+    }
+
+    pub fn lr(&self, step: usize) -> f64 {
+        learning_rate(&self.training, step, self.total_steps)
+    }
+
+    pub fn k(&self, step: usize) -> i64 {
+        k_at(
+            self.sae.k,
+            self.training.k_start,
+            self.training.k_warmup_steps,
+            step,
+        )
+    }
+
+    fn loss_options(&self, step: usize, data_variance: f64) -> LossOptions {
+        LossOptions {
+            k: self.k(step),
+            k_aux: self.k_aux,
+            aux_coef: self.sae.aux_coef,
+            l1_coef: l1_at(self.sae.l1_coef, self.training.l1_warmup_steps, step),
+            data_variance,
+        }
+    }
+}
+
+/// One SAE's training state: parameters, Adam, dead-latent counters, batchtopk's threshold
+/// estimate and σ², with the step that moves them.
+#[derive(Debug)]
+pub struct Trainer {
+    pub sae: Sae,
+    pub adam: Adam,
+    pub dead: DeadTracker,
+    pub threshold: Option<ThresholdEstimator>,
+    /// σ² of the training rows in the scaled space (see [`data_variance`]).
+    pub data_variance: f64,
+    workspace: Workspace,
+}
+
+/// What one step reports; scalars (0-dim f32) stay on the device until a log line reads
+/// them.
+#[derive(Debug)]
+pub struct StepReport {
+    pub loss: Tensor,
+    pub mse: Tensor,
+    pub aux: Tensor,
+    pub l0: Tensor,
+    /// ‖gradient‖ before clipping.
+    pub grad_norm: Tensor,
+    /// Rows in which each latent was positive. [F] i64
+    pub fired: Tensor,
+    /// The reconstruction in the original space. [B, D] f32
+    pub x_hat: Tensor,
+    pub lr: f64,
+    pub k: i64,
+}
+
+impl Trainer {
+    /// A fresh SAE initialised from a sample of the training rows.
+    fn fresh(
+        config: &TrainConfig,
+        plan: &Plan,
+        sae_config: &SaeConfig,
+        sample: &Tensor,
+    ) -> Result<Trainer> {
+        let (s, t) = (&config.sae, &config.training);
+        let mut sae = Sae::init(sae_config, sample, s.b_dec_init, t.seed)?;
+        if s.w_enc_init == WEncInit::ScaledTranspose {
+            let gain = sae.fit_encoder_gain(sample, sae.training_selection(plan.k(0)))?;
+            crate::ui::debug(format!("W_enc = W_decᵀ × {gain:.4} (least-squares gain)"));
+        }
+        let data_variance = data_variance(sample, sae.input_scale)?;
+        let device = sae.device();
+        Ok(Trainer {
+            adam: Adam::new(&sae, adam_config(t)),
+            dead: DeadTracker::new(sae_config.d_sae, plan.dead_window, device),
+            threshold: (s.architecture == Architecture::BatchTopK)
+                .then(|| ThresholdEstimator::new(Some(t.threshold_decay), device)),
+            data_variance,
+            workspace: Workspace::new(),
+            sae,
+        })
+    }
+
+    /// Forward, backward and the Adam step on batch `x` [B, D] at step `step` of `plan`.
+    pub fn step(&mut self, x: &Tensor, plan: &Plan, step: usize) -> StepReport {
+        let options = plan.loss_options(step, self.data_variance);
+        let lr = plan.lr(step);
+        let dead_mask = self.dead.mask();
+        let StepOutput {
+            loss,
+            mse,
+            aux,
+            l0,
+            grads,
+            fired,
+            min_positive,
+            x_hat,
+            ..
+        } = forward_backward(
+            &self.sae,
+            x,
+            Some(&dead_mask),
+            &options,
+            &mut self.workspace,
+        );
+        self.dead.update(&fired, x.size()[0]);
+        if let Some(th) = self.threshold.as_mut() {
+            if step >= plan.threshold_start {
+                th.update(&min_positive);
+            }
+        }
+        let clip = (plan.training.grad_clip > 0.0).then_some(plan.training.grad_clip);
+        let grad_norm = self.adam.step(&mut self.sae, grads, lr, clip);
+        StepReport {
+            loss,
+            mse,
+            aux,
+            l0,
+            grad_norm,
+            fired,
+            x_hat,
+            lr,
+            k: options.k,
+        }
+    }
+}
+
+fn adam_config(t: &TrainingSection) -> AdamConfig {
+    AdamConfig {
         beta1: t.adam_betas[0],
         beta2: t.adam_betas[1],
         eps: t.adam_eps,
+    }
+}
+
+/// Where a run stands between epochs: what a training checkpoint records besides the
+/// trainer.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    step: usize,
+    /// Epochs completed.
+    epoch: usize,
+    best_val_evr: f64,
+    best_epoch: usize,
+}
+
+/// The trainer and progress of a training checkpoint (a run's `checkpoints/last.safetensors`).
+fn load_trainer(path: &Path, plan: &Plan, device: Device) -> Result<(Trainer, Progress)> {
+    let c = checkpoint::load(path, device)?;
+    let st = c
+        .training
+        .with_context(|| format!("{} is not a training checkpoint", path.display()))?;
+    let rows_since = st
+        .tensors
+        .iter()
+        .find(|(n, _)| n == "rows_since_fired")
+        .map(|(_, t)| t.to_device(device))
+        .with_context(|| format!("{} lacks the dead-latent counters", path.display()))?;
+    let mut dead = DeadTracker::new(c.sae.config.d_sae, plan.dead_window, device);
+    dead.rows_since_fired = rows_since;
+    // Checkpoints before `rows_seen` was recorded: the rows of the steps taken.
+    dead.rows_seen = st.extra["rows_seen"]
+        .as_i64()
+        .unwrap_or((st.step as usize * plan.training.batch_size) as i64);
+    let progress = Progress {
+        step: st.step as usize,
+        epoch: st.epoch as usize,
+        best_val_evr: st.extra["best_val_evr"]
+            .as_f64()
+            .unwrap_or(f64::NEG_INFINITY),
+        best_epoch: st.extra["best_epoch"].as_u64().unwrap_or(0) as usize,
     };
-    let (mut sae, mut adam, mut dead, mut threshold, mut step, first_epoch, mut best) = if resumed {
-        let c = checkpoint::load(&run.last(), device)?;
-        let st = c
-            .training
-            .with_context(|| format!("{} is not a training checkpoint", run.last().display()))?;
-        let rows_since = st
-            .tensors
-            .iter()
-            .find(|(n, _)| n == "rows_since_fired")
-            .map(|(_, t)| t.to_device(device))
-            .context("the checkpoint lacks the dead-latent counters")?;
-        let mut dead = DeadTracker::new(sae_config.d_sae, t.dead_window as i64, device);
-        dead.rows_since_fired = rows_since;
-        let best = (
-            st.extra["best_val_evr"]
-                .as_f64()
-                .unwrap_or(f64::NEG_INFINITY),
-            st.extra["best_epoch"].as_u64().unwrap_or(0) as usize,
-        );
-        truncate_metrics(&run.metrics(), st.step as usize)?;
-        crate::ui::info(format!(
-            "resuming {} after epoch {} (step {})",
-            run.0.display(),
-            st.epoch,
-            st.step
-        ));
-        (
-            c.sae,
-            st.adam,
-            dead,
-            st.threshold,
-            st.step as usize,
-            st.epoch as usize,
-            best,
-        )
-    } else {
-        let n = data.train.size()[0];
-        let pick = crate::rng::seeded(t.seed, || Tensor::randperm(n, (Kind::Int64, Device::Cpu)))
-            .narrow(0, 0, n.min(INIT_SAMPLE_ROWS))
-            .to_device(device);
-        let sample = data
-            .acts
-            .index_select(0, &data.train.index_select(0, &pick))
-            .to_kind(Kind::Float);
-        let mut sae = Sae::init(&sae_config, &sample, s.b_dec_init, t.seed)?;
-        if s.w_enc_init == WEncInit::ScaledTranspose {
-            let k0 = k_at(s.k, t.k_start, t.k_warmup_steps, 0);
-            let gain = sae.fit_encoder_gain(&sample, sae.training_selection(k0))?;
-            crate::ui::debug(format!("W_enc = W_decᵀ × {gain:.4} (least-squares gain)"));
+    let trainer = Trainer {
+        sae: c.sae,
+        adam: st.adam,
+        dead,
+        threshold: st.threshold,
+        // Runs from before σ² trained on the plain mean squared error, i.e. σ² = 1.
+        data_variance: st.extra["data_variance"].as_f64().unwrap_or(1.0),
+        workspace: Workspace::new(),
+    };
+    Ok((trainer, progress))
+}
+
+impl Trainer {
+    /// The trainer saved in a training checkpoint, to continue with `plan`.
+    pub fn from_checkpoint(path: &Path, plan: &Plan, device: Device) -> Result<Trainer> {
+        Ok(load_trainer(path, plan, device)?.0)
+    }
+}
+
+/// Per-epoch sums of the training steps' metrics (on the device).
+struct EpochStats {
+    evr: Evr,
+    firing: Firing,
+    loss: Tensor,
+    mse: Tensor,
+    aux: Tensor,
+    steps: i64,
+    /// The last step's learning rate and k.
+    last_lr: f64,
+    last_k: i64,
+}
+
+impl EpochStats {
+    fn new(d_in: i64, d_sae: i64, device: Device) -> EpochStats {
+        let zero = || Tensor::zeros([], (Kind::Double, device));
+        EpochStats {
+            evr: Evr::new(d_in, device),
+            firing: Firing::new(d_sae, device),
+            loss: zero(),
+            mse: zero(),
+            aux: zero(),
+            steps: 0,
+            last_lr: f64::NAN,
+            last_k: 0,
         }
-        let adam = Adam::new(&sae, adam_config);
-        let dead = DeadTracker::new(sae_config.d_sae, t.dead_window as i64, device);
-        let threshold = (s.architecture == Architecture::BatchTopK)
-            .then(|| ThresholdEstimator::new(None, device));
-        (sae, adam, dead, threshold, 0, 0, (f64::NEG_INFINITY, 0))
+    }
+
+    fn add(&mut self, x: &Tensor, r: &StepReport) {
+        self.evr.update(x, &r.x_hat);
+        self.firing.update(&r.fired, x.size()[0]);
+        self.loss += &r.loss;
+        self.mse += &r.mse;
+        self.aux += &r.aux;
+        self.steps += 1;
+        self.last_lr = r.lr;
+        self.last_k = r.k;
+    }
+
+    /// The mean of a per-step sum (reading it waits for the device).
+    fn mean(&self, sum: &Tensor) -> f64 {
+        sum.double_value(&[]) / self.steps.max(1) as f64
+    }
+}
+
+/// The step line of `metrics.jsonl` (reads the step's scalars off the device).
+fn step_line(
+    x: &Tensor,
+    r: &StepReport,
+    step: usize,
+    epoch: usize,
+    d_in: i64,
+    time: f64,
+) -> Result<Value> {
+    let loss = r.loss.double_value(&[]);
+    finite("the loss", loss, step)?;
+    let mut e = Evr::new(d_in, x.device());
+    e.update(x, &r.x_hat);
+    Ok(
+        json!({"type": "step", "step": step, "epoch": epoch, "loss": loss, "mse": r.mse.double_value(&[]),
+              "aux_loss": r.aux.double_value(&[]), "l0": r.l0.double_value(&[]), "evr": e.evr(),
+              "grad_norm": r.grad_norm.double_value(&[]), "lr": r.lr, "k": r.k, "time": time}),
+    )
+}
+
+/// The end of an epoch: check the parameters, validate, write the checkpoints (best
+/// before last), then the epoch line. Returns the validation metrics and dead fraction.
+fn end_epoch(
+    trainer: &mut Trainer,
+    stats: &EpochStats,
+    data: &Data,
+    plan: &Plan,
+    files: &mut RunFiles,
+    progress: &mut Progress,
+    (time, rows_per_s): (f64, f64),
+) -> Result<(EvalMetrics, f64)> {
+    let step = progress.step;
+    let epoch = progress.epoch;
+    let loss = stats.mean(&stats.loss); // reading it waits for the device to finish the epoch
+    finite("the loss", loss, step)?;
+    let sae = &mut trainer.sae;
+    for (name, p) in [("W_enc", &sae.w_enc), ("W_dec", &sae.w_dec)] {
+        let ok = p.isfinite().all().int64_value(&[]) != 0;
+        ensure!(ok, "{name} holds non-finite values at step {step}: training stopped; the last good checkpoint is kept");
+    }
+    sae.threshold = trainer.threshold.as_ref().and_then(|th| th.value());
+    let val = evaluate(sae, &data.acts, data.held_out(), plan.training.batch_size);
+    let dead_frac = trainer.dead.dead_fraction().double_value(&[]);
+    let dead_window = trainer.dead.current_window();
+    let (lr, k) = (stats.last_lr, stats.last_k);
+    let epoch_line = json!({
+        "type": "epoch", "step": step, "epoch": epoch, "loss": loss, "mse": stats.mean(&stats.mse), "aux_loss": stats.mean(&stats.aux),
+        "l0": stats.firing.l0(), "evr": stats.evr.evr(), "evr_seed": stats.evr.evr_seed(), "lr": lr, "k": k,
+        "val_evr": val.evr, "val_evr_seed": val.evr_seed, "val_l0": val.l0, "dead_frac": dead_frac, "dead_window": dead_window,
+        "time": time, "rows_per_s": rows_per_s,
+    });
+    let metrics = json!({"epoch": epoch, "step": step, "val_evr": val.evr, "val_evr_seed": val.evr_seed, "val_l0": val.l0,
+                         "dead_frac": dead_frac, "dead_window": dead_window});
+    if val.evr > progress.best_val_evr {
+        progress.best_val_evr = val.evr;
+        progress.best_epoch = epoch;
+        checkpoint::save(
+            &files.dir.best(),
+            &trainer.sae,
+            &files.meta(metrics.clone()),
+            None,
+            Kind::Float,
+        )?;
+    }
+    let state = TrainingStateRef {
+        step: step as u64,
+        epoch: epoch as u64,
+        adam: &trainer.adam,
+        threshold: trainer.threshold.as_ref(),
+        tensors: vec![(
+            "rows_since_fired".to_string(),
+            &trainer.dead.rows_since_fired,
+        )],
+        extra: json!({"best_val_evr": progress.best_val_evr, "best_epoch": progress.best_epoch,
+                      "rows_seen": trainer.dead.rows_seen, "data_variance": trainer.data_variance}),
     };
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.metrics())
-        .with_context(|| format!("cannot open {}", run.metrics().display()))?;
+    checkpoint::save(
+        &files.dir.last(),
+        &trainer.sae,
+        &files.meta(metrics),
+        Some(&state),
+        Kind::Float,
+    )?;
+    files.log(&epoch_line)?;
+    Ok((val, dead_frac))
+}
+
+/// The initialisation sample: up to [`INIT_SAMPLE_ROWS`] training rows drawn with the seed.
+fn init_sample(data: &Data, seed: i64) -> Tensor {
+    let n = data.train.size()[0];
+    let pick = crate::rng::seeded(seed, || Tensor::randperm(n, (Kind::Int64, Device::Cpu)))
+        .narrow(0, 0, n.min(INIT_SAMPLE_ROWS))
+        .to_device(data.train.device());
+    data.batch(&data.train.index_select(0, &pick))
+}
+
+/// The training rows of epoch `epoch` in their seeded order: the shuffle depends only on
+/// (seed, epoch), so a resumed run draws what an uninterrupted one would.
+fn epoch_order(data: &Data, seed: i64, epoch: usize) -> Tensor {
+    let shuffle_seed = seed.wrapping_mul(1_000_003).wrapping_add(epoch as i64 + 1);
+    let perm = crate::rng::seeded(shuffle_seed, || {
+        Tensor::randperm(data.n_train() as i64, (Kind::Int64, Device::Cpu))
+    })
+    .to_device(data.train.device());
+    data.train.index_select(0, &perm)
+}
+
+pub fn train(o: &TrainOptions) -> Result<TrainResult> {
+    // Set-up: the config (a resumed run's own), the data, the plan, the trainer.
+    let mut config = o.config.clone();
+    let device = o.device;
+    let resume = o.resume.as_ref().map(|dir| RunDir(dir.clone()));
+    if let Some(run) = &resume {
+        ensure!(
+            run.last().exists(),
+            "{} has no checkpoints/last.safetensors to resume from",
+            run.0.display()
+        );
+        config = TrainConfig::load(&run.config(), &[])?;
+    }
+    let cache = resolve_cache(&mut config, &o.model_load)?;
+    let d_in = cache.d_model();
+    config.validate(d_in)?;
+    let run = match resume.clone() {
+        Some(run) => run,
+        None => {
+            let run = RunDir::create(&config)?;
+            write_bytes_atomic(&run.config(), serde_yaml_ng::to_string(&config)?.as_bytes())?;
+            run
+        }
+    };
+    let data = load_data(&cache, &config, device)?;
+    let sae_config = SaeConfig {
+        architecture: config.sae.architecture,
+        d_in,
+        d_sae: config.d_sae(d_in),
+        k: config.sae.k,
+    };
+    sae_config.validate()?;
+    let plan = Plan::new(&config, data.n_train(), d_in);
+    let (mut trainer, mut progress) = match &resume {
+        Some(run) => {
+            let (trainer, progress) = load_trainer(&run.last(), &plan, device)?;
+            let found = trainer.sae.config;
+            ensure!(
+                found == sae_config,
+                "{} holds a {} SAE {}→{} (k={}), but its config.yaml asks for {} {}→{} (k={})",
+                run.last().display(),
+                found.architecture,
+                found.d_in,
+                found.d_sae,
+                found.k,
+                sae_config.architecture,
+                sae_config.d_in,
+                sae_config.d_sae,
+                sae_config.k
+            );
+            truncate_metrics(&run.metrics(), progress.step)?;
+            crate::ui::info(format!(
+                "resuming {} after epoch {} (step {})",
+                run.0.display(),
+                progress.epoch,
+                progress.step
+            ));
+            (trainer, progress)
+        }
+        None => {
+            let sample = init_sample(&data, config.training.seed);
+            let trainer = Trainer::fresh(&config, &plan, &sae_config, &sample)?;
+            let progress = Progress {
+                step: 0,
+                epoch: 0,
+                best_val_evr: f64::NEG_INFINITY,
+                best_epoch: 0,
+            };
+            (trainer, progress)
+        }
+    };
+    let mut files = RunFiles::open(run, data.clip.clone(), &config)?;
     crate::ui::info(format!(
-        "training {} SAE {d_in}→{} (k={}), {total_steps} steps of {} rows over {epochs} epochs, into {}",
-        s.architecture,
+        "training {} SAE {d_in}→{} (k={}), {} steps of {} rows over {} epochs, into {}",
+        sae_config.architecture,
         sae_config.d_sae,
-        s.k,
-        t.batch_size,
-        run.0.display()
+        sae_config.k,
+        plan.total_steps,
+        plan.training.batch_size,
+        plan.epochs,
+        files.dir.0.display()
     ));
 
+    // The epochs.
     let bar = crate::ui::progress_bar(
-        total_steps as u64,
+        plan.total_steps as u64,
         "{spinner} train [{elapsed_precise}] {bar:30} {pos}/{len} steps {msg}",
     );
-    bar.set_position(step as u64);
-    let mut workspace = Workspace::new();
+    bar.set_position(progress.step as u64);
     let started = Instant::now();
-    let mut rows_done = 0usize;
-    // Time spent in training steps only (not validation or checkpoints): rows/s.
-    let mut train_seconds = 0.0f64;
+    let (mut rows_done, mut train_seconds) = (0usize, 0.0f64); // training steps only: rows/s
     let mut last_eval = None;
-    for epoch in first_epoch..epochs {
+    let first_epoch = progress.epoch;
+    for epoch in first_epoch..plan.epochs {
         if o.stop_after_epochs
             .is_some_and(|n| epoch - first_epoch >= n)
         {
             bar.finish_and_clear();
             return Ok(TrainResult {
-                run_dir: run.0.clone(),
+                run_dir: files.dir.0.clone(),
                 summary: None,
             });
         }
-        // The shuffle depends only on (seed, epoch).
-        let shuffle_seed = t
-            .seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add(epoch as i64 + 1);
-        let perm = crate::rng::seeded(shuffle_seed, || {
-            Tensor::randperm(n_train as i64, (Kind::Int64, Device::Cpu))
-        })
-        .to_device(device);
-        let order = data.train.index_select(0, &perm);
-        let mut train_evr = Evr::new(d_in, device);
-        let mut train_firing = Firing::new(sae_config.d_sae, device);
-        let mut sums = [
-            Tensor::zeros([], (Kind::Double, device)),
-            Tensor::zeros([], (Kind::Double, device)),
-            Tensor::zeros([], (Kind::Double, device)),
-        ];
-        let mut epoch_steps = 0i64;
-        let (mut lr, mut k) = (t.lr, s.k);
-        let mut start = 0usize;
+        let order = epoch_order(&data, config.training.seed, epoch);
+        let mut stats = EpochStats::new(d_in, sae_config.d_sae, device);
         let epoch_started = Instant::now();
-        while start < n_train && step < total_steps {
-            let len = t.batch_size.min(n_train - start);
-            let x = data
-                .acts
-                .index_select(0, &order.narrow(0, start as i64, len as i64))
-                .to_kind(Kind::Float);
-            lr = learning_rate(&t, step, total_steps);
-            k = k_at(s.k, t.k_start, t.k_warmup_steps, step);
-            let options = LossOptions {
-                k,
-                k_aux,
-                aux_coef: s.aux_coef,
-                l1_coef: l1_at(s.l1_coef, t.l1_warmup_steps, step),
-            };
-            let dead_mask = dead.mask();
-            let out = forward_backward(&sae, &x, Some(&dead_mask), &options, &mut workspace);
-            dead.update(&out.fired, len as i64);
-            if let Some(th) = threshold.as_mut() {
-                th.update(&out.min_positive);
-            }
-            train_evr.update(&x, &out.x_hat);
-            train_firing.update(&out.fired, len as i64);
-            sums[0] += &out.loss;
-            sums[1] += &out.mse;
-            sums[2] += &out.aux;
-            let clip = (t.grad_clip > 0.0).then_some(t.grad_clip);
-            let _grad_norm = adam.step(&mut sae, out.grads, lr, clip);
-            step += 1;
-            epoch_steps += 1;
+        let mut start = 0usize;
+        while start < data.n_train() && progress.step < plan.total_steps {
+            let len = plan.training.batch_size.min(data.n_train() - start);
+            let x = data.batch(&order.narrow(0, start as i64, len as i64));
+            let report = trainer.step(&x, &plan, progress.step);
+            stats.add(&x, &report);
+            progress.step += 1;
             rows_done += len;
             start += len;
             bar.inc(1);
-            if step % t.log_every == 0 {
-                let loss = out.loss.double_value(&[]);
-                finite("the loss", loss, step)?;
-                let batch_evr = {
-                    let mut e = Evr::new(d_in, device);
-                    e.update(&x, &out.x_hat);
-                    e.evr()
-                };
-                let l0 = out.l0.double_value(&[]);
-                log_line(
-                    &mut metrics_file,
-                    &json!({"type": "step", "step": step, "epoch": epoch + 1, "loss": loss, "mse": out.mse.double_value(&[]),
-                            "aux_loss": out.aux.double_value(&[]), "l0": l0, "evr": batch_evr, "lr": lr, "k": k,
-                            "time": started.elapsed().as_secs_f64()}),
+            if progress.step % plan.training.log_every == 0 {
+                let line = step_line(
+                    &x,
+                    &report,
+                    progress.step,
+                    epoch + 1,
+                    d_in,
+                    started.elapsed().as_secs_f64(),
                 )?;
+                files.log(&line)?;
                 let rate = rows_done as f64
                     / (train_seconds + epoch_started.elapsed().as_secs_f64()).max(1e-9);
                 bar.set_message(format!(
-                    "epoch {}/{epochs} {rate:.0} rows/s evr {batch_evr:.4} l0 {l0:.1}",
-                    epoch + 1
+                    "epoch {}/{} {rate:.0} rows/s evr {:.4} l0 {:.1}",
+                    epoch + 1,
+                    plan.epochs,
+                    line["evr"].as_f64().unwrap_or(f64::NAN),
+                    line["l0"].as_f64().unwrap_or(f64::NAN),
                 ));
             }
         }
-        // End of epoch: validation, the epoch line, checkpoints.
-        let mean = |t: &Tensor| t.double_value(&[]) / epoch_steps.max(1) as f64;
-        let loss = mean(&sums[0]); // reading it waits for the device to finish the epoch
+        let _ = stats.loss.double_value(&[]); // wait for the device before stopping the clock
         train_seconds += epoch_started.elapsed().as_secs_f64();
-        finite("the loss", loss, step)?;
-        for (name, p) in [("W_enc", &sae.w_enc), ("W_dec", &sae.w_dec)] {
-            let ok = p.isfinite().all().int64_value(&[]) != 0;
-            ensure!(ok, "{name} holds non-finite values at step {step}: training stopped; the last good checkpoint is kept");
-        }
-        sae.threshold = threshold.as_ref().and_then(|th| th.value());
-        // Without a validation split, the end-of-epoch SAE is evaluated on the training rows.
-        let held_out = if data.val.size()[0] > 0 {
-            &data.val
-        } else {
-            &data.train
-        };
-        let val = evaluate(&sae, &data.acts, held_out, t.batch_size);
-        let dead_frac = dead.dead_fraction().double_value(&[]);
-        let epoch_line = json!({
-            "type": "epoch", "step": step, "epoch": epoch + 1, "loss": loss, "mse": mean(&sums[1]), "aux_loss": mean(&sums[2]),
-            "l0": train_firing.l0(), "evr": train_evr.evr(), "evr_seed": train_evr.evr_seed(), "lr": lr, "k": k,
-            "val_evr": val.evr, "val_evr_seed": val.evr_seed, "val_l0": val.l0, "dead_frac": dead_frac,
-            "time": started.elapsed().as_secs_f64(), "rows_per_s": rows_done as f64 / train_seconds.max(1e-9),
-        });
-        let metrics = json!({"epoch": epoch + 1, "step": step, "val_evr": val.evr, "val_evr_seed": val.evr_seed, "val_l0": val.l0, "dead_frac": dead_frac});
-        if val.evr > best.0 {
-            best = (val.evr, epoch + 1);
-            checkpoint::save(&run.best(), &sae, &meta(metrics.clone()), None, Kind::Float)?;
-        }
-        let state = TrainingStateRef {
-            step: step as u64,
-            epoch: (epoch + 1) as u64,
-            adam: &adam,
-            threshold: threshold.as_ref(),
-            tensors: vec![("rows_since_fired".to_string(), &dead.rows_since_fired)],
-            extra: json!({"best_val_evr": best.0, "best_epoch": best.1}),
-        };
-        checkpoint::save(&run.last(), &sae, &meta(metrics), Some(&state), Kind::Float)?;
-        log_line(&mut metrics_file, &epoch_line)?;
-        last_eval = Some((val, dead_frac));
+        progress.epoch = epoch + 1;
+        let timing = (
+            started.elapsed().as_secs_f64(),
+            rows_done as f64 / train_seconds.max(1e-9),
+        );
+        last_eval = Some(end_epoch(
+            &mut trainer,
+            &stats,
+            &data,
+            &plan,
+            &mut files,
+            &mut progress,
+            timing,
+        )?);
     }
     bar.finish_and_clear();
+
+    // The summary, and the best SAE published under `checkpoints/`.
     let (val, dead_frac) = match last_eval {
         Some(v) => v,
-        None => {
-            // Resumed after the last epoch: report from the checkpoint.
-            let v = evaluate(
-                &sae,
+        // Resumed after the last epoch: report from the checkpoint.
+        None => (
+            evaluate(
+                &trainer.sae,
                 &data.acts,
-                if data.val.size()[0] > 0 {
-                    &data.val
-                } else {
-                    &data.train
-                },
-                t.batch_size,
-            );
-            (v, dead.dead_fraction().double_value(&[]))
-        }
+                data.held_out(),
+                plan.training.batch_size,
+            ),
+            trainer.dead.dead_fraction().double_value(&[]),
+        ),
     };
     let summary = Summary {
         best_checkpoint: "checkpoints/best.safetensors".into(),
         last_checkpoint: "checkpoints/last.safetensors".into(),
-        best_epoch: best.1,
-        best_val_evr: best.0,
+        best_epoch: progress.best_epoch,
+        best_val_evr: progress.best_val_evr,
         final_metrics: FinalMetrics {
             val_evr: val.evr,
             evr_seed: val.evr_seed,
             val_l0: val.l0,
             dead_frac,
+            dead_window: Some(trainer.dead.current_window()),
         },
-        steps: step,
-        epochs,
+        steps: progress.step,
+        epochs: plan.epochs,
         rows_per_s: rows_done as f64 / train_seconds.max(1e-9),
     };
+    let run = &files.dir;
     write_bytes_atomic(
         &run.summary(),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
+    publish(run, &config)?;
     Ok(TrainResult {
         run_dir: run.0.clone(),
         summary: Some(summary),
     })
+}
+
+/// Copy the run's best SAE to `<checkpoints_dir>/<run name>.safetensors` (a copy, so that
+/// cleaning up runs/ keeps it).
+fn publish(run: &RunDir, config: &TrainConfig) -> Result<PathBuf> {
+    let dir = config.output.checkpoints_dir();
+    let name = run
+        .0
+        .file_name()
+        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    let out = dir.join(format!("{name}.safetensors"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let bytes = std::fs::read(run.best())
+        .with_context(|| format!("cannot read {}", run.best().display()))?;
+    write_bytes_atomic(&out, &bytes)?;
+    crate::ui::info(format!("best SAE copied to {}", out.display()));
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
     };
     let x_hat = z.matmul(&p[2]) + &p[3];
     let e = &xs - &x_hat;
-    let mse = e.square().mean(Kind::Float);
+    let mse = e.square().mean(Kind::Float) / o.data_variance;
     let l1 = if sae.config.architecture == Architecture::Relu && o.l1_coef != 0.0 {
         let norms = p[2].square().sum_dim_intlist(1, false, Kind::Float).sqrt();
         (&z * norms)
@@ -51,7 +51,7 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
         Tensor::zeros([], (Kind::Float, x.device()))
     };
     let aux = match dead {
-        Some(dead) if o.k_aux > 0 && dead.any().int64_value(&[]) != 0 => {
+        Some(dead) if o.k_aux > 0 && b >= 2 && dead.any().int64_value(&[]) != 0 => {
             let ed = e.detach();
             let idx = dead.nonzero().view([-1]);
             let pd = pre.index_select(1, &idx);

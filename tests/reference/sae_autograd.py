@@ -1,7 +1,7 @@
 """Reference oracle for saeclip's SAE core (tests/sae_core.rs, `matches_pytorch`).
 
 Reads --input (safetensors: x, dead (uint8 mask), W_enc, b_enc, W_dec, b_dec, and per step t
-the gradients g<t>.W_enc, ...) and --options (JSON: k, k_aux, aux_coef, input_scale, beta1,
+the gradients g<t>.W_enc, ...) and --options (JSON: k, k_aux, aux_coef, data_variance, input_scale, beta1,
 beta2, eps, steps, lr, max_norm), and writes --output (safetensors):
 
   loss, mse, aux            the top-k SAE loss with AuxK, dense, as DESIGN.md states it
@@ -31,7 +31,7 @@ def loss_terms(p, x, dead, o):
     vals, idx = pre.topk(o["k"], dim=1)
     z = torch.zeros_like(pre).scatter(1, idx, vals.relu())
     e = xs - (z @ W_dec + b_dec)
-    mse = e.square().mean()
+    mse = e.square().mean() / o.get("data_variance", 1.0)
     ed = e.detach()
     dead_idx = dead.nonzero().view(-1)
     pd = pre[:, dead_idx]
