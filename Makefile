@@ -12,7 +12,7 @@ BIN    := target/release/saeclip
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo chromium bench bench-train bench-clip bench-extract bench-eval bench-interpret bench-step clean
+.PHONY: setup build test lint demo chromium bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-step clean
 
 ## setup: create .venv with torch 2.11.0 and the pinned reference packages
 setup: $(STAMP)
@@ -69,9 +69,14 @@ $(PEERS_STAMP):
 	$(PEERS_VENV)/bin/python -c "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"
 	touch $@
 
-bench-train: setup $(PEERS_STAMP)
+bench-train: setup $(PEERS_STAMP) bench-defaults
 	cargo build --release --bench train_ground_truth
 	$(PY) bench/train.py
+
+## bench-defaults: the sweep on ground-truth data that chose the training defaults (writes bench/RESULTS.md)
+bench-defaults: setup
+	cargo build --release --bench train_ground_truth
+	$(PY) bench/defaults.py
 
 ## bench-eval: eval-zeroshot images/s with and without an SAE, splice overhead (writes bench/RESULTS.md)
 bench-eval: setup

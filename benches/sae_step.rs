@@ -156,9 +156,16 @@ fn fastest(reps: usize, run: &mut dyn FnMut()) -> f64 {
 }
 
 /// Rows/s of a whole training step for topk and batchtopk at the same size (2,048 latents,
-/// batch 1,024, d_in 768, k = 32), and of the selection alone.
+/// batch 1,024, k = 32, d_in 64 where the selection dominates and 768 where the matmuls do),
+/// and of the selection alone.
 fn topk_against_batchtopk(threads: i32) {
-    let (b, d, f, k) = (1024, 768, 2048, 32);
+    for d in [64, 768] {
+        topk_against_batchtopk_at(threads, d);
+    }
+}
+
+fn topk_against_batchtopk_at(threads: i32, d: i64) {
+    let (b, f, k) = (1024, 2048, 32);
     let x = saeclip::rng::seeded(10, || {
         let offset = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 3.0;
         Tensor::randn([b, d], (Kind::Float, Device::Cpu)) + offset

@@ -1,0 +1,286 @@
+"""How saeclip's training defaults were chosen: a sweep on activations with a known dictionary.
+
+`make bench-defaults` (also run by `make bench-train`) writes ground-truth data of several
+sizes with benches/train_ground_truth.rs (d-dimensional rows, each a sum of `active` of
+`atoms` seeded unit atoms with Exp(1) magnitudes plus N(0, 0.01²) noise; a held-out set of
+8,192 rows), then for each size and step budget trains
+
+- saeclip (`saeclip::sae::train::train` through the bench's `train` command) once per
+  candidate setting of the keys the defaults fix (learning-rate schedule, end fraction and
+  peak, warm-up, gradient clip, AuxK, dead window), each row naming every such key, plus
+  one run with nothing set: the defaults as shipped;
+- a plain PyTorch top-k trainer (`plain_topk` below: what a user writes in an afternoon —
+  the same init, Adam at a constant learning rate, MSE, decoder rows renormalised after each
+  step) at three learning rates;
+
+all on the same rows with the same batch size, width, k and number of steps, and evaluates
+every SAE with bench/train.py's `evaluate` on the held-out rows: MMCS (mean over the true
+atoms of the best cosine with a decoder row), explained variance, dead fraction. It
+rewrites the `<!-- defaults -->` section of bench/RESULTS.md. The run with nothing set must
+match or beat the best plain trainer's MMCS on every size and budget; the script says so
+and exits 0 either way (a benchmark measures, it does not gate).
+
+It also times topk against batchtopk in `train` (rows/s of the training steps) at the
+small size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import train as gt  # bench/train.py: data, saeclip runs, evaluation
+from common import ROOT, cpu_model, rust_env, write_section
+
+BENCH_DIR = ROOT / "target" / "bench" / "defaults"
+BEGIN, END = "<!-- defaults -->", "<!-- /defaults -->"
+HELDOUT, NOISE, SEED = 8192, 0.01, 0
+
+# Sizes: data (d, atoms, active, training rows) and SAE (d_sae, k) with a batch size; each
+# is trained for every budget in `steps` (several passes over the rows).
+SIZES = [
+    {"name": "small", "d": 64, "atoms": 512, "active": 8, "rows": 131_072, "d_sae": 1024, "k": 8,
+     "batch": 1024, "steps": [500, 1500]},
+    {"name": "medium", "d": 128, "atoms": 1024, "active": 16, "rows": 262_144, "d_sae": 2048,
+     "k": 16, "batch": 1024, "steps": [1500]},
+]  # fmt: skip
+
+# Candidate settings: every key the defaults fix, named in every row.
+BASE = {
+    "training.lr": 4e-4,
+    "training.lr_schedule": "cosine",
+    "training.lr_end_fraction": 0.1,
+    "training.lr_warmup_steps": 100,
+    "training.grad_clip": 1.0,
+    "sae.aux_coef": 0.03125,
+    "training.dead_window": 1_000_000,
+}
+CANDIDATES = [
+    ("cosine → 0, lr 2e-4 (the defaults before this sweep)",
+     {"training.lr": 2e-4, "training.lr_end_fraction": 0.0}),
+    ("constant, lr 2e-4", {"training.lr": 2e-4, "training.lr_schedule": "constant"}),
+    ("cosine → 0.1, lr 2e-4", {"training.lr": 2e-4}),
+    ("cosine → 0.1, lr 4e-4", {}),
+    ("cosine → 0.1, lr 8e-4", {"training.lr": 8e-4}),
+    ("constant, lr 4e-4", {"training.lr_schedule": "constant"}),
+    ("linear → 0.1, lr 4e-4", {"training.lr_schedule": "linear"}),
+    ("cosine → 0.1, lr 4e-4, no warm-up", {"training.lr_warmup_steps": 0}),
+    ("cosine → 0.1, lr 4e-4, no clipping", {"training.grad_clip": 0.0}),
+    ("cosine → 0.1, lr 4e-4, no AuxK", {"sae.aux_coef": 0.0}),
+    ("cosine → 0.1, lr 4e-4, dead window 8 batches", {"training.dead_window": 8192}),
+]  # fmt: skip
+PLAIN_LRS = [2e-4, 4e-4, 8e-4]
+SHIPPED = "saeclip defaults as shipped (nothing set)"
+
+
+def log(msg: str) -> None:
+    print(f"[bench-defaults] {msg}", file=sys.stderr, flush=True)
+
+
+def make_data(exe: Path, size: dict) -> Path:
+    out = BENCH_DIR / f"data-{size['name']}"
+    report, _ = gt.run_json(
+        [
+            str(exe), "data", "--out", str(out), "--rows", str(size["rows"]), "--heldout", str(HELDOUT),
+            "--d", str(size["d"]), "--atoms", str(size["atoms"]), "--active", str(size["active"]),
+            "--noise", str(NOISE), "--seed", str(gt.DATA_SEED),
+        ],
+        env=rust_env(),
+    )  # fmt: skip
+    log(("reused" if report["reused"] else f"wrote ({report['seconds']:.0f} s)") + f" {out}")
+    return out
+
+
+def run_saeclip(exe: Path, data: Path, size: dict, steps: int, sets: dict, name: str, threads: int) -> dict:
+    fixed = [
+        "data.val_fraction=0", f"sae.d_sae={size['d_sae']}", f"sae.k={size['k']}",
+        f"training.batch_size={size['batch']}", f"training.steps={steps}", f"training.seed={SEED}",
+        "training.log_every=50",
+    ]  # fmt: skip
+    cmd = [str(exe), "train", "--cache", str(data / "cache"), "--run-dir", str(BENCH_DIR / "runs" / name),
+           "--threads", str(threads), "--skip-steps", "50"]  # fmt: skip
+    for s in fixed + [f"{k}={v}" for k, v in sets.items()]:
+        cmd += ["--set", s]
+    env = rust_env()
+    env["RAYON_NUM_THREADS"] = str(threads)
+    report, _ = gt.run_json(cmd, env=env)
+    return report
+
+
+@torch.no_grad()
+def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads: int) -> dict:
+    """A plain PyTorch top-k SAE trainer: inputs times saeclip's input scale (so that one
+    learning rate means the same to both), b_dec = the mean, unit random decoder rows,
+    W_enc = W_decᵀ, b_enc = 0; per step a batch of a per-epoch shuffle, z = TopK(ReLU(
+    (x − b_dec)·W_enc + b_enc)), MSE, Adam at a constant rate, decoder rows renormalised."""
+    torch.set_num_threads(threads)
+    from safetensors import safe_open
+
+    with safe_open(str(data / "data.safetensors"), framework="pt") as f:
+        rows = f.get_tensor("train")
+    n, d = rows.shape
+    torch.manual_seed(SEED)
+    sample = rows[torch.randperm(n)[:65_536]]
+    scale = d**0.5 / sample.norm(dim=1).mean().item()
+    w_dec = torch.randn(size["d_sae"], d)
+    w_dec /= w_dec.norm(dim=1, keepdim=True)
+    params = {
+        "W_enc": w_dec.T.clone().requires_grad_(),
+        "b_enc": torch.zeros(size["d_sae"], requires_grad=True),
+        "W_dec": w_dec.clone().requires_grad_(),
+        "b_dec": (sample * scale).mean(0).requires_grad_(),
+    }
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    k, batch = size["k"], size["batch"]
+    started = time.perf_counter()
+    order, pos = torch.randperm(n), 0
+    for _ in range(steps):
+        if pos + batch > n:
+            order, pos = torch.randperm(n), 0
+        x = rows[order[pos : pos + batch]] * scale
+        pos += batch
+        with torch.enable_grad():
+            pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+            v, i = pre.topk(k, dim=1)
+            z = torch.zeros_like(pre).scatter(1, i, v.relu())
+            loss = (z @ params["W_dec"] + params["b_dec"] - x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+        opt.step()
+        params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
+    seconds = time.perf_counter() - started
+    meta = {"saeclip": json.dumps({"version": 1, "architecture": "topk", "k": k, "d_in": d,
+                                   "d_sae": size["d_sae"], "input_scale": scale})}  # fmt: skip
+    save_file({name: p.detach().contiguous() for name, p in params.items()}, str(out), metadata=meta)
+    return {"checkpoint": str(out), "rows_per_s": steps * batch / seconds}
+
+
+def section(r: dict) -> str:
+    lines = [
+        BEGIN,
+        "## Training defaults, chosen on ground-truth data",
+        "",
+        f"Measured {r['date']} with `{r['command']}` on {r['cpu']} ({r['cores']} cores, {r['threads']} "
+        f"threads per run, runs one after the other), saeclip {r['commit']}. Data: rows = Σ of `active` "
+        f"of `atoms` seeded unit atoms with Exp(1) magnitudes + N(0, {NOISE}²) noise; SAEs evaluated "
+        f"on {HELDOUT:,} held-out rows by bench/train.py `evaluate` (MMCS = mean over the true atoms of "
+        "the best cosine with a decoder row; evr; dead = never fires on the held-out rows). Every "
+        "saeclip row names the keys it sets on top of the size's `sae.d_sae`, `sae.k`, "
+        "`training.batch_size`, `training.steps`; all other keys are the defaults. The plain "
+        "trainer is bench/defaults.py `plain_topk` (constant learning rate, MSE, same init and "
+        "input scale).",
+        "",
+    ]
+    for block in r["blocks"]:
+        s = block["size"]
+        lines += [
+            f"### {s['name']}: d = {s['d']}, {s['atoms']:,} atoms, {s['active']} active, "
+            f"{s['rows']:,} rows; SAE {s['d_sae']:,} wide, k = {s['k']}, batch {s['batch']:,}, "
+            f"{block['steps']:,} steps",
+            "",
+            "| trainer and settings | MMCS | held-out evr | dead | rows/s |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for row in block["rows"]:
+            e = row["eval"]
+            lines.append(
+                f"| {row['name']} | {e['mmcs']:.4f} | {e['evr']:.4f} | {e['dead_frac']:.4f} | {row['rows_per_s']:,.0f} |"
+            )
+        shipped = next(x for x in block["rows"] if x["name"] == SHIPPED)
+        plain = max((x for x in block["rows"] if x["name"].startswith("plain")), key=lambda x: x["eval"]["mmcs"])
+        ok = shipped["eval"]["mmcs"] >= plain["eval"]["mmcs"]
+        lines += [
+            "",
+            f"Shipped defaults vs the best plain trainer ({plain['name']}): MMCS "
+            f"{shipped['eval']['mmcs']:.4f} vs {plain['eval']['mmcs']:.4f}: "
+            + ("**at least as good**" if ok else "**worse**"),
+            "",
+        ]
+    if r.get("architectures"):
+        a = r["architectures"]
+        lines += [
+            f"topk against batchtopk in `train` (small size, {a['steps']} steps, the shipped defaults): "
+            f"topk {a['topk']:,.0f} rows/s, batchtopk {a['batchtopk']:,.0f} rows/s, ratio "
+            f"{a['topk'] / a['batchtopk']:.2f}.",
+            "",
+        ]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sizes", default=",".join(s["name"] for s in SIZES))
+    p.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
+    args = p.parse_args()
+    started = time.perf_counter()
+    exe = gt.build_rust_bench()
+    (BENCH_DIR / "runs").mkdir(parents=True, exist_ok=True)
+    blocks = []
+    architectures = None
+    for size in SIZES:
+        if size["name"] not in args.sizes.split(","):
+            continue
+        data = make_data(exe, size)
+        from safetensors import safe_open
+
+        with safe_open(str(data / "data.safetensors"), framework="pt") as f:
+            heldout, atoms = f.get_tensor("heldout"), f.get_tensor("atoms")
+        for steps in size["steps"]:
+            tag = f"{size['name']}-{steps}"
+            rows = []
+            runs = [(SHIPPED, None)] + [(name, {**BASE, **change}) for name, change in CANDIDATES]
+            for i, (name, sets) in enumerate(runs):
+                shown = SHIPPED if sets is None else name + ": " + ", ".join(f"`{k}={v}`" for k, v in sets.items())
+                rep = run_saeclip(exe, data, size, steps, sets or {}, f"{tag}-{i}", args.threads)
+                e = gt.evaluate(Path(rep["checkpoint"]), heldout, atoms)
+                rows.append({"name": shown, "eval": e,
+                             "rows_per_s": rep["summary"]["rows_per_s"]})  # fmt: skip
+                log(f"{tag} {name}: mmcs {e['mmcs']:.4f} evr {e['evr']:.4f} dead {e['dead_frac']:.4f}")
+            for lr in PLAIN_LRS:
+                out = BENCH_DIR / "runs" / f"{tag}-plain-{lr:g}.safetensors"
+                rep = plain_topk(data, size, steps, lr, out, args.threads)
+                e = gt.evaluate(out, heldout, atoms)
+                rows.append({"name": f"plain PyTorch top-k, constant lr {lr:g}", "eval": e,
+                             "rows_per_s": rep["rows_per_s"]})  # fmt: skip
+                log(f"{tag} plain {lr:g}: mmcs {e['mmcs']:.4f} evr {e['evr']:.4f}")
+            blocks.append({"size": size, "steps": steps, "rows": rows})
+        if size["name"] == "small":
+            steps = size["steps"][-1]
+            rate = {}
+            for arch in ["topk", "batchtopk"]:
+                rep = run_saeclip(exe, data, size, steps, {"sae.architecture": arch}, f"arch-{arch}", args.threads)
+                rate[arch] = rep["summary"]["rows_per_s"]
+            architectures = {"steps": steps, **rate}
+            log(f"topk {rate['topk']:.0f} rows/s, batchtopk {rate['batchtopk']:.0f} rows/s")
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "make bench-defaults",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+        "commit": gt.git_commit(),
+        "blocks": blocks,
+        "architectures": architectures,
+        "seconds": time.perf_counter() - started,
+    }
+    (BENCH_DIR / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    text = section(report)
+    print(text)
+    if not args.no_write:
+        write_section(BEGIN, END, text)
+        log("wrote bench/RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
