@@ -370,6 +370,13 @@ fn extract_and_sweep_job_arrays_run_on_a_one_node_cluster() {
     assert!(a.equal(&b), "activations differ (max |diff| {diff})");
     assert_eq!(merged.images().unwrap(), single.images().unwrap());
 
+    // A part still running (no manifest yet) keeps the folder from reading as one.
+    let manifest = parts.join("part-0001-of-0003/manifest.json");
+    std::fs::rename(&manifest, tmp.join("manifest.json")).unwrap();
+    let err = format!("{:#}", ActivationCache::open(&parts).unwrap_err());
+    assert!(err.contains("part(s) 1 of the 3-part extraction"), "{err}");
+    std::fs::rename(tmp.join("manifest.json"), &manifest).unwrap();
+
     // A sweep of two members, one per task, trained from the folder of parts.
     let config = tmp.join("train.yaml");
     std::fs::write(
