@@ -12,7 +12,7 @@ BIN    := target/release/saeclip
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo chromium bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-step clean
+.PHONY: setup build test lint demo chromium slurm bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-step clean
 
 ## setup: create .venv with torch 2.11.0 and the pinned reference packages
 setup: $(STAMP)
@@ -43,8 +43,14 @@ lint: setup
 chromium:
 	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
+## slurm: Debian's slurmctld, slurmd, slurm-client (sbatch) and munge for the job-script test
+## (tests/slurm.rs runs a one-node cluster on localhost), installed when missing
+slurm:
+	@test -x /usr/sbin/slurmctld -a -x /usr/sbin/slurmd -a -x /usr/sbin/munged -a -x /usr/bin/sbatch || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y slurmctld slurmd slurm-client munge; }
+
 ## test: lint, then every unit, integration and parity test (never skipped)
-test: setup lint chromium
+test: setup lint chromium slurm
 	cargo test --release
 
 ## bench-clip: saeclip vs transformers forward throughput (writes bench/RESULTS.md)

@@ -8,7 +8,7 @@
 //! `shard-NNNNN.meta.json` (its images and skipped files, and where in the image list it
 //! ends), which is what lets an interrupted run continue from the last complete shard.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -510,9 +510,28 @@ impl ActivationCache {
                 // No manifest anywhere: report the directory itself.
                 Manifest::read(path)?;
             }
+            let mut found: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
             for dir in subdirs {
                 let m = Manifest::read(&dir)?;
+                if let Some(p) = &m.part {
+                    found.entry(p.count).or_default().insert(p.index);
+                }
                 parts.push((dir, m));
+            }
+            // A folder of `--shard I/N` parts is read as one only when all N are finished:
+            // a part still running (or never started) would silently leave out its images.
+            for (count, indices) in found {
+                let missing: Vec<String> = (0..count)
+                    .filter(|i| !indices.contains(i))
+                    .map(|i| i.to_string())
+                    .collect();
+                ensure!(
+                    missing.is_empty(),
+                    "{}: part(s) {} of the {count}-part extraction are missing or unfinished: \
+                     finish them (`extract --shard I/{count}`) before reading the folder",
+                    path.display(),
+                    missing.join(", ")
+                );
             }
         }
         let first = &parts[0].1;
