@@ -47,10 +47,10 @@ HELDOUT, NOISE, SEED = 8192, 0.01, 0
 # Sizes: data (d, atoms, active, training rows) and SAE (d_sae, k) with a batch size; each
 # is trained for every budget in `steps` (several passes over the rows).
 SIZES = [
-    {"name": "small", "d": 64, "atoms": 512, "active": 8, "rows": 131_072, "d_sae": 1024, "k": 8,
+    {"name": "small", "d": 64, "atoms": 256, "active": 4, "rows": 131_072, "d_sae": 512, "k": 4,
      "batch": 1024, "steps": [500, 1500]},
-    {"name": "medium", "d": 128, "atoms": 1024, "active": 16, "rows": 262_144, "d_sae": 2048,
-     "k": 16, "batch": 1024, "steps": [1500]},
+    {"name": "medium", "d": 128, "atoms": 512, "active": 8, "rows": 262_144, "d_sae": 1024,
+     "k": 8, "batch": 1024, "steps": [1500]},
 ]  # fmt: skip
 
 # Candidate settings: every key the defaults fix, named in every row.
@@ -71,6 +71,7 @@ CANDIDATES = [
     ("cosine → 0.1, lr 4e-4", {}),
     ("cosine → 0.1, lr 8e-4", {"training.lr": 8e-4}),
     ("constant, lr 4e-4", {"training.lr_schedule": "constant"}),
+    ("constant, lr 8e-4", {"training.lr": 8e-4, "training.lr_schedule": "constant"}),
     ("linear → 0.1, lr 4e-4", {"training.lr_schedule": "linear"}),
     ("cosine → 0.1, lr 4e-4, no warm-up", {"training.lr_warmup_steps": 0}),
     ("cosine → 0.1, lr 4e-4, no clipping", {"training.grad_clip": 0.0}),

@@ -96,6 +96,53 @@ impl Default for SaeSection {
     }
 }
 
+/// `training.lr`, the peak learning rate: a number, or `auto` = 2e-4·√(16,384 / d_sae), the
+/// rule Gao et al. (2024) fitted for top-k SAEs (the rate falls with the square root of the
+/// width); the defaults sweep (bench/RESULTS.md "Training defaults") found the best rate of
+/// those tried at 8e-4 for widths 512 and 1,024, where `auto` gives 1.1e-3 and 8e-4.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LearningRate {
+    Auto,
+    Fixed(f64),
+}
+
+impl LearningRate {
+    /// The rate for an SAE of `d_sae` latents.
+    pub fn for_width(self, d_sae: i64) -> f64 {
+        match self {
+            LearningRate::Fixed(lr) => lr,
+            LearningRate::Auto => 2e-4 * (16_384.0 / d_sae.max(1) as f64).sqrt(),
+        }
+    }
+}
+
+impl Serialize for LearningRate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            LearningRate::Auto => s.serialize_str("auto"),
+            LearningRate::Fixed(lr) => s.serialize_f64(*lr),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LearningRate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(lr) => Ok(LearningRate::Fixed(lr)),
+            Raw::Text(t) if t == "auto" => Ok(LearningRate::Auto),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "expected a number or `auto`, found {t:?}"
+            ))),
+        }
+    }
+}
+
 /// The learning-rate decay after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -113,7 +160,8 @@ pub struct TrainingSection {
     pub epochs: usize,
     /// Total optimizer steps; overrides `epochs`.
     pub steps: Option<usize>,
-    pub lr: f64,
+    /// Peak learning rate (a number, or `auto`: see [`LearningRate`]).
+    pub lr: LearningRate,
     pub lr_schedule: LrSchedule,
     pub lr_warmup_steps: usize,
     /// Final learning rate as a fraction of `lr` (cosine and linear decay).
@@ -145,7 +193,7 @@ impl Default for TrainingSection {
             batch_size: 4096,
             epochs: 10,
             steps: None,
-            lr: 2e-4,
+            lr: LearningRate::Auto,
             lr_schedule: LrSchedule::Cosine,
             lr_warmup_steps: 100,
             lr_end_fraction: 0.0,
@@ -278,11 +326,12 @@ impl TrainConfig {
                 "training.k_start = {k0}: must lie in 1..={d_sae}"
             );
         }
-        ensure!(
-            t.lr > 0.0 && t.lr.is_finite(),
-            "training.lr = {}: must be positive",
-            t.lr
-        );
+        if let LearningRate::Fixed(lr) = t.lr {
+            ensure!(
+                lr > 0.0 && lr.is_finite(),
+                "training.lr = {lr}: must be positive (or `auto`)"
+            );
+        }
         ensure!(t.batch_size > 0, "training.batch_size must be at least 1");
         ensure!(
             t.steps.is_some() || t.epochs > 0,
@@ -394,11 +443,19 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.training.lr, 0.5);
+        assert_eq!(c.training.lr, LearningRate::Fixed(0.5));
         assert_eq!(c.sae.k, 8);
         assert_eq!(c.sae.architecture, Architecture::Relu);
         assert!(TrainConfig::from_yaml("", &["training.lr".into()]).is_err());
-        assert!(TrainConfig::from_yaml("", &["training.lr=abc".into()]).is_err());
+        let err = TrainConfig::from_yaml("", &["training.lr=abc".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("training.lr"), "{err:#}");
+        let auto = TrainConfig::from_yaml("", &["training.lr=auto".into()]).unwrap();
+        assert_eq!(auto.training.lr, LearningRate::Auto);
+        assert!((auto.training.lr.for_width(16_384) - 2e-4).abs() < 1e-15);
+        assert!((auto.training.lr.for_width(1024) - 8e-4).abs() < 1e-15);
+        // It writes back as it reads.
+        let yaml = serde_yaml_ng::to_string(&auto).unwrap();
+        assert_eq!(TrainConfig::from_yaml(&yaml, &[]).unwrap(), auto);
     }
 
     #[test]

@@ -158,21 +158,21 @@ fn utc_stamp(t: std::time::SystemTime) -> String {
     )
 }
 
-/// The learning rate at `step` (0-based) of `total`: linear warm-up from lr/warmup to lr,
-/// then the configured decay towards `lr · lr_end_fraction`.
-pub fn learning_rate(t: &TrainingSection, step: usize, total: usize) -> f64 {
+/// The learning rate at `step` (0-based) of `total` for a peak rate `lr`: linear warm-up
+/// from lr/warmup to lr, then the configured decay towards `lr · lr_end_fraction`.
+pub fn learning_rate(t: &TrainingSection, lr: f64, step: usize, total: usize) -> f64 {
     if step < t.lr_warmup_steps {
-        return t.lr * (step + 1) as f64 / t.lr_warmup_steps as f64;
+        return lr * (step + 1) as f64 / t.lr_warmup_steps as f64;
     }
     let span = total.saturating_sub(t.lr_warmup_steps).max(1) as f64;
     let progress = ((step - t.lr_warmup_steps) as f64 / span).min(1.0);
     let end = t.lr_end_fraction;
     let shape = match t.lr_schedule {
-        LrSchedule::Constant => return t.lr,
+        LrSchedule::Constant => return lr,
         LrSchedule::Linear => 1.0 - progress,
         LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
     };
-    t.lr * (end + (1.0 - end) * shape)
+    lr * (end + (1.0 - end) * shape)
 }
 
 /// k at `step`: from `k_start` up to `k` linearly over `k_warmup_steps`.
@@ -433,6 +433,8 @@ pub struct Plan {
     pub training: TrainingSection,
     pub sae: SaeSection,
     pub k_aux: i64,
+    /// `training.lr` for this SAE's width.
+    pub peak_lr: f64,
     pub steps_per_epoch: usize,
     pub total_steps: usize,
     pub epochs: usize,
@@ -450,6 +452,7 @@ impl Plan {
         let total_steps = t.steps.unwrap_or(t.epochs * steps_per_epoch);
         Plan {
             k_aux: config.k_aux(d_in),
+            peak_lr: t.lr.for_width(config.d_sae(d_in)),
             epochs: total_steps.div_ceil(steps_per_epoch),
             dead_window: t.dead_window.min(n_train) as i64,
             threshold_start: t.k_warmup_steps.min(total_steps.saturating_sub(1)),
@@ -461,7 +464,7 @@ impl Plan {
     }
 
     pub fn lr(&self, step: usize) -> f64 {
-        learning_rate(&self.training, step, self.total_steps)
+        learning_rate(&self.training, self.peak_lr, step, self.total_steps)
     }
 
     pub fn k(&self, step: usize) -> i64 {
@@ -1024,10 +1027,12 @@ mod tests {
     #[test]
     fn warmup_then_cosine_decay() {
         let mut t = TrainingSection {
-            lr: 1.0,
             lr_warmup_steps: 4,
+            lr_schedule: LrSchedule::Cosine,
+            lr_end_fraction: 0.0,
             ..Default::default()
         };
+        let learning_rate = |t: &TrainingSection, step, total| learning_rate(t, 1.0, step, total);
         assert_eq!(learning_rate(&t, 0, 104), 0.25);
         assert_eq!(learning_rate(&t, 3, 104), 1.0);
         assert!((learning_rate(&t, 4, 104) - 1.0).abs() < 1e-12);
