@@ -78,8 +78,11 @@ fn class_folders(root: &Path, split: &str, classes: &[&str], per_class: usize) {
     std::fs::write(first.join("notes.txt"), "not an image").unwrap();
 }
 
-/// torchvision's `ImageFolder` over each folder: (classes, [(path below the folder, label)]).
-fn torchvision_order(folders: &[&Path]) -> Vec<(Vec<String>, Vec<(String, i64)>)> {
+/// (path below the dataset folder, label) of each image.
+type Samples = Vec<(String, i64)>;
+
+/// torchvision's `ImageFolder` over each folder: (classes, samples).
+fn torchvision_order(folders: &[&Path]) -> Vec<(Vec<String>, Samples)> {
     let script = r#"
 import json, os, sys
 from torchvision.datasets import ImageFolder
@@ -104,7 +107,7 @@ print(json.dumps(out))
 }
 
 /// The items of a dataset: (source, label).
-fn items(ds: &dyn Dataset) -> Vec<(String, i64)> {
+fn items(ds: &dyn Dataset) -> Samples {
     (0..ds.len())
         .map(|i| {
             let item = ds.item(i);
@@ -115,7 +118,7 @@ fn items(ds: &dyn Dataset) -> Vec<(String, i64)> {
 }
 
 /// `(source, label)` with `prefix/` dropped from the source.
-fn below(items: &[(String, i64)], prefix: &str) -> Vec<(String, i64)> {
+fn below(items: &[(String, i64)], prefix: &str) -> Samples {
     items
         .iter()
         .map(|(s, l)| {
