@@ -566,6 +566,32 @@ fn extract_and_eval_zeroshot_run_on_the_miniature() {
     let templates = d["template_list"].as_array().unwrap();
     assert_eq!(templates.len(), 80, "CLIP's 80 ImageNet templates");
     assert_eq!(templates[0], "a bad photo of a {}.");
+    // A stratified sample never draws an image without a label.
+    let sampled = tmp.path().join("sampled.json");
+    let out = common::saeclip()
+        .args(["--device", "cpu", "-q", "eval-zeroshot", "--model"])
+        .arg(&model)
+        .args([
+            "--dataset",
+            &dataset,
+            "--split",
+            "val",
+            "--samples",
+            "5",
+            "--json",
+        ])
+        .arg(&sampled)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&sampled).unwrap()).unwrap();
+    assert_eq!(report["datasets"][0]["samples"], 5);
+    assert_eq!(report["datasets"][0]["skipped"], 0);
+
     let csv = std::fs::read_to_string(&predictions).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     assert_eq!(rows.len(), ds.len() - 2);

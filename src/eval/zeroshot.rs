@@ -245,7 +245,8 @@ pub struct ZeroshotOptions {
     pub sae: Option<PathBuf>,
     pub datasets: Vec<DatasetSpec>,
     pub split: Split,
-    /// A stratified sample of this many images per dataset (all of them without).
+    /// A stratified sample of this many images per dataset (all of them without); images
+    /// without a label are never drawn.
     pub samples: Option<usize>,
     /// Seed of the sample.
     pub seed: u64,
@@ -550,8 +551,15 @@ pub fn evaluate_dataset(
 
     let positions: Vec<usize> = match o.samples {
         Some(n) if n < dataset.len() => {
-            let labels: Vec<i64> = (0..dataset.len()).map(|i| dataset.item(i).label).collect();
+            // Images without a label (-1) are never drawn; with none, `labelled` is 0..len.
+            let labelled: Vec<usize> = (0..dataset.len())
+                .filter(|&i| dataset.item(i).label >= 0)
+                .collect();
+            let labels: Vec<i64> = labelled.iter().map(|&i| dataset.item(i).label).collect();
             stratified_sample(&labels, n, o.seed)
+                .into_iter()
+                .map(|j| labelled[j])
+                .collect()
         }
         _ => (0..dataset.len()).collect(),
     };
