@@ -596,11 +596,18 @@ fn dataset_spec_parsing() {
         "cifar100:x".parse::<DatasetSpec>().unwrap().kind,
         DatasetKind::Cifar100
     );
+    assert_eq!(
+        "ImageNet:/data/in1k"
+            .parse::<DatasetSpec>()
+            .unwrap()
+            .to_string(),
+        "imagenet:/data/in1k"
+    );
 
     for (bad, says) in [
         ("cifar10", "KIND:PATH"),
         ("", "KIND:PATH"),
-        ("imagenet:/data", "unknown kind `imagenet`"),
+        ("imagenet21k:/data", "unknown kind `imagenet21k`"),
         ("cifar10:", "empty"),
         ("procedural:seven", "seed"),
         ("procedural:-1", "seed"),
@@ -609,7 +616,7 @@ fn dataset_spec_parsing() {
         assert!(err.contains(says), "{bad}: {err}");
         if !bad.starts_with("procedural") && says != "empty" {
             assert!(
-                err.contains("cifar10, cifar100, food101, folder, procedural"),
+                err.contains("cifar10, cifar100, food101, folder, imagenet, procedural"),
                 "{err}"
             );
         }

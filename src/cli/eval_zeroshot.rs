@@ -20,11 +20,11 @@ pub struct EvalZeroshotArgs {
     /// SAE checkpoint to splice into the vision tower at its layer (without it: plain CLIP).
     #[arg(long, value_name = "CKPT")]
     pub sae: Option<PathBuf>,
-    /// Images: cifar10:DIR, cifar100:DIR, food101:DIR, folder:DIR or procedural:SEED
+    /// Images: cifar10:DIR, cifar100:DIR, food101:DIR, folder:DIR, imagenet:DIR or procedural:SEED
     /// (repeatable).
     #[arg(long = "dataset", value_name = "KIND:PATH", required = true)]
     pub datasets: Vec<DatasetSpec>,
-    /// Dataset split.
+    /// Dataset split (`val` = `test`: ImageNet's DIR/val).
     #[arg(long, value_enum, default_value = "test")]
     pub split: Split,
     /// Evaluate a seeded sample of N images per dataset, stratified by class (round-robin

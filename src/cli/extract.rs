@@ -15,10 +15,10 @@ use crate::extract::{extract, ExtractOptions};
 pub struct ExtractArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Images: cifar10:DIR, cifar100:DIR, food101:DIR, folder:DIR or procedural:SEED.
+    /// Images: cifar10:DIR, cifar100:DIR, food101:DIR, folder:DIR, imagenet:DIR or procedural:SEED.
     #[arg(long, value_name = "KIND:PATH")]
     pub dataset: DatasetSpec,
-    /// Dataset split.
+    /// Dataset split (`val` = `test`: ImageNet's DIR/val).
     #[arg(long, value_enum, default_value = "train")]
     pub split: Split,
     /// Vision block whose output (residual stream) is kept, 0-based.

@@ -23,7 +23,8 @@ pub struct FetchArgs {
 #[derive(Subcommand, Debug)]
 pub enum FetchCommand {
     /// Download, check (published MD5) and unpack a dataset; prints the dataset spec to use
-    /// (e.g. cifar10:DIR).
+    /// (e.g. cifar10:DIR). ImageNet cannot be downloaded: this says which archives to put in
+    /// DIR, checks them and unpacks them.
     Dataset(FetchDatasetArgs),
     /// Download config.json and model.safetensors of a Hugging Face repo, check them against
     /// the hub's SHA-256, and place them in a model directory; prints the directory.
@@ -32,12 +33,15 @@ pub enum FetchCommand {
 
 #[derive(Args, Debug)]
 pub struct FetchDatasetArgs {
-    /// Dataset: cifar10 or cifar100 (binary versions, from the Toronto CIFAR page) or
-    /// food101 (ETH Zürich).
+    /// Dataset: cifar10 or cifar100 (binary versions, from the Toronto CIFAR page), food101
+    /// (ETH Zürich), or imagenet (ILSVRC2012, not downloadable: put
+    /// ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz
+    /// from image-net.org in DIR; they are checked against torchvision's MD5s and unpacked).
     #[arg(value_enum, value_name = "NAME")]
     pub name: Dataset,
     /// Directory to unpack into: the dataset lands in DIR/cifar-10-batches-bin,
-    /// DIR/cifar-100-binary or DIR/food-101, to be read as NAME:DIR.
+    /// DIR/cifar-100-binary, DIR/food-101 or (imagenet) DIR/train, DIR/val and
+    /// DIR/ILSVRC2012_devkit_t12, to be read as NAME:DIR.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// URL of a directory (a mirror, a local server) holding the archive under its official
@@ -125,7 +129,13 @@ mod tests {
         };
         assert_eq!(args.name, Dataset::Food101);
         assert_eq!(args.base_url.as_deref(), Some("http://127.0.0.1:8000/x"));
-        assert!(parse(&["fetch", "dataset", "imagenet", "--out", "d"]).is_err());
+        let FetchCommand::Dataset(args) =
+            parse(&["fetch", "dataset", "imagenet", "--out", "d"]).unwrap()
+        else {
+            panic!("not dataset")
+        };
+        assert_eq!(args.name, Dataset::ImageNet);
+        assert!(parse(&["fetch", "dataset", "imagenet21k", "--out", "d"]).is_err());
         assert!(parse(&["fetch", "dataset", "cifar10"]).is_err());
     }
 

@@ -16,10 +16,10 @@ pub struct InterpretArgs {
     /// SAE checkpoint (.safetensors) written by `saeclip train`.
     #[arg(long, value_name = "CKPT")]
     pub sae: PathBuf,
-    /// Images: cifar10:DIR, cifar100:DIR, food101:DIR, folder:DIR or procedural:SEED.
+    /// Images: cifar10:DIR, cifar100:DIR, food101:DIR, folder:DIR, imagenet:DIR or procedural:SEED.
     #[arg(long, value_name = "KIND:PATH")]
     pub dataset: DatasetSpec,
-    /// Dataset split.
+    /// Dataset split (`val` = `test`: ImageNet's DIR/val).
     #[arg(long, value_enum, default_value = "train")]
     pub split: Split,
     /// Read the activations from this cache (it must match the SAE's model, layer and

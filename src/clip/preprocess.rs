@@ -106,6 +106,9 @@ pub enum PreprocessError {
         format: String,
         reason: String,
     },
+    /// The dataset has no label for the image (it is skipped, never relabelled).
+    #[error("image {origin}: no label: {reason}")]
+    NoLabel { origin: String, reason: String },
 }
 
 /// A decoding failure before it is attached to a file name.

@@ -29,6 +29,13 @@
 //!   class (subfolders of a class folder are walked too), class-major order; hidden entries
 //!   (names starting with `.`) and files directly in `DIR` are skipped. Every file counts,
 //!   images or not. Source = the path below the split folder, e.g. `cat/001.jpg`.
+//! - `imagenet:DIR`: ImageNet-1k or an ImageNet-style subset (see [`imagenet`]):
+//!   `DIR/train/<wnid>/…`, `DIR/val/<wnid>/…` or a flat `DIR/val/` with the devkit's ground
+//!   truth (or `LOC_val_solution.csv`), or `DIR/<wnid>/…` for either split. Classes = the
+//!   WordNet ids of the class folders, sorted; names = CLIP's ImageNet class names. Order =
+//!   torchvision's `ImageFolder` order (a flat `val/` sorted the same way, by class then
+//!   file name; images without a label last, label -1, their image an `Err`). Source = the
+//!   path below DIR, e.g. `train/n01440764/n01440764_10026.JPEG`.
 //! - `procedural:SEED`: generated images (see [`procedural`]), 4,800 train and 960 test;
 //!   index `i` has class `i mod 48` and texture `(i / 48) mod 4`, so any prefix is
 //!   balanced.
@@ -37,6 +44,8 @@ pub mod cache;
 pub mod cifar;
 pub mod folder;
 pub mod food101;
+pub mod imagenet;
+pub mod matlab;
 pub mod procedural;
 
 use std::fmt;
@@ -50,15 +59,19 @@ use crate::clip::preprocess::PreprocessError;
 pub use cifar::Cifar;
 pub use folder::ImageFolder;
 pub use food101::Food101;
+pub use imagenet::ImageNet;
 pub use procedural::{Procedural, ProceduralFactors};
 
-/// Which part of a dataset to read.
+/// Which part of a dataset to read. `val` is another name for `test` (ImageNet's held-out
+/// split is its validation set, `DIR/val`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
+    #[value(alias = "val")]
+    #[serde(alias = "val")]
     Test,
 }
 
@@ -86,16 +99,19 @@ pub enum DatasetKind {
     Cifar100,
     Food101,
     Folder,
+    #[serde(rename = "imagenet")]
+    ImageNet,
     Procedural,
 }
 
 impl DatasetKind {
     /// Every kind, in the order help texts list them.
-    pub const ALL: [DatasetKind; 5] = [
+    pub const ALL: [DatasetKind; 6] = [
         DatasetKind::Cifar10,
         DatasetKind::Cifar100,
         DatasetKind::Food101,
         DatasetKind::Folder,
+        DatasetKind::ImageNet,
         DatasetKind::Procedural,
     ];
 
@@ -106,6 +122,7 @@ impl DatasetKind {
             DatasetKind::Cifar100 => "cifar100",
             DatasetKind::Food101 => "food101",
             DatasetKind::Folder => "folder",
+            DatasetKind::ImageNet => "imagenet",
             DatasetKind::Procedural => "procedural",
         }
     }
@@ -195,7 +212,8 @@ pub struct Item {
     /// Where the image comes from: a file path below the dataset folder, `FILE:RECORD`
     /// for CIFAR, the generating factors for `procedural`.
     pub source: String,
-    /// Index into [`Dataset::classes`].
+    /// Index into [`Dataset::classes`]; -1 for an image the dataset has no label for (an
+    /// ImageNet validation file missing from the ground truth), whose image is an `Err`.
     pub label: i64,
 }
 
@@ -227,6 +245,7 @@ pub fn open(spec: &DatasetSpec, split: Split) -> Result<Box<dyn Dataset>> {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => Box::new(Cifar::open(spec, split)?),
         DatasetKind::Food101 => Box::new(Food101::open(spec, split)?),
         DatasetKind::Folder => Box::new(ImageFolder::open(spec, split)?),
+        DatasetKind::ImageNet => Box::new(ImageNet::open(spec, split)?),
         DatasetKind::Procedural => Box::new(Procedural::new(spec.seed()?, split)),
     })
 }
@@ -348,6 +367,7 @@ mod tests {
             "cifar100:/abs/x",
             "food101:.",
             "folder:C:\\photos",
+            "imagenet:/data/imagenet",
             "procedural:7",
         ] {
             let spec: DatasetSpec = s.parse().unwrap();
@@ -362,6 +382,18 @@ mod tests {
     fn split_names() {
         assert_eq!(Split::Train.to_string(), "train");
         assert_eq!(serde_json::to_string(&Split::Test).unwrap(), "\"test\"");
+        assert_eq!(
+            serde_json::from_str::<Split>("\"val\"").unwrap(),
+            Split::Test
+        );
+        assert_eq!(
+            <Split as clap::ValueEnum>::from_str("val", true).unwrap(),
+            Split::Test
+        );
+        assert_eq!(
+            serde_json::to_string(&DatasetKind::ImageNet).unwrap(),
+            "\"imagenet\""
+        );
         assert_eq!(
             serde_json::to_string(&DatasetKind::Food101).unwrap(),
             "\"food101\""

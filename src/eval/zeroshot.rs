@@ -50,8 +50,8 @@ pub enum TemplateMode {
     /// One template (`--template`, default "a photo of a {}.").
     #[default]
     Single,
-    /// The dataset's templates from CLIP's prompts (Food-101: its one template; CIFAR,
-    /// folders and procedural images: the 18 CIFAR templates), averaged.
+    /// The dataset's templates from CLIP's prompts (Food-101: its one template; ImageNet: its
+    /// 80; CIFAR, folders and procedural images: the 18 CIFAR templates), averaged.
     Ensemble,
 }
 
@@ -87,8 +87,8 @@ pub fn clip_templates(set: &str) -> Option<&'static [String]> {
     sets.get(set).map(Vec::as_slice)
 }
 
-/// The templates for a dataset kind: `single` alone, or the ensemble (Food-101's own
-/// templates, the CIFAR ones for everything else).
+/// The templates for a dataset kind: `single` alone, or the ensemble (Food-101's and
+/// ImageNet's own templates, the CIFAR ones for everything else).
 pub fn templates_for(kind: DatasetKind, mode: TemplateMode, single: &str) -> Vec<String> {
     match mode {
         TemplateMode::Single => vec![single.to_string()],
@@ -96,6 +96,7 @@ pub fn templates_for(kind: DatasetKind, mode: TemplateMode, single: &str) -> Vec
             let set = match kind {
                 DatasetKind::Cifar100 => "cifar100",
                 DatasetKind::Food101 => "food101",
+                DatasetKind::ImageNet => "imagenet",
                 _ => "cifar10",
             };
             clip_templates(set)
@@ -120,8 +121,8 @@ pub fn fill(template: &str, class: &str) -> String {
 }
 
 /// The class names a dataset is prompted with: CIFAR and Food-101 names with underscores
-/// as spaces (`aquarium_fish` → `aquarium fish`, as in CLIP's prompts), folder names and
-/// procedural names as they are.
+/// as spaces (`aquarium_fish` → `aquarium fish`, as in CLIP's prompts), ImageNet's CLIP
+/// names, folder names and procedural names as they are.
 pub fn class_names(dataset: &dyn Dataset) -> Vec<String> {
     let spaced = matches!(
         dataset.spec().kind,
@@ -244,7 +245,8 @@ pub struct ZeroshotOptions {
     pub sae: Option<PathBuf>,
     pub datasets: Vec<DatasetSpec>,
     pub split: Split,
-    /// A stratified sample of this many images per dataset (all of them without).
+    /// A stratified sample of this many images per dataset (all of them without); images
+    /// without a label are never drawn.
     pub samples: Option<usize>,
     /// Seed of the sample.
     pub seed: u64,
@@ -549,8 +551,15 @@ pub fn evaluate_dataset(
 
     let positions: Vec<usize> = match o.samples {
         Some(n) if n < dataset.len() => {
-            let labels: Vec<i64> = (0..dataset.len()).map(|i| dataset.item(i).label).collect();
+            // Images without a label (-1) are never drawn; with none, `labelled` is 0..len.
+            let labelled: Vec<usize> = (0..dataset.len())
+                .filter(|&i| dataset.item(i).label >= 0)
+                .collect();
+            let labels: Vec<i64> = labelled.iter().map(|&i| dataset.item(i).label).collect();
             stratified_sample(&labels, n, o.seed)
+                .into_iter()
+                .map(|j| labelled[j])
+                .collect()
         }
         _ => (0..dataset.len()).collect(),
     };
@@ -948,6 +957,9 @@ mod tests {
             templates_for(DatasetKind::Folder, TemplateMode::Ensemble, "x {}").len(),
             18
         );
+        let imagenet = templates_for(DatasetKind::ImageNet, TemplateMode::Ensemble, "x {}");
+        assert_eq!(imagenet.len(), 80);
+        assert_eq!(imagenet[0], "a bad photo of a {}.");
         assert_eq!(
             templates_for(DatasetKind::Food101, TemplateMode::Single, "x {}"),
             vec!["x {}".to_string()]

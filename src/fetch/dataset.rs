@@ -1,5 +1,6 @@
 //! `fetch dataset`: download a dataset's published archive, check its published MD5, unpack
-//! it into the official layout.
+//! it into the official layout. (ImageNet cannot be downloaded: `super::imagenet` checks and
+//! unpacks the archives obtained by hand.)
 //!
 //! On disk, in the output directory DIR:
 //! - `DIR/<archive>.part` while downloading; a rerun resumes it with an HTTP Range request;
@@ -42,6 +43,10 @@ pub enum Dataset {
     /// Food-101 (ETH Zürich).
     #[value(name = "food101")]
     Food101,
+    /// ImageNet-1k (ILSVRC2012): not downloadable (its terms need an account); checks the
+    /// archives put in DIR by hand and unpacks them.
+    #[value(name = "imagenet")]
+    ImageNet,
 }
 
 /// Where a dataset's archive is published and what it unpacks to.
@@ -63,11 +68,13 @@ impl Dataset {
             Dataset::Cifar10 => "cifar10",
             Dataset::Cifar100 => "cifar100",
             Dataset::Food101 => "food101",
+            Dataset::ImageNet => "imagenet",
         }
     }
 
-    fn published(self) -> Published {
-        match self {
+    /// Where the archive is published; `None` for ImageNet, which is obtained by hand.
+    fn published(self) -> Option<Published> {
+        Some(match self {
             // https://www.cs.toronto.edu/~kriz/cifar.html, "CIFAR-10 binary version".
             Dataset::Cifar10 => Published {
                 base_url: "https://www.cs.toronto.edu/~kriz",
@@ -92,28 +99,30 @@ impl Dataset {
                 md5_source: "torchvision.datasets.Food101",
                 folder: "food-101",
             },
-        }
+            // Three archives, obtained by hand: see `super::imagenet`.
+            Dataset::ImageNet => return None,
+        })
     }
 
-    /// File name of the published archive.
-    pub fn archive(self) -> &'static str {
-        self.published().archive
+    /// File name of the published archive (`None` for ImageNet).
+    pub fn archive(self) -> Option<&'static str> {
+        self.published().map(|p| p.archive)
     }
 
     /// The folder the archive unpacks to, e.g. `cifar-10-batches-bin`.
-    pub fn folder(self) -> &'static str {
-        self.published().folder
+    pub fn folder(self) -> Option<&'static str> {
+        self.published().map(|p| p.folder)
     }
 
     /// The published MD5 of the archive.
-    pub fn md5(self) -> &'static str {
-        self.published().md5
+    pub fn md5(self) -> Option<&'static str> {
+        self.published().map(|p| p.md5)
     }
 
     /// The publisher's URL of the archive.
-    pub fn default_url(self) -> String {
-        let p = self.published();
-        format!("{}/{}", p.base_url, p.archive)
+    pub fn default_url(self) -> Option<String> {
+        self.published()
+            .map(|p| format!("{}/{}", p.base_url, p.archive))
     }
 }
 
@@ -168,10 +177,18 @@ pub fn dataset_marker_path(out: &Path, dataset: Dataset) -> PathBuf {
 }
 
 /// Download, verify and unpack a dataset; return the path of its folder (`out/<folder>`).
-/// A dataset already complete in `out` is left as it is.
+/// A dataset already complete in `out` is left as it is. ImageNet is not downloaded: its
+/// archives, put in `out` by hand, are checked and unpacked (`out` is returned).
 pub fn fetch_dataset(options: &FetchDatasetOptions) -> Result<PathBuf> {
     let dataset = options.dataset;
-    let published = dataset.published();
+    let Some(published) = dataset.published() else {
+        if options.base_url.is_some() {
+            ui::warn("imagenet: a base URL is not used: ImageNet's archives are obtained by hand");
+        }
+        return super::imagenet::fetch_imagenet(&super::imagenet::ImageNetOptions::new(
+            &options.out,
+        ));
+    };
     let name = dataset.name();
     let md5 = options
         .md5_override
@@ -533,17 +550,18 @@ mod tests {
     #[test]
     fn published_sources() {
         assert_eq!(
-            Dataset::Cifar10.default_url(),
+            Dataset::Cifar10.default_url().unwrap(),
             "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
         );
-        assert_eq!(Dataset::Cifar100.folder(), "cifar-100-binary");
+        assert_eq!(Dataset::Cifar100.folder(), Some("cifar-100-binary"));
         assert_eq!(
-            Dataset::Food101.default_url(),
+            Dataset::Food101.default_url().unwrap(),
             "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz"
         );
         for d in [Dataset::Cifar10, Dataset::Cifar100, Dataset::Food101] {
-            assert!(net::is_hex(d.md5(), 32), "{d:?}");
+            assert!(net::is_hex(d.md5().unwrap(), 32), "{d:?}");
         }
+        assert_eq!(Dataset::ImageNet.archive(), None);
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! saying what to download by hand and where to put it.
 
 mod dataset;
+mod imagenet;
 mod model;
 mod net;
 
 pub use dataset::{
     dataset_marker_path, fetch_dataset, Dataset, FetchDatasetOptions, DATASET_BASE_URL_ENV,
 };
+pub use imagenet::{fetch_imagenet, ImageNetArchive, ImageNetOptions, IMAGENET_ARCHIVES};
 pub use model::{fetch_model, FetchModelOptions, MODEL_MARKER};

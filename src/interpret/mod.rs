@@ -451,6 +451,7 @@ pub fn source_file(spec: &DatasetSpec, split: Split, source: &str) -> Option<Pat
     let root = PathBuf::from(&spec.path);
     let candidates = match spec.kind {
         DatasetKind::Folder => vec![root.join(split.name()).join(source), root.join(source)],
+        DatasetKind::ImageNet => vec![root.join(source)],
         DatasetKind::Food101 => vec![
             root.join("food-101/images").join(source),
             root.join("images").join(source),
