@@ -172,6 +172,7 @@ fn k_warmup_and_lr_schedule_show_in_the_log() {
             "training.k_start=32",
             "training.k_warmup_steps=10",
             "training.log_every=1",
+            "training.lr_schedule=cosine",
         ],
     );
     let run = train(&options(c)).unwrap().run_dir;
@@ -470,7 +471,10 @@ fn shipped_configs_parse_and_validate_for_vit_b_32() {
         ),
         (49_152, 500, 64, 15)
     );
-    assert_eq!(seed.training.lr, 2e-4);
+    assert_eq!(
+        seed.training.lr,
+        saeclip::sae::config::LearningRate::Fixed(2e-4)
+    );
 }
 
 fn epoch_lines(run: &Path) -> Vec<Value> {
