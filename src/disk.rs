@@ -1,8 +1,41 @@
-//! Writing files so that a crash never leaves a half-written one under the final name.
+//! The project's folders (DESIGN.md "Layout": `data/`, `models/`, `checkpoints/`, relative
+//! to the working directory) and writing files so that a crash never leaves a half-written
+//! one under the final name.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+/// Where `fetch dataset` unpacks datasets by default.
+pub const DATA_DIR: &str = "data";
+/// Where `fetch model` places models by default (one folder per repo).
+pub const MODELS_DIR: &str = "models";
+/// Where finished SAEs are published: a run's final SAE and `clean-checkpoint`'s output.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+
+/// The folder `fetch model REPO` fills by default: `<models_dir>/<repo name>` (the part of
+/// the repo id after its last `/`, e.g. `models/clip-vit-base-patch32`).
+pub fn fetched_model_dir(models_dir: &Path, repo: &str) -> PathBuf {
+    let repo = repo.trim().trim_end_matches('/');
+    models_dir.join(repo.rsplit('/').next().unwrap_or(repo))
+}
+
+/// A run's final SAE published under `checkpoints_dir`: `<checkpoints_dir>/<run dir
+/// name>.safetensors`.
+pub fn published_checkpoint(checkpoints_dir: &Path, run_dir: &Path) -> PathBuf {
+    let name = run_dir
+        .file_name()
+        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    checkpoints_dir.join(format!("{name}.safetensors"))
+}
+
+/// Where `clean-checkpoint` writes by default: `<checkpoints_dir>/<input stem>.safetensors`.
+pub fn cleaned_checkpoint(checkpoints_dir: &Path, input: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map_or_else(|| "sae".into(), |n| n.to_string_lossy().into_owned());
+    checkpoints_dir.join(format!("{stem}.safetensors"))
+}
 
 /// A temporary path beside `path`, in the same directory so that the final rename is
 /// atomic.
@@ -41,6 +74,36 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_folders() {
+        let models = Path::new(MODELS_DIR);
+        assert_eq!(
+            fetched_model_dir(models, "openai/clip-vit-base-patch32"),
+            Path::new("models/clip-vit-base-patch32")
+        );
+        assert_eq!(
+            fetched_model_dir(models, "single"),
+            Path::new("models/single")
+        );
+        let ckpts = Path::new(CHECKPOINTS_DIR);
+        assert_eq!(
+            published_checkpoint(ckpts, Path::new("runs/20261127_101500")),
+            Path::new("checkpoints/20261127_101500.safetensors")
+        );
+        assert_eq!(
+            published_checkpoint(Path::new("/out/c"), Path::new("runs/my-run/")),
+            Path::new("/out/c/my-run.safetensors")
+        );
+        assert_eq!(
+            cleaned_checkpoint(ckpts, Path::new("runs/x/checkpoints/best.safetensors")),
+            Path::new("checkpoints/best.safetensors")
+        );
+        assert_eq!(
+            cleaned_checkpoint(ckpts, Path::new("sae.v2.safetensors")),
+            Path::new("checkpoints/sae.v2.safetensors")
+        );
+    }
 
     #[test]
     fn failed_write_leaves_nothing() {

@@ -30,7 +30,8 @@ pub struct CheckpointInfo {
     pub path: PathBuf,
     pub file_bytes: u64,
     pub format_version: u64,
-    pub saeclip_version: String,
+    /// The saeclip that wrote it (None for a file written by another program).
+    pub saeclip_version: Option<String>,
     pub architecture: String,
     pub d_in: i64,
     pub d_sae: i64,
@@ -184,10 +185,7 @@ pub fn describe_checkpoint(path: &Path) -> Result<CheckpointInfo> {
         path: path.to_path_buf(),
         file_bytes: file_size(path),
         format_version: header["version"].as_u64().unwrap_or(0),
-        saeclip_version: header["saeclip_version"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string(),
+        saeclip_version: header["saeclip_version"].as_str().map(String::from),
         architecture: c.architecture.name().to_string(),
         d_in: c.d_in,
         d_sae: c.d_sae,
@@ -318,6 +316,23 @@ fn short(v: &Value) -> String {
     }
 }
 
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "–"
+    } else {
+        s
+    }
+}
+
+/// Who wrote a file, from its recorded saeclip version ("" when it has none).
+fn written_by(version: &str) -> String {
+    if version.is_empty() {
+        "writer not recorded".into()
+    } else {
+        format!("written by saeclip {version}")
+    }
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("–".into(), |v| v.to_string())
 }
@@ -371,8 +386,9 @@ impl Info {
                 lines.push((
                     "format",
                     format!(
-                        "saeclip checkpoint version {}, written by saeclip {}",
-                        c.format_version, c.saeclip_version
+                        "saeclip checkpoint version {}, {}",
+                        c.format_version,
+                        written_by(c.saeclip_version.as_deref().unwrap_or(""))
                     ),
                 ));
                 format!(
@@ -390,7 +406,7 @@ impl Info {
                     "model",
                     format!(
                         "{} (sha256 {}…)",
-                        m.model.path,
+                        or_dash(&m.model.path),
                         m.model.sha256.chars().take(12).collect::<String>()
                     ),
                 ));
@@ -398,10 +414,16 @@ impl Info {
                 lines.push(("tokens", m.tokens.name().to_string()));
                 lines.push((
                     "dataset",
-                    format!(
-                        "{}:{} ({} split)",
-                        m.dataset.kind, m.dataset.path, m.dataset.split
-                    ),
+                    if m.dataset.kind.is_empty() {
+                        "not recorded".into()
+                    } else {
+                        format!(
+                            "{}:{} ({} split)",
+                            m.dataset.kind,
+                            m.dataset.path,
+                            or_dash(&m.dataset.split)
+                        )
+                    },
                 ));
                 lines.push((
                     "rows",
@@ -415,8 +437,10 @@ impl Info {
                 lines.push((
                     "format",
                     format!(
-                        "{} version {}, written by saeclip {}",
-                        m.format, m.version, m.saeclip_version
+                        "{} version {}, {}",
+                        m.format,
+                        m.version,
+                        written_by(&m.saeclip_version)
                     ),
                 ));
                 format!("Activation cache {}", c.path.display())

@@ -143,7 +143,25 @@ fn finished_run_gives_a_true_table_a_summary_and_plots() {
             format!("{:.1}%", 100.0 * e["dead_frac"].as_f64().unwrap())
         );
         assert_eq!(cells[10], format!("{:.2e}", e["lr"].as_f64().unwrap()));
-        assert!(cells[11].ends_with(" s"), "wall time: {cells:?}");
+        // Wall time with three significant digits: the epoch's own time, not "0.0 s".
+        let e_time = e["time"].as_f64().unwrap();
+        let before = epochs
+            .iter()
+            .find(|p| p["epoch"].as_u64() == e["epoch"].as_u64().map(|n| n - 1))
+            .map_or(0.0, |p| p["time"].as_f64().unwrap());
+        let seconds = e_time - before;
+        let shown: f64 = match cells[11].split_once(' ') {
+            Some((v, "ms")) => v.parse::<f64>().unwrap() / 1000.0,
+            Some((v, "s")) => v.parse().unwrap(),
+            _ => panic!("wall time: {cells:?}"),
+        };
+        let digits = cells[11].chars().filter(|c| c.is_ascii_digit()).count();
+        assert!(
+            digits >= 3 && (shown - seconds).abs() <= 0.005 * seconds,
+            "epoch {} took {seconds} s, shown {:?}",
+            e["epoch"],
+            cells[11]
+        );
     }
     // Exactly one best row: the summary's best epoch.
     assert_eq!(md.matches(" ★ |").count(), 1, "{md}");

@@ -257,6 +257,27 @@ fn clean_checkpoint_overwrites_its_input_only_in_place() {
         std::fs::read(&again).unwrap(),
         std::fs::read(&last).unwrap()
     );
+    // Without --output: checkpoints/<input stem>.safetensors in the working directory,
+    // never replacing a file already there.
+    let clean_in = |cwd: &Path| {
+        common::saeclip()
+            .current_dir(cwd)
+            .args(["clean-checkpoint", "--input", s(&last)])
+            .output()
+            .unwrap()
+    };
+    succeeds(&clean_in(d));
+    let published = d.join("checkpoints/last.safetensors");
+    assert_eq!(
+        std::fs::read(&published).unwrap(),
+        std::fs::read(&last).unwrap()
+    );
+    std::fs::write(&published, b"another run's SAE").unwrap();
+    common::fails_cleanly(
+        &clean_in(d),
+        "checkpoints/last.safetensors already exists: give --output",
+    );
+    assert_eq!(std::fs::read(&published).unwrap(), b"another run's SAE");
 }
 
 /// Bad checkpoints: one line, non-zero exit, no output file. Returns the paths made.

@@ -285,10 +285,39 @@ fn trained_sae_figures_are_true_and_outputs_agree() {
             "source",
             "label",
             "pred",
-            "pred_sae"
+            "pred_sae",
+            "label_name",
+            "pred_name",
+            "pred_sae_name"
         ]
     );
     let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    // Names are the dataset's classes at the indices of the same row: procedural names,
+    // and for the folder its subfolders (the first part of each source).
+    let classes = Procedural::new(0, Split::Test).classes().to_vec();
+    let mut folder_classes = HashMap::new();
+    for r in &rows {
+        if r[0].starts_with("folder:") {
+            let folder = r[2].split('/').next().unwrap();
+            assert_eq!(&r[6], folder, "{r:?}");
+            folder_classes.insert(r[3].to_string(), folder.to_string());
+        } else {
+            for (index, name) in [(3, 6), (4, 7), (5, 8)] {
+                let class = &classes[r[index].parse::<usize>().unwrap()];
+                assert_eq!(&r[name], class.as_str(), "{r:?}");
+            }
+        }
+    }
+    assert_eq!(folder_classes.len(), CLASSES.len(), "{folder_classes:?}");
+    for r in rows.iter().filter(|r| r[0].starts_with("folder:")) {
+        for (index, name) in [(4, 7), (5, 8)] {
+            assert_eq!(
+                Some(&r[name].to_string()),
+                folder_classes.get(&r[index]),
+                "{r:?}"
+            );
+        }
+    }
     for d in sets {
         for key in [
             "name",

@@ -452,8 +452,14 @@ fn archive_without_the_official_folder_is_refused() {
 
 /// Run the binary; return (success, stdout, stderr).
 fn run_saeclip(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    run_saeclip_in(Path::new("."), args, env)
+}
+
+/// Run the binary in `cwd`.
+fn run_saeclip_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut command = common::saeclip();
     command
+        .current_dir(cwd)
         .args(args)
         .env_remove("SAECLIP_DATASET_BASE_URL")
         .env_remove("HF_ENDPOINT")
@@ -514,6 +520,23 @@ fn connection_refused_is_one_clear_error_line() {
         "{stderr}"
     );
     assert!(entries(&out).is_empty());
+
+    // Without --out the dataset goes to data/ (relative to the working directory).
+    let (ok, _, stderr) = run_saeclip_in(
+        dir.path(),
+        &["fetch", "dataset", "cifar10", "--base-url", &base],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            &Path::new("data")
+                .join("cifar-10-batches-bin")
+                .display()
+                .to_string()
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -669,6 +692,15 @@ fn model_files_land_in_out_and_a_rerun_skips() {
         weights
     );
     assert_eq!(server.requests().len(), requests);
+
+    // Without --out: models/<repo name> in the working directory.
+    let (ok, stdout, stderr) = run_saeclip_in(dir.path(), &["fetch", "model", REPO], &env);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "models/tiny-clip");
+    assert_eq!(
+        std::fs::read(dir.path().join("models/tiny-clip/model.safetensors")).unwrap(),
+        weights
+    );
 }
 
 #[test]

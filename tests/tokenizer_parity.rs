@@ -219,3 +219,22 @@ fn cli_rejects_an_empty_text_in_one_line() {
         assert!(!stderr.contains("panicked"), "{args:?}: stderr {stderr:?}");
     }
 }
+
+#[test]
+fn cli_takes_texts_that_start_with_a_dash() {
+    let tokenizer = Tokenizer::new().expect("embedded vocabulary");
+    let ids = |text: &str| tokenizer.tokenize(text);
+    let run = |args: &[&str]| {
+        let out = common::saeclip().args(args).output().expect("run saeclip");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} failed: {stderr}");
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+    let line: Vec<String> = ids("-hello").iter().map(i64::to_string).collect();
+    assert_eq!(run(&["tokenize", "-hello"]), line.join(" ") + "\n");
+    let parsed: Vec<Vec<i64>> =
+        serde_json::from_str(&run(&["tokenize", "--json", "-x", "--y"])).unwrap();
+    assert_eq!(parsed, [ids("-x"), ids("--y")]);
+    let help = run(&["tokenize", "--help"]);
+    assert!(help.contains("Usage: saeclip tokenize"), "{help}");
+}

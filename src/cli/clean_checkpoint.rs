@@ -1,12 +1,13 @@
 //! `saeclip clean-checkpoint`: drop the training state from a checkpoint, optionally
 //! converting its parameters to f16 or bf16.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
 use clap::Args;
 
 use crate::clip::Precision;
+use crate::disk::{cleaned_checkpoint, CHECKPOINTS_DIR};
 use crate::info::bytes;
 use crate::sae::export::{clean_checkpoint, CleanOptions};
 
@@ -18,8 +19,9 @@ pub struct CleanCheckpointArgs {
     /// The checkpoint to clean.
     #[arg(long, value_name = "CKPT")]
     pub input: PathBuf,
-    /// Where to write the cleaned checkpoint (default with --in-place: the input).
-    #[arg(long, value_name = "CKPT", required_unless_present = "in_place")]
+    /// Where to write the cleaned checkpoint [default: checkpoints/<input stem>.safetensors,
+    /// which must not exist yet; with --in-place: the input].
+    #[arg(long, value_name = "CKPT")]
     pub output: Option<PathBuf>,
     /// Parameter dtype of the result (f32 keeps the parameters exactly).
     #[arg(long, value_enum, value_name = "DTYPE", default_value = "f32")]
@@ -29,12 +31,29 @@ pub struct CleanCheckpointArgs {
     pub in_place: bool,
 }
 
+impl CleanCheckpointArgs {
+    /// `--output`; else the input with `--in-place`; else the default under checkpoints/.
+    pub fn output(&self) -> PathBuf {
+        match (&self.output, self.in_place) {
+            (Some(output), _) => output.clone(),
+            (None, true) => self.input.clone(),
+            (None, false) => cleaned_checkpoint(Path::new(CHECKPOINTS_DIR), &self.input),
+        }
+    }
+}
+
 pub fn run(args: &CleanCheckpointArgs) -> Result<()> {
-    let output = args.output.clone().unwrap_or_else(|| args.input.clone());
+    let output = args.output();
     ensure!(
         args.input.exists(),
         "{} does not exist: give an SAE checkpoint with --input",
         args.input.display()
+    );
+    // The default name may be taken by another run's checkpoint: never replace it unasked.
+    ensure!(
+        args.output.is_some() || args.in_place || !output.exists(),
+        "{} already exists: give --output to choose where the cleaned checkpoint goes",
+        output.display()
     );
     let options = CleanOptions {
         input: args.input.clone(),
@@ -71,12 +90,17 @@ mod tests {
             .unwrap();
         assert_eq!(w.args.dtype, Precision::Bf16);
         assert!(!w.args.in_place);
+        assert_eq!(w.args.output(), PathBuf::from("b"));
         let w = Wrapper::try_parse_from(["x", "--input", "a", "--in-place"]).unwrap();
         assert!(w.args.in_place && w.args.output.is_none());
+        assert_eq!(w.args.output(), PathBuf::from("a"));
         assert_eq!(w.args.dtype, Precision::F32);
-        assert!(
-            Wrapper::try_parse_from(["x", "--input", "a"]).is_err(),
-            "--output or --in-place"
+        let w = Wrapper::try_parse_from(["x", "--input", "runs/r/checkpoints/best.safetensors"])
+            .unwrap();
+        assert_eq!(
+            w.args.output(),
+            PathBuf::from("checkpoints/best.safetensors"),
+            "the default"
         );
         assert!(
             Wrapper::try_parse_from(["x", "--input", "a", "--output", "b", "--dtype", "f64"])

@@ -59,7 +59,8 @@ pub struct EvalZeroshotArgs {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "F")]
     pub json: Option<PathBuf>,
-    /// Write one line per image: dataset,image_index,source,label,pred,pred_sae.
+    /// Write one line per image: dataset,image_index,source,label,pred,pred_sae (class
+    /// indices), label_name,pred_name,pred_sae_name (the same classes by name).
     #[arg(long, value_name = "CSV")]
     pub predictions: Option<PathBuf>,
 }

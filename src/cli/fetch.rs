@@ -1,11 +1,12 @@
 //! `saeclip fetch`: download a dataset or a model (needs a network).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::GlobalArgs;
+use crate::disk::{fetched_model_dir, DATA_DIR, MODELS_DIR};
 use crate::fetch::{
     fetch_dataset, fetch_model, Dataset, FetchDatasetOptions, FetchModelOptions,
     DATASET_BASE_URL_ENV,
@@ -41,9 +42,9 @@ pub struct FetchDatasetArgs {
     pub name: Dataset,
     /// Directory to unpack into: the dataset lands in DIR/cifar-10-batches-bin,
     /// DIR/cifar-100-binary, DIR/food-101 or (imagenet) DIR/train, DIR/val and
-    /// DIR/ILSVRC2012_devkit_t12, to be read as NAME:DIR.
+    /// DIR/ILSVRC2012_devkit_t12, to be read as NAME:DIR [default: data].
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// URL of a directory (a mirror, a local server) holding the archive under its official
     /// file name, instead of the publisher's. Also read from SAECLIP_DATASET_BASE_URL.
     #[arg(long, value_name = "URL")]
@@ -57,19 +58,37 @@ pub struct FetchModelArgs {
     /// $HF_HOME/token.
     #[arg(value_name = "REPO")]
     pub repo: String,
-    /// Directory to place config.json and model.safetensors in (created if missing).
+    /// Directory to place config.json and model.safetensors in (created if missing)
+    /// [default: models/<repo name>, e.g. models/clip-vit-base-patch32].
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Branch, tag or commit to download.
     #[arg(long, value_name = "REV", default_value = "main")]
     pub revision: String,
+}
+
+impl FetchDatasetArgs {
+    /// `--out`, or `data/`.
+    pub fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| DATA_DIR.into())
+    }
+}
+
+impl FetchModelArgs {
+    /// `--out`, or `models/<repo name>`.
+    pub fn out(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| fetched_model_dir(Path::new(MODELS_DIR), &self.repo))
+    }
 }
 
 pub fn run(global: &GlobalArgs, args: &FetchArgs) -> Result<()> {
     let progress = global.verbosity() >= 0;
     match &args.what {
         FetchCommand::Dataset(args) => {
-            let mut options = FetchDatasetOptions::new(args.name, &args.out);
+            let out = args.out();
+            let mut options = FetchDatasetOptions::new(args.name, &out);
             options.base_url = args.base_url.clone().or_else(|| {
                 std::env::var(DATASET_BASE_URL_ENV)
                     .ok()
@@ -77,10 +96,10 @@ pub fn run(global: &GlobalArgs, args: &FetchArgs) -> Result<()> {
             });
             options.progress = progress;
             fetch_dataset(&options)?;
-            println!("{}:{}", args.name.name(), args.out.display());
+            println!("{}:{}", args.name.name(), out.display());
         }
         FetchCommand::Model(args) => {
-            let mut options = FetchModelOptions::new(&args.repo, &args.out);
+            let mut options = FetchModelOptions::new(&args.repo, args.out());
             options.revision = args.revision.clone();
             options.progress = progress;
             let dir = fetch_model(&options)?;
@@ -113,7 +132,7 @@ mod tests {
             panic!("not dataset")
         };
         assert_eq!(args.name, Dataset::Cifar100);
-        assert_eq!(args.out, PathBuf::from("data"));
+        assert_eq!(args.out(), PathBuf::from("data"));
         assert_eq!(args.base_url, None);
         let FetchCommand::Dataset(args) = parse(&[
             "fetch",
@@ -129,6 +148,7 @@ mod tests {
         };
         assert_eq!(args.name, Dataset::Food101);
         assert_eq!(args.base_url.as_deref(), Some("http://127.0.0.1:8000/x"));
+        assert_eq!(args.out(), PathBuf::from("d"));
         let FetchCommand::Dataset(args) =
             parse(&["fetch", "dataset", "imagenet", "--out", "d"]).unwrap()
         else {
@@ -136,7 +156,10 @@ mod tests {
         };
         assert_eq!(args.name, Dataset::ImageNet);
         assert!(parse(&["fetch", "dataset", "imagenet21k", "--out", "d"]).is_err());
-        assert!(parse(&["fetch", "dataset", "cifar10"]).is_err());
+        let FetchCommand::Dataset(args) = parse(&["fetch", "dataset", "cifar10"]).unwrap() else {
+            panic!("not dataset")
+        };
+        assert_eq!(args.out(), PathBuf::from("data"), "the default");
     }
 
     #[test]
@@ -153,13 +176,17 @@ mod tests {
         };
         assert_eq!(args.repo, "openai/clip-vit-base-patch32");
         assert_eq!(args.revision, "main");
+        assert_eq!(args.out(), PathBuf::from("m"));
         let FetchCommand::Model(args) =
             parse(&["fetch", "model", "a/b", "--out", "m", "--revision", "v1"]).unwrap()
         else {
             panic!("not model")
         };
         assert_eq!(args.revision, "v1");
-        assert!(parse(&["fetch", "model", "a/b"]).is_err());
+        let FetchCommand::Model(args) = parse(&["fetch", "model", "org/clip-b"]).unwrap() else {
+            panic!("not model")
+        };
+        assert_eq!(args.out(), PathBuf::from("models/clip-b"), "the default");
         assert!(parse(&["fetch"]).is_err());
     }
 }

@@ -192,7 +192,7 @@ mod tests {
     fn global_flags_parse_anywhere() {
         let cli = Cli::try_parse_from([
             "saeclip",
-            "tokenize",
+            "info",
             "hi",
             "--device",
             "cpu",
@@ -204,6 +204,13 @@ mod tests {
         assert_eq!(cli.global.device, DeviceChoice::Cpu);
         assert_eq!(cli.global.threads, Some(2));
         assert_eq!(cli.global.verbosity(), 2);
+        // tokenize: global options before the texts; after them, everything is text.
+        let cli = Cli::try_parse_from(["saeclip", "tokenize", "-v", "-x", "-q"]).unwrap();
+        assert_eq!(cli.global.verbosity(), 1);
+        let Command::Tokenize(args) = cli.command else {
+            panic!("not tokenize")
+        };
+        assert_eq!(args.texts, ["-x", "-q"]);
         let cli = Cli::try_parse_from(["saeclip", "-q", "tokenize", "hi"]).unwrap();
         assert_eq!(cli.global.verbosity(), -1);
         assert!(Cli::try_parse_from(["saeclip", "--device", "tpu", "tokenize", "x"]).is_err());

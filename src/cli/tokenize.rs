@@ -15,9 +15,11 @@ pub struct TokenizeArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Text to tokenize (one or more; quote each). Use `--` before a text that starts
-    /// with '-'.
-    #[arg(value_name = "TEXT", required = true, num_args = 1..)]
+    /// Text to tokenize (one or more; quote each). Options go before the texts: from the
+    /// first TEXT on, every argument is text, also one that starts with '-' (`tokenize
+    /// --json -x`). A first text made only of option letters (`-h`, `-q`, `-v`) or equal to
+    /// an option needs `--` before it.
+    #[arg(value_name = "TEXT", required = true, num_args = 1.., allow_hyphen_values = true)]
     pub texts: Vec<String>,
 }
 
@@ -98,10 +100,14 @@ mod tests {
     }
 
     #[test]
-    fn parses_several_texts_and_json_anywhere() {
-        let args = parse(&["one", "--json", "two"]).unwrap();
+    fn parses_several_texts_after_the_options() {
+        let args = parse(&["--json", "one", "two"]).unwrap();
         assert!(args.json);
         assert_eq!(args.texts, ["one", "two"]);
+        // From the first text on, everything is text.
+        let args = parse(&["one", "--json", "-x"]).unwrap();
+        assert!(!args.json);
+        assert_eq!(args.texts, ["one", "--json", "-x"]);
     }
 
     #[test]
@@ -111,11 +117,23 @@ mod tests {
     }
 
     #[test]
-    fn dash_texts_after_double_dash() {
-        assert!(parse(&["-x"]).is_err());
-        let args = parse(&["--", "-x", "--json"]).unwrap();
+    fn texts_may_start_with_a_dash() {
+        let args = parse(&["-hello"]).unwrap();
+        assert_eq!(args.texts, ["-hello"]);
+        let args = parse(&["--json", "-x", "--no-such-flag"]).unwrap();
+        assert!(args.json);
+        assert_eq!(args.texts, ["-x", "--no-such-flag"]);
+        let args = parse(&["--not-an-option", "-1"]).unwrap();
         assert!(!args.json);
-        assert_eq!(args.texts, ["-x", "--json"]);
+        assert_eq!(args.texts, ["--not-an-option", "-1"]);
+        // An option's own spelling still needs `--`.
+        let args = parse(&["--", "--json", "-h"]).unwrap();
+        assert!(!args.json);
+        assert_eq!(args.texts, ["--json", "-h"]);
+        let help = parse(&["--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        let help = parse(&["-h"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
     }
 
     #[test]

@@ -26,13 +26,16 @@ const IMAGES: &str = "images.csv";
 /// The model the activations came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRef {
+    /// Where it was read from (provenance only: "" when a manifest lacks it).
+    #[serde(default)]
     pub path: String,
     /// sha256 of the weights file.
     pub sha256: String,
 }
 
-/// The images the activations came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The images the activations came from (provenance: "" where a manifest lacks a field).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DatasetRef {
     pub kind: String,
     pub path: String,
@@ -86,7 +89,10 @@ pub struct CacheKey {
     pub image_size: i64,
 }
 
-/// `manifest.json`.
+/// `manifest.json`. Written in full; read leniently: only what reading and checking the
+/// rows needs is required (`format`, `version`, `d_model`, `dtype`, `layer`, `tokens`,
+/// `model.sha256`, `rows`, `shards`), the rest is provenance or reuse bookkeeping and may be
+/// absent in a cache written by another program (`images` is then counted in `images.csv`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: String,
@@ -96,9 +102,12 @@ pub struct Manifest {
     pub layer: usize,
     pub tokens: Tokens,
     pub model: ModelRef,
+    #[serde(default)]
     pub dataset: DatasetRef,
     pub rows: usize,
+    #[serde(default)]
     pub images: usize,
+    #[serde(default)]
     pub skipped: Vec<Skipped>,
     pub shards: Vec<ShardInfo>,
     #[serde(default)]
@@ -134,7 +143,10 @@ impl Manifest {
                 dir.display()
             )
         })?;
-        let manifest: Manifest = serde_json::from_str(&text)
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let has_images = value.get("images").is_some();
+        let mut manifest: Manifest = serde_json::from_value(value)
             .with_context(|| format!("{} is not a valid cache manifest", path.display()))?;
         ensure!(
             manifest.format == FORMAT,
@@ -148,8 +160,27 @@ impl Manifest {
             path.display(),
             manifest.version
         );
+        if !has_images {
+            manifest.images = count_images(dir)?;
+        }
         Ok(manifest)
     }
+}
+
+/// Rows of `images.csv` in `dir` (0 when there is none).
+fn count_images(dir: &Path) -> Result<usize> {
+    let path = dir.join(IMAGES);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let mut reader =
+        csv::Reader::from_path(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut n = 0;
+    for row in reader.records() {
+        row.with_context(|| format!("{} is damaged", path.display()))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// A shard's sidecar while an extraction is running.

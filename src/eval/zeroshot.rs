@@ -904,22 +904,35 @@ pub fn to_json(r: &ZeroshotReport) -> String {
     serde_json::to_string_pretty(r).expect("the report serialises")
 }
 
-/// Write the predictions CSV: `dataset,image_index,source,label,pred,pred_sae` (class
-/// indices; `pred_sae` empty without an SAE), atomically.
+/// The predictions CSV's columns: class indices, then the same classes by name (the names
+/// the classes were prompted with).
+pub const PREDICTION_COLUMNS: [&str; 9] = [
+    "dataset",
+    "image_index",
+    "source",
+    "label",
+    "pred",
+    "pred_sae",
+    "label_name",
+    "pred_name",
+    "pred_sae_name",
+];
+
+/// Write the predictions CSV ([`PREDICTION_COLUMNS`]; `pred_sae` and `pred_sae_name` empty
+/// without an SAE), atomically.
 pub fn write_predictions(path: &Path, r: &ZeroshotReport) -> Result<()> {
     crate::disk::write_atomic(path, |tmp| {
         let file = std::fs::File::create(tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
-        w.write_record([
-            "dataset",
-            "image_index",
-            "source",
-            "label",
-            "pred",
-            "pred_sae",
-        ])?;
+        w.write_record(PREDICTION_COLUMNS)?;
         for d in &r.datasets {
+            let name = |class: Option<i64>| -> &str {
+                class
+                    .and_then(|c| usize::try_from(c).ok())
+                    .and_then(|c| d.class_names.get(c))
+                    .map_or("", String::as_str)
+            };
             for p in &d.predictions {
                 w.write_record([
                     d.name.as_str(),
@@ -928,6 +941,9 @@ pub fn write_predictions(path: &Path, r: &ZeroshotReport) -> Result<()> {
                     &p.label.to_string(),
                     &p.pred().to_string(),
                     &p.pred_sae().map(|v| v.to_string()).unwrap_or_default(),
+                    name(Some(p.label)),
+                    name(Some(p.pred())),
+                    name(p.pred_sae()),
                 ])?;
             }
         }

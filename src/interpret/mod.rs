@@ -572,7 +572,10 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
                     o.model.display()
                 ));
             }
-            if m.dataset.kind != o.dataset.kind.name() || m.dataset.split != o.split.name() {
+            let recorded = !m.dataset.kind.is_empty();
+            if recorded
+                && (m.dataset.kind != o.dataset.kind.name() || m.dataset.split != o.split.name())
+            {
                 crate::ui::warn(format!(
                     "cache {shown} was extracted from {}:{} ({}), the images come from {} ({})",
                     m.dataset.kind, m.dataset.path, m.dataset.split, o.dataset, o.split

@@ -349,10 +349,38 @@ fn percent(x: Option<f64>) -> String {
     }
 }
 
-/// Seconds as `H:MM:SS` (with tenths below a minute).
+/// Three significant digits of a positive number (no exponent).
+fn three_digits(v: f64) -> String {
+    let magnitude = v.log10().floor();
+    let decimals = (2 - magnitude as i64).max(0) as usize;
+    let text = format!("{v:.decimals$}");
+    // Rounding may carry into a new leading digit (0.9996 → 1.000): one decimal fewer.
+    let carried = text
+        .parse::<f64>()
+        .is_ok_and(|r| r.log10().floor() > magnitude);
+    if carried && decimals > 0 {
+        format!("{v:.prec$}", prec = decimals - 1)
+    } else {
+        text
+    }
+}
+
+/// A duration readable at any scale: milliseconds below a second and seconds below a
+/// minute with three significant digits (`12.3 ms`, `4.56 s`), then `H:MM:SS`.
 pub fn duration(seconds: f64) -> String {
-    if seconds < 60.0 {
-        return format!("{seconds:.1} s");
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return if seconds == 0.0 {
+            "0 s".into()
+        } else {
+            format!("{seconds} s")
+        };
+    }
+    // The bounds are where rounding would print 1000 ms or 60.0 s.
+    if seconds < 0.9995 {
+        return format!("{} ms", three_digits(1000.0 * seconds));
+    }
+    if seconds < 59.95 {
+        return format!("{} s", three_digits(seconds));
     }
     let s = seconds.round() as u64;
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
@@ -555,6 +583,20 @@ mod tests {
         assert_eq!(sig(None), "–");
         assert_eq!(sig(Some(f64::NAN)), "NaN");
         assert_eq!(duration(75.2), "0:01:15");
-        assert_eq!(duration(3.26), "3.3 s");
+    }
+
+    #[test]
+    fn durations_keep_three_significant_digits() {
+        assert_eq!(duration(3.264), "3.26 s");
+        assert_eq!(duration(12.34), "12.3 s");
+        assert_eq!(duration(0.0123), "12.3 ms");
+        assert_eq!(duration(0.00042), "0.420 ms");
+        assert_eq!(duration(0.5), "500 ms");
+        assert_eq!(duration(0.9996), "1.00 s");
+        assert_eq!(duration(9.996), "10.0 s");
+        assert_eq!(duration(0.09996), "100 ms");
+        assert_eq!(duration(59.96), "0:01:00");
+        assert_eq!(duration(0.0), "0 s");
+        assert_eq!(duration(3723.0), "1:02:03");
     }
 }

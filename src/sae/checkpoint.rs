@@ -11,7 +11,9 @@
 //! (θ for batchtopk, else null), `saeclip_version`, `clip`, `training`, `metrics` (the
 //! caller's documents), and for training checkpoints `state` = {`step`, `epoch`,
 //! `optimizer` {`beta1`, `beta2`, `eps`, `steps`}, `threshold` {`decay`} or null, `tensors`
-//! (names of the `train.*` tensors), `extra` (the loop's scalars)}.
+//! (names of the `train.*` tensors), `extra` (the loop's scalars)}. On read, `threshold`,
+//! `saeclip_version`, `clip`, `training` and `metrics` may be absent (a file written by
+//! another program from DESIGN.md's description); everything is always written.
 //!
 //! Parameters and optimizer state are stored exactly (f32 bytes), so a run resumed from a
 //! training checkpoint continues bit for bit on CPU. Note that `b_dec` and the scale are the
@@ -73,19 +75,6 @@ pub struct TrainingState {
     pub extra: Value,
 }
 
-impl TrainingState {
-    pub fn as_ref(&self) -> TrainingStateRef<'_> {
-        TrainingStateRef {
-            step: self.step,
-            epoch: self.epoch,
-            adam: &self.adam,
-            threshold: self.threshold.as_ref(),
-            tensors: self.tensors.iter().map(|(n, t)| (n.clone(), t)).collect(),
-            extra: self.extra.clone(),
-        }
-    }
-}
-
 /// A loaded checkpoint.
 #[derive(Debug)]
 pub struct Checkpoint {
@@ -103,8 +92,13 @@ struct Header {
     d_in: i64,
     d_sae: i64,
     input_scale: f64,
+    // Read leniently: what DESIGN.md documents is required; provenance (the writing
+    // saeclip's version) and the batchtopk threshold (None: BatchTopK(k) over the batch)
+    // may be absent in files written by other programs. Always written.
+    #[serde(default)]
     threshold: Option<f64>,
-    saeclip_version: String,
+    #[serde(default)]
+    saeclip_version: Option<String>,
     #[serde(default)]
     clip: Value,
     #[serde(default)]
@@ -269,7 +263,7 @@ pub fn save(
         d_sae: sae.config.d_sae,
         input_scale: sae.input_scale,
         threshold: sae.threshold,
-        saeclip_version: env!("CARGO_PKG_VERSION").into(),
+        saeclip_version: Some(env!("CARGO_PKG_VERSION").into()),
         clip: meta.clip.clone(),
         training: meta.training.clone(),
         metrics: meta.metrics.clone(),

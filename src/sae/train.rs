@@ -1007,11 +1007,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
 /// cleaning up runs/ keeps it).
 fn publish(run: &RunDir, config: &TrainConfig) -> Result<PathBuf> {
     let dir = config.output.checkpoints_dir();
-    let name = run
-        .0
-        .file_name()
-        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
-    let out = dir.join(format!("{name}.safetensors"));
+    let out = crate::disk::published_checkpoint(&dir, &run.0);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let bytes = std::fs::read(run.best())
         .with_context(|| format!("cannot read {}", run.best().display()))?;
