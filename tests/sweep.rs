@@ -131,9 +131,14 @@ fn sweep_members_equal_solo_runs_and_a_stopped_sweep_resumes_exactly() {
     assert!(!root.join("metrics.jsonl").exists());
 
     // Each member is the same configuration trained alone, bit for bit.
-    for (i, (k, lr)) in [("4", "0.004"), ("4", "0.002"), ("8", "0.004"), ("8", "0.002")]
-        .iter()
-        .enumerate()
+    for (i, (k, lr)) in [
+        ("4", "0.004"),
+        ("4", "0.002"),
+        ("8", "0.004"),
+        ("8", "0.002"),
+    ]
+    .iter()
+    .enumerate()
     {
         let member = root.join(NAMES[i]);
         let member_config = std::fs::read_to_string(member.join("config.yaml")).unwrap();
@@ -181,7 +186,11 @@ fn sweep_members_equal_solo_runs_and_a_stopped_sweep_resumes_exactly() {
     let ahead = dir.path().join("ahead");
     run(&sets(&cache, &ahead, &SWEEP), None, Some(2));
     let first = NAMES[0];
-    for f in ["checkpoints/last.safetensors", "checkpoints/best.safetensors", "metrics.jsonl"] {
+    for f in [
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+        "metrics.jsonl",
+    ] {
         std::fs::copy(ahead.join(first).join(f), stopped.join(first).join(f)).unwrap();
     }
     {
@@ -203,6 +212,17 @@ fn sweep_members_equal_solo_runs_and_a_stopped_sweep_resumes_exactly() {
     assert!(resumed.members.iter().all(|m| m.summary.is_some()));
     for name in NAMES {
         same_run(&root.join(name), &stopped.join(name));
+    }
+    // Stopped before any member's first checkpoint: resuming starts every member again.
+    let early = dir.path().join("early");
+    run(&sets(&cache, &early, &SWEEP), None, Some(0));
+    assert!(!early
+        .join(NAMES[0])
+        .join("checkpoints/last.safetensors")
+        .exists());
+    run(&[], Some(&early), None);
+    for name in NAMES {
+        same_run(&root.join(name), &early.join(name));
     }
     let back = SweepFile::read(&stopped).unwrap();
     for (a, b) in file.members.iter().zip(&back.members) {
@@ -230,7 +250,10 @@ fn an_empty_sweep_is_one_run_and_bad_sweeps_fail_in_one_line_writing_nothing() {
     };
     let cases: [(&[&str], &str); 7] = [
         (&["sweep.data.val_fraction=[0.1, 0.2]"], "data.val_fraction"),
-        (&["sweep.training.batch_size=[64, 128]"], "training.batch_size"),
+        (
+            &["sweep.training.batch_size=[64, 128]"],
+            "training.batch_size",
+        ),
         (&["sweep.training.steps=[10, 20]"], "training.steps"),
         (&["sweep.sae.k=[]"], "sae.k"),
         (&["sweep.training.lr=0.1"], "training.lr"),
@@ -263,7 +286,11 @@ fn an_empty_sweep_is_one_run_and_bad_sweeps_fail_in_one_line_writing_nothing() {
     same_run(&plain_dir, &single);
     // A sweep directory is not overwritten by a new run.
     let sweep_dir = dir.path().join("s2");
-    run(&sets(&cache, &sweep_dir, &["sweep.sae.k=[4]"]), None, Some(0));
+    run(
+        &sets(&cache, &sweep_dir, &["sweep.sae.k=[4]"]),
+        None,
+        Some(0),
+    );
     let o = TrainOptions {
         config: TrainConfig::from_yaml("", &sets(&cache, &sweep_dir, &[])).unwrap(),
         device: Device::Cpu,
@@ -281,7 +308,11 @@ fn analyze_logs_tables_the_members_and_plots_the_frontier() {
     let cache = synthetic_cache(&dir.path().join("cache"), 400);
     let root = dir.path().join("sweep");
     let result = run(
-        &sets(&cache, &root, &["sweep.sae.k=[2, 4, 8]", "training.epochs=2"]),
+        &sets(
+            &cache,
+            &root,
+            &["sweep.sae.k=[2, 4, 8]", "training.epochs=2"],
+        ),
         None,
         None,
     );

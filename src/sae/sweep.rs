@@ -136,7 +136,9 @@ pub fn sweep_keys(sweep: &Mapping) -> Result<Vec<(String, Vec<Value>)>> {
             node = node.and_then(|n| n.get(part));
         }
         match node {
-            None => bail!("sweep: unknown key {key} (keys are dotted config keys, e.g. sae.k or training.lr)"),
+            None => bail!(
+                "sweep: unknown key {key} (keys are dotted config keys, e.g. sae.k or training.lr)"
+            ),
             Some(Value::Mapping(_)) => bail!(
                 "sweep: {key} is a section, not a value: sweep a key inside it (e.g. {key}.<name>)"
             ),
@@ -329,7 +331,12 @@ mod tests {
         let names: Vec<&str> = m.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            ["k16-lr0.0002", "k16-lr0.0004", "k32-lr0.0002", "k32-lr0.0004"]
+            [
+                "k16-lr0.0002",
+                "k16-lr0.0004",
+                "k32-lr0.0002",
+                "k32-lr0.0004"
+            ]
         );
         assert_eq!(m[2].config.sae.k, 32);
         assert_eq!(m[2].config.training.lr, 2e-4);
@@ -339,8 +346,8 @@ mod tests {
             TrainConfig::from_yaml("", &["sae.k=32".into(), "training.lr=2.0e-4".into()]).unwrap();
         assert_eq!(m[2].config, solo);
         // Nested sections read as dotted keys.
-        let nested = members(&["sweep.sae.k=[16,32]", "sweep.training.lr=[2.0e-4,4.0e-4]"])
-            .unwrap();
+        let nested =
+            members(&["sweep.sae.k=[16,32]", "sweep.training.lr=[2.0e-4,4.0e-4]"]).unwrap();
         assert_eq!(nested, m);
         let short = members(&["sweep.training.lr=[2e-4,4e-4]"]).unwrap();
         assert_eq!(short[1].name, "lr0.0004");
@@ -363,11 +370,23 @@ mod tests {
             }
             assert!(!err.contains('\n'), "one line: {err}");
         };
-        check("sweep.data.cache=[a, b]", &["data.cache", "cannot be swept"]);
-        check("sweep.training.batch_size=[1, 2]", &["training.batch_size", "cannot be swept"]);
-        check("sweep.training.seed=[1, 2]", &["training.seed", "cannot be swept"]);
+        check(
+            "sweep.data.cache=[a, b]",
+            &["data.cache", "cannot be swept"],
+        );
+        check(
+            "sweep.training.batch_size=[1, 2]",
+            &["training.batch_size", "cannot be swept"],
+        );
+        check(
+            "sweep.training.seed=[1, 2]",
+            &["training.seed", "cannot be swept"],
+        );
         check("sweep.training.epochs=[1, 2]", &["training.epochs"]);
-        check("sweep.output.run_dir=[a]", &["output.run_dir", "cannot be swept"]);
+        check(
+            "sweep.output.run_dir=[a]",
+            &["output.run_dir", "cannot be swept"],
+        );
         check("sweep.sae.k=[]", &["sae.k", "empty list"]);
         check("sweep.sae.k=16", &["sae.k", "must be a list"]);
         check("sweep.sae.kk=[1]", &["sae.kk", "unknown key"]);
@@ -377,11 +396,17 @@ mod tests {
 
     #[test]
     fn colliding_names_get_an_index() {
-        let m = members(&["sweep.training.lr_schedule=[cosine, linear]", "sweep.sae.k=[4]"])
-            .unwrap();
+        let m = members(&[
+            "sweep.training.lr_schedule=[cosine, linear]",
+            "sweep.sae.k=[4]",
+        ])
+        .unwrap();
         assert_eq!(m[0].name, "lr_schedulecosine-k4");
         // Two keys ending in the same segment use the whole key.
-        assert_eq!(key_labels(&[("a.k".into(), vec![]), ("b.k".into(), vec![])]), ["a.k", "b.k"]);
+        assert_eq!(
+            key_labels(&[("a.k".into(), vec![]), ("b.k".into(), vec![])]),
+            ["a.k", "b.k"]
+        );
         assert_eq!(sanitize("a b/c"), "a_b_c");
         let same = members(&["sweep.training.adam_betas=[[0.9, 0.99], [0.9, 0.99]]"]).unwrap();
         assert_eq!(same[0].name, "m00-adam_betas0.9,0.99");

@@ -832,6 +832,17 @@ fn sae_config(config: &TrainConfig, d_in: i64) -> SaeConfig {
     }
 }
 
+/// What the members of a pass share when they are opened.
+struct Shared<'a> {
+    data: &'a Data,
+    d_in: i64,
+    /// Continue from the members' last checkpoints.
+    resume: bool,
+    device: Device,
+    /// The initialisation sample, drawn when the first fresh member needs it.
+    sample: std::cell::OnceCell<Tensor>,
+}
+
 /// One configuration trained in this pass: its run directory, schedules, trainer and
 /// progress. A single run is a pass with one member.
 struct Member {
@@ -853,11 +864,15 @@ impl Member {
         name: Option<String>,
         dir: RunDir,
         config: TrainConfig,
-        data: &Data,
-        d_in: i64,
-        resume: bool,
-        device: Device,
+        shared: &Shared<'_>,
     ) -> Result<Member> {
+        let Shared {
+            data,
+            d_in,
+            resume,
+            device,
+            ref sample,
+        } = *shared;
         let sae_config = sae_config(&config, d_in);
         sae_config.validate()?;
         let plan = Plan::new(&config, data.n_train(), d_in);
@@ -890,8 +905,9 @@ impl Member {
                 // A sweep member stopped before its first checkpoint: it starts again.
                 truncate_metrics(&dir.metrics(), 0)?;
             }
-            let sample = init_sample(data, config.training.seed);
-            let trainer = Trainer::fresh(&config, &plan, &sae_config, &sample)?;
+            // The seed and the rows are shared, so every member draws the same sample.
+            let sample = sample.get_or_init(|| init_sample(data, config.training.seed));
+            let trainer = Trainer::fresh(&config, &plan, &sae_config, sample)?;
             let progress = Progress {
                 step: 0,
                 epoch: 0,
@@ -980,11 +996,6 @@ fn resumed_layout(dir: &Path) -> Result<(TrainConfig, Layout)> {
         let config = TrainConfig::load(&run.config(), &[])?;
         members.push((Some(m.name.clone()), run, config));
     }
-    ensure!(
-        members.iter().any(|(_, run, _)| run.last().exists()),
-        "{} is a sweep none of whose members has a checkpoints/last.safetensors to resume from",
-        dir.display()
-    );
     let config = members[0].2.clone();
     for (name, run, c) in &members {
         ensure!(
@@ -1074,17 +1085,17 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
     };
     let data = load_data(&cache, &config, device)?;
     let mut members = Vec::with_capacity(layout.members.len());
+    let opening = Shared {
+        data: &data,
+        d_in,
+        resume,
+        device,
+        sample: std::cell::OnceCell::new(),
+    };
     for (name, run, member_config) in layout.members {
-        members.push(Member::open(
-            name,
-            run,
-            member_config,
-            &data,
-            d_in,
-            resume,
-            device,
-        )?);
+        members.push(Member::open(name, run, member_config, &opening)?);
     }
+    drop(opening);
     let shared = members[0].plan.clone(); // batch size, steps and epochs: the same for all
     match &layout.sweep {
         None => {
