@@ -12,7 +12,7 @@ BIN    := target/release/saeclip
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo chromium slurm bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-step clean
+.PHONY: setup build test lint demo chromium slurm bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-step bench-sweep clean
 
 ## setup: create .venv with torch 2.11.0 and the pinned reference packages
 setup: $(STAMP)
@@ -99,7 +99,12 @@ bench-interpret: setup
 bench-step: setup
 	cargo bench --bench sae_step
 
-bench: bench-clip bench-extract bench-train bench-eval bench-interpret bench-step
+## bench-sweep: a 4-member sweep in one pass vs the 4 runs one by one, member-rows/s (writes bench/RESULTS.md)
+bench-sweep: setup
+	cargo build --release
+	$(PY) bench/sweep.py
+
+bench: bench-clip bench-extract bench-train bench-eval bench-interpret bench-step bench-sweep
 
 clean:
 	cargo clean

@@ -20,15 +20,6 @@ pub fn fetched_model_dir(models_dir: &Path, repo: &str) -> PathBuf {
     models_dir.join(repo.rsplit('/').next().unwrap_or(repo))
 }
 
-/// A run's final SAE published under `checkpoints_dir`: `<checkpoints_dir>/<run dir
-/// name>.safetensors`.
-pub fn published_checkpoint(checkpoints_dir: &Path, run_dir: &Path) -> PathBuf {
-    let name = run_dir
-        .file_name()
-        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
-    checkpoints_dir.join(format!("{name}.safetensors"))
-}
-
 /// Where `clean-checkpoint` writes by default: `<checkpoints_dir>/<input stem>.safetensors`.
 pub fn cleaned_checkpoint(checkpoints_dir: &Path, input: &Path) -> PathBuf {
     let stem = input
@@ -87,14 +78,6 @@ mod tests {
             Path::new("models/single")
         );
         let ckpts = Path::new(CHECKPOINTS_DIR);
-        assert_eq!(
-            published_checkpoint(ckpts, Path::new("runs/20261127_101500")),
-            Path::new("checkpoints/20261127_101500.safetensors")
-        );
-        assert_eq!(
-            published_checkpoint(Path::new("/out/c"), Path::new("runs/my-run/")),
-            Path::new("/out/c/my-run.safetensors")
-        );
         assert_eq!(
             cleaned_checkpoint(ckpts, Path::new("runs/x/checkpoints/best.safetensors")),
             Path::new("checkpoints/best.safetensors")

@@ -9,16 +9,18 @@ use clap::Args;
 use crate::report::{analyze_logs, AnalyzeOptions};
 
 /// Summarise a run directory (finished or still running): a Markdown table with one row
-/// per epoch (best epoch marked), a summary, and optionally PNG plots against the step.
+/// per epoch (best epoch marked), a summary, and optionally PNG plots against the step. For
+/// a sweep's directory: one row per member and a plot of validation evr against l0.
 #[derive(Args, Debug)]
 pub struct AnalyzeLogsArgs {
-    /// The run directory that `saeclip train` created (holds metrics.jsonl).
+    /// The run directory that `saeclip train` created (holds metrics.jsonl, or sweep.json).
     #[arg(long, value_name = "RUN")]
     pub logdir: PathBuf,
     /// Write the Markdown report to this file instead of stdout.
     #[arg(long, value_name = "MD")]
     pub output: Option<PathBuf>,
-    /// Write loss.png, evr.png, l0.png and dead_frac.png into this directory.
+    /// Write loss.png, evr.png, l0.png and dead_frac.png (frontier.png for a sweep) into this
+    /// directory.
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
 }

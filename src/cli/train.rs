@@ -8,7 +8,7 @@ use clap::Args;
 use super::{GlobalArgs, ModelArgs};
 use crate::clip::{LoadOptions, ModelFormat, Precision};
 use crate::sae::config::TrainConfig;
-use crate::sae::train::{train, TrainOptions};
+use crate::sae::train::{train, Summary, TrainOptions};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -18,7 +18,7 @@ pub struct TrainArgs {
     /// Override a config value, e.g. --set training.lr=1e-4 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Continue an interrupted run from its last checkpoint.
+    /// Continue an interrupted run (or a whole sweep) from its last checkpoints.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "set"])]
     pub resume: Option<PathBuf>,
     /// Model format when the config asks to extract first (overrides detection).
@@ -50,15 +50,29 @@ pub fn run(global: &GlobalArgs, args: &TrainArgs) -> Result<()> {
         stop_after_epochs: None,
     };
     let result = train(&options)?;
-    if let Some(s) = result.summary {
+    let done = |who: &str, s: &Summary| {
         crate::ui::info(format!(
-            "done: best val evr {:.4} at epoch {}, final l0 {:.1}, dead {:.1}%, {:.0} rows/s",
+            "{who}done: best val evr {:.4} at epoch {}, final l0 {:.1}, dead {:.1}%, {:.0} rows/s",
             s.best_val_evr,
             s.best_epoch,
             s.final_metrics.val_l0,
             100.0 * s.final_metrics.dead_frac,
             s.rows_per_s
-        ));
+        ))
+    };
+    if let Some(s) = &result.summary {
+        done("", s);
+        println!("{}", result.run_dir.display());
+    }
+    let finished: Vec<_> = result
+        .members
+        .iter()
+        .filter_map(|m| Some((m, m.summary.as_ref()?)))
+        .collect();
+    if !finished.is_empty() && finished.len() == result.members.len() {
+        for (m, s) in finished {
+            done(&format!("{}: ", m.name), s);
+        }
         println!("{}", result.run_dir.display());
     }
     Ok(())

@@ -1,8 +1,10 @@
 //! Analysis of training runs: the records `train` writes (`logs`), the per-epoch Markdown
-//! report and PNG plots of `analyze-logs` (`plots`).
+//! report and PNG plots of `analyze-logs` (`plots`), and the table and frontier of a sweep
+//! (`sweep`).
 
 pub mod logs;
 pub mod plots;
+pub mod sweep;
 
 use std::path::PathBuf;
 
@@ -31,8 +33,25 @@ pub struct Analysis {
     pub warnings: Vec<String>,
 }
 
-/// Read a run directory (finished or not) and write its report and plots.
+/// Read a run directory (finished or not) and write its report and plots; a sweep's run
+/// directory gives one table over its members and the frontier plot.
 pub fn analyze_logs(o: &AnalyzeOptions) -> Result<Analysis> {
+    if o.logdir.join(crate::sae::sweep::SWEEP_FILE).exists() {
+        let s = sweep::read_sweep(&o.logdir)?;
+        let markdown = sweep::markdown(&s);
+        if let Some(path) = &o.output {
+            write_bytes_atomic(path, markdown.as_bytes())?;
+        }
+        let plots = match &o.plots {
+            Some(dir) => sweep::write_plots(&s, dir)?,
+            None => Vec::new(),
+        };
+        return Ok(Analysis {
+            markdown,
+            plots,
+            warnings: s.warnings,
+        });
+    }
     let run = logs::read_run(&o.logdir)?;
     let markdown = logs::markdown(&run);
     if let Some(path) = &o.output {

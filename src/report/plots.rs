@@ -174,8 +174,14 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// Draw `chart` to the PNG file `path` (atomically).
+/// Draw `chart` to the PNG file `path` (atomically), against the step.
 pub fn draw(chart: &Chart, path: &Path) -> Result<()> {
+    draw_against(chart, ("step", 0), path)
+}
+
+/// Draw `chart` to the PNG file `path` (atomically), with the x axis named `x.0` and its
+/// labels written with `x.1` decimals.
+pub fn draw_against(chart: &Chart, x: (&str, usize), path: &Path) -> Result<()> {
     register_font()?;
     let failed = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
     let (x0, x1) = bounds(
@@ -209,8 +215,8 @@ pub fn draw(chart: &Chart, path: &Path) -> Result<()> {
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| failed(&e))?;
         c.configure_mesh()
-            .x_desc("step")
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_desc(x.0)
+            .x_label_formatter(&|v| format!("{v:.0$}", x.1))
             .y_desc(chart.y_label)
             .label_style((FAMILY, 15))
             .axis_desc_style((FAMILY, 17))

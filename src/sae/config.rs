@@ -17,6 +17,21 @@ pub struct TrainConfig {
     pub sae: SaeSection,
     pub training: TrainingSection,
     pub output: OutputSection,
+    /// Dotted keys → lists of values: train every combination in one pass (see
+    /// [`super::sweep`]). Empty (and not written) for a single configuration.
+    #[serde(
+        default,
+        skip_serializing_if = "serde_yaml_ng::Mapping::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    pub sweep: serde_yaml_ng::Mapping,
+}
+
+/// `sweep:` or `sweep: null` as an empty sweep.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<serde_yaml_ng::Mapping, D::Error> {
+    Ok(Option::<serde_yaml_ng::Mapping>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Where the activations come from: an existing cache, or a model and dataset to extract

@@ -25,6 +25,7 @@ pub mod export;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod sweep;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};

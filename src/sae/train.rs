@@ -29,6 +29,7 @@ use super::objective::{
     ThresholdEstimator, Workspace,
 };
 use super::optim::{Adam, AdamConfig};
+use super::sweep::{expand, MemberSpec, SweepFile, SWEEP_FILE};
 use crate::clip::LoadOptions;
 use crate::data::cache::{file_sha256, ActivationCache};
 use crate::disk::write_bytes_atomic;
@@ -80,8 +81,21 @@ pub struct FinalMetrics {
 /// What a finished (or stopped) run produced.
 #[derive(Debug)]
 pub struct TrainResult {
+    /// The run directory (a sweep's, for a sweep).
     pub run_dir: PathBuf,
-    /// None when the run was stopped early on request.
+    /// A single run's summary; None when the run was stopped early on request, and for a
+    /// sweep.
+    pub summary: Option<Summary>,
+    /// A sweep's members, in `sweep.json` order (empty for a single run).
+    pub members: Vec<MemberResult>,
+}
+
+/// One member of a sweep after `train`.
+#[derive(Debug)]
+pub struct MemberResult {
+    pub name: String,
+    pub run_dir: PathBuf,
+    /// None when the sweep was stopped early on request.
     pub summary: Option<Summary>,
 }
 
@@ -106,8 +120,9 @@ impl RunDir {
         self.0.join("summary.json")
     }
 
-    /// `<runs_dir>/<YYYYmmdd_HHMMSS>` (with a suffix if that exists), or `run_dir`.
-    fn create(config: &TrainConfig) -> Result<RunDir> {
+    /// `<runs_dir>/<YYYYmmdd_HHMMSS>` (with a suffix if that exists), or `run_dir`; with
+    /// `checkpoints/`, except for a sweep (whose members have their own).
+    fn create(config: &TrainConfig, sweep: bool) -> Result<RunDir> {
         let dir = match &config.output.run_dir {
             Some(d) => d.clone(),
             None => {
@@ -122,13 +137,18 @@ impl RunDir {
                 dir
             }
         };
-        if dir.join("metrics.jsonl").exists() {
+        if dir.join("metrics.jsonl").exists() || dir.join(SWEEP_FILE).exists() {
             bail!(
                 "run directory {} already holds a run: continue it with --resume {0}, or choose another",
                 dir.display()
             );
         }
-        std::fs::create_dir_all(dir.join("checkpoints"))
+        let made = if sweep {
+            dir.clone()
+        } else {
+            dir.join("checkpoints")
+        };
+        std::fs::create_dir_all(made)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(RunDir(dir))
     }
@@ -805,47 +825,67 @@ fn epoch_order(data: &Data, seed: i64, epoch: usize) -> Tensor {
     data.train.index_select(0, &perm)
 }
 
-pub fn train(o: &TrainOptions) -> Result<TrainResult> {
-    // Set-up: the config (a resumed run's own), the data, the plan, the trainer.
-    let mut config = o.config.clone();
-    let device = o.device;
-    let resume = o.resume.as_ref().map(|dir| RunDir(dir.clone()));
-    if let Some(run) = &resume {
-        ensure!(
-            run.last().exists(),
-            "{} has no checkpoints/last.safetensors to resume from",
-            run.0.display()
-        );
-        config = TrainConfig::load(&run.config(), &[])?;
-    }
-    let cache = resolve_cache(&mut config, &o.model_load)?;
-    let d_in = cache.d_model();
-    config.validate(d_in)?;
-    let run = match resume.clone() {
-        Some(run) => run,
-        None => {
-            let run = RunDir::create(&config)?;
-            write_bytes_atomic(&run.config(), serde_yaml_ng::to_string(&config)?.as_bytes())?;
-            run
-        }
-    };
-    let data = load_data(&cache, &config, device)?;
-    let sae_config = SaeConfig {
+/// The SAE a config asks for on inputs of width `d_in`.
+fn sae_config(config: &TrainConfig, d_in: i64) -> SaeConfig {
+    SaeConfig {
         architecture: config.sae.architecture,
         d_in,
         d_sae: config.d_sae(d_in),
         k: config.sae.k,
-    };
-    sae_config.validate()?;
-    let plan = Plan::new(&config, data.n_train(), d_in);
-    let (mut trainer, mut progress) = match &resume {
-        Some(run) => {
-            let (trainer, progress) = load_trainer(&run.last(), &plan, device)?;
+    }
+}
+
+/// What the members of a pass share when they are opened.
+struct Shared<'a> {
+    data: &'a Data,
+    d_in: i64,
+    /// Continue from the members' last checkpoints.
+    resume: bool,
+    device: Device,
+    /// The initialisation sample, drawn when the first fresh member needs it.
+    sample: std::cell::OnceCell<Tensor>,
+}
+
+/// One configuration trained in this pass: its run directory, schedules, trainer and
+/// progress. A single run is a pass with one member.
+struct Member {
+    /// The member's name in a sweep; None for a single run.
+    name: Option<String>,
+    config: TrainConfig,
+    sae_config: SaeConfig,
+    plan: Plan,
+    trainer: Trainer,
+    progress: Progress,
+    files: RunFiles,
+    last_eval: Option<(EvalMetrics, f64)>,
+}
+
+impl Member {
+    /// Open a member in `dir`: a fresh trainer, or (when `resume` and the directory holds
+    /// a last checkpoint) the one saved there.
+    fn open(
+        name: Option<String>,
+        dir: RunDir,
+        config: TrainConfig,
+        shared: &Shared<'_>,
+    ) -> Result<Member> {
+        let Shared {
+            data,
+            d_in,
+            resume,
+            device,
+            ref sample,
+        } = *shared;
+        let sae_config = sae_config(&config, d_in);
+        sae_config.validate()?;
+        let plan = Plan::new(&config, data.n_train(), d_in);
+        let (trainer, progress) = if resume && dir.last().exists() {
+            let (trainer, progress) = load_trainer(&dir.last(), &plan, device)?;
             let found = trainer.sae.config;
             ensure!(
                 found == sae_config,
                 "{} holds a {} SAE {}→{} (k={}), but its config.yaml asks for {} {}→{} (k={})",
-                run.last().display(),
+                dir.last().display(),
                 found.architecture,
                 found.d_in,
                 found.d_sae,
@@ -855,18 +895,22 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
                 sae_config.d_sae,
                 sae_config.k
             );
-            truncate_metrics(&run.metrics(), progress.step)?;
+            truncate_metrics(&dir.metrics(), progress.step)?;
             crate::ui::info(format!(
                 "resuming {} after epoch {} (step {})",
-                run.0.display(),
+                dir.0.display(),
                 progress.epoch,
                 progress.step
             ));
             (trainer, progress)
-        }
-        None => {
-            let sample = init_sample(&data, config.training.seed);
-            let trainer = Trainer::fresh(&config, &plan, &sae_config, &sample)?;
+        } else {
+            if resume {
+                // A sweep member stopped before its first checkpoint: it starts again.
+                truncate_metrics(&dir.metrics(), 0)?;
+            }
+            // The seed and the rows are shared, so every member draws the same sample.
+            let sample = sample.get_or_init(|| init_sample(data, config.training.seed));
+            let trainer = Trainer::fresh(&config, &plan, &sae_config, sample)?;
             let progress = Progress {
                 step: 0,
                 epoch: 0,
@@ -874,140 +918,381 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
                 best_epoch: 0,
             };
             (trainer, progress)
+        };
+        let files = RunFiles::open(dir, data.clip.clone(), &config)?;
+        Ok(Member {
+            name,
+            config,
+            sae_config,
+            plan,
+            trainer,
+            progress,
+            files,
+            last_eval: None,
+        })
+    }
+
+    /// The summary of a member that has run all its epochs.
+    fn summary(&self, data: &Data, rows_per_s: f64) -> Summary {
+        let (val, dead_frac) = match self.last_eval {
+            Some(v) => v,
+            // Resumed after the last epoch: report from the checkpoint.
+            None => (
+                evaluate(
+                    &self.trainer.sae,
+                    &data.acts,
+                    data.held_out(),
+                    self.plan.training.batch_size,
+                ),
+                self.trainer.dead.dead_fraction().double_value(&[]),
+            ),
+        };
+        Summary {
+            best_checkpoint: "checkpoints/best.safetensors".into(),
+            last_checkpoint: "checkpoints/last.safetensors".into(),
+            best_epoch: self.progress.best_epoch,
+            best_val_evr: self.progress.best_val_evr,
+            final_metrics: FinalMetrics {
+                val_evr: val.evr,
+                evr_seed: val.evr_seed,
+                val_l0: val.l0,
+                dead_frac,
+                dead_window: Some(self.trainer.dead.current_window()),
+            },
+            steps: self.progress.step,
+            epochs: self.plan.epochs,
+            rows_per_s,
+        }
+    }
+}
+
+/// What `train` is asked to continue or start: the data config, and each member's name,
+/// run directory and config (one unnamed member for a single run).
+struct Layout {
+    /// The run directory (a sweep's holds one directory per member).
+    root: PathBuf,
+    sweep: Option<SweepFile>,
+    members: Vec<(Option<String>, RunDir, TrainConfig)>,
+}
+
+/// Read what a run directory (a single run's or a sweep's) holds to resume it.
+fn resumed_layout(dir: &Path) -> Result<(TrainConfig, Layout)> {
+    if !dir.join(SWEEP_FILE).exists() {
+        let run = RunDir(dir.to_path_buf());
+        ensure!(
+            run.last().exists(),
+            "{} has no checkpoints/last.safetensors to resume from",
+            dir.display()
+        );
+        let config = TrainConfig::load(&run.config(), &[])?;
+        let layout = Layout {
+            root: dir.to_path_buf(),
+            sweep: None,
+            members: vec![(None, run, config.clone())],
+        };
+        return Ok((config, layout));
+    }
+    let file = SweepFile::read(dir)?;
+    let mut members = Vec::new();
+    for m in &file.members {
+        let run = RunDir(dir.join(&m.run_dir));
+        let config = TrainConfig::load(&run.config(), &[])?;
+        members.push((Some(m.name.clone()), run, config));
+    }
+    let config = members[0].2.clone();
+    for (name, run, c) in &members {
+        ensure!(
+            c.data == config.data && c.training.batch_size == config.training.batch_size
+                && c.training.steps == config.training.steps
+                && c.training.epochs == config.training.epochs
+                && c.training.seed == config.training.seed,
+            "{}: member {} differs from the others in data.* or training.batch_size/steps/epochs/seed: it cannot share their batches",
+            run.config().display(),
+            name.as_deref().unwrap_or("?")
+        );
+    }
+    let layout = Layout {
+        root: dir.to_path_buf(),
+        sweep: Some(file),
+        members,
+    };
+    Ok((config, layout))
+}
+
+/// Create the run directory of a new run or sweep and write its configs (and, for a
+/// sweep, `sweep.json` with no final metrics yet).
+fn create_layout(config: &TrainConfig, specs: Vec<MemberSpec>) -> Result<Layout> {
+    if specs.is_empty() {
+        let run = RunDir::create(config, false)?;
+        write_bytes_atomic(&run.config(), serde_yaml_ng::to_string(config)?.as_bytes())?;
+        return Ok(Layout {
+            root: run.0.clone(),
+            sweep: None,
+            members: vec![(None, run, config.clone())],
+        });
+    }
+    let root = RunDir::create(config, true)?;
+    write_bytes_atomic(&root.config(), serde_yaml_ng::to_string(config)?.as_bytes())?;
+    let file = SweepFile::new(&specs)?;
+    let mut members = Vec::new();
+    for (spec, entry) in specs.into_iter().zip(&file.members) {
+        let run = RunDir(root.0.join(&entry.run_dir));
+        std::fs::create_dir_all(run.0.join("checkpoints"))
+            .with_context(|| format!("cannot create {}", run.0.display()))?;
+        write_bytes_atomic(
+            &run.config(),
+            serde_yaml_ng::to_string(&spec.config)?.as_bytes(),
+        )?;
+        members.push((Some(spec.name), run, spec.config));
+    }
+    file.write(&root.0)?;
+    Ok(Layout {
+        root: root.0,
+        sweep: Some(file),
+        members,
+    })
+}
+
+/// Train one SAE, or every member of a sweep on the same batches in one pass over the data
+/// (see [`super::sweep`]). Each member is what the same configuration trained alone gives.
+pub fn train(o: &TrainOptions) -> Result<TrainResult> {
+    // Set-up: the configs (a resumed run's own), the data, the members.
+    let device = o.device;
+    let (mut config, specs, resumed) = match &o.resume {
+        Some(dir) => {
+            let (config, layout) = resumed_layout(dir)?;
+            (config, Vec::new(), Some(layout))
+        }
+        None => {
+            let specs = expand(&o.config)?; // sweep errors before anything is written
+            (o.config.clone(), specs, None)
         }
     };
-    let mut files = RunFiles::open(run, data.clip.clone(), &config)?;
-    crate::ui::info(format!(
-        "training {} SAE {d_in}→{} (k={}), {} steps of {} rows over {} epochs, into {}",
-        sae_config.architecture,
-        sae_config.d_sae,
-        sae_config.k,
-        plan.total_steps,
-        plan.training.batch_size,
-        plan.epochs,
-        files.dir.0.display()
-    ));
+    let cache = resolve_cache(&mut config, &o.model_load)?;
+    let d_in = cache.d_model();
+    config.validate(d_in)?;
+    let mut specs = specs;
+    for spec in &mut specs {
+        spec.config.data = config.data.clone(); // the cache an extraction just made
+        spec.config
+            .validate(d_in)
+            .with_context(|| format!("sweep member {}", spec.name))?;
+        sae_config(&spec.config, d_in)
+            .validate()
+            .with_context(|| format!("sweep member {}", spec.name))?;
+    }
+    let resume = resumed.is_some();
+    let layout = match resumed {
+        Some(layout) => layout,
+        None => create_layout(&config, specs)?,
+    };
+    let data = load_data(&cache, &config, device)?;
+    let mut members = Vec::with_capacity(layout.members.len());
+    let opening = Shared {
+        data: &data,
+        d_in,
+        resume,
+        device,
+        sample: std::cell::OnceCell::new(),
+    };
+    for (name, run, member_config) in layout.members {
+        members.push(Member::open(name, run, member_config, &opening)?);
+    }
+    drop(opening);
+    let shared = members[0].plan.clone(); // batch size, steps and epochs: the same for all
+    match &layout.sweep {
+        None => {
+            let m = &members[0];
+            crate::ui::info(format!(
+                "training {} SAE {d_in}→{} (k={}), {} steps of {} rows over {} epochs, into {}",
+                m.sae_config.architecture,
+                m.sae_config.d_sae,
+                m.sae_config.k,
+                shared.total_steps,
+                shared.training.batch_size,
+                shared.epochs,
+                m.files.dir.0.display()
+            ));
+        }
+        Some(_) => crate::ui::info(format!(
+            "training a sweep of {} SAEs ({}) on the same {} steps of {} rows over {} epochs, into {}",
+            members.len(),
+            members
+                .iter()
+                .filter_map(|m| m.name.as_deref())
+                .collect::<Vec<_>>()
+                .join(", "),
+            shared.total_steps,
+            shared.training.batch_size,
+            shared.epochs,
+            layout.root.display()
+        )),
+    }
 
-    // The epochs.
+    // The epochs: each batch is drawn once and fed to every member that has not yet done
+    // this epoch (after a resume, a member may be one checkpoint ahead of the others).
     let bar = crate::ui::progress_bar(
-        plan.total_steps as u64,
+        shared.total_steps as u64,
         "{spinner} train [{elapsed_precise}] {bar:30} {pos}/{len} steps {msg}",
     );
-    bar.set_position(progress.step as u64);
+    let first_epoch = members.iter().map(|m| m.progress.epoch).min().unwrap_or(0);
+    let first_step = members.iter().map(|m| m.progress.step).min().unwrap_or(0);
+    bar.set_position(first_step as u64);
     let started = Instant::now();
     let (mut rows_done, mut train_seconds) = (0usize, 0.0f64); // training steps only: rows/s
-    let mut last_eval = None;
-    let first_epoch = progress.epoch;
-    for epoch in first_epoch..plan.epochs {
+    for epoch in first_epoch..shared.epochs {
         if o.stop_after_epochs
             .is_some_and(|n| epoch - first_epoch >= n)
         {
             bar.finish_and_clear();
             return Ok(TrainResult {
-                run_dir: files.dir.0.clone(),
+                run_dir: layout.root,
                 summary: None,
+                members: member_results(&members, |_| None),
             });
         }
-        let order = epoch_order(&data, config.training.seed, epoch);
-        let mut stats = EpochStats::new(d_in, sae_config.d_sae, device);
+        let active: Vec<usize> = (0..members.len())
+            .filter(|&i| members[i].progress.epoch == epoch)
+            .collect();
+        let mut step = members[active[0]].progress.step;
+        for &i in &active {
+            ensure!(
+                members[i].progress.step == step,
+                "{}: the members' checkpoints of epoch {epoch} disagree on the step ({} vs {step})",
+                layout.root.display(),
+                members[i].progress.step
+            );
+        }
+        let order = epoch_order(&data, shared.training.seed, epoch);
+        let mut stats: Vec<EpochStats> = active
+            .iter()
+            .map(|&i| EpochStats::new(d_in, members[i].sae_config.d_sae, device))
+            .collect();
         let epoch_started = Instant::now();
         let mut start = 0usize;
-        while start < data.n_train() && progress.step < plan.total_steps {
-            let len = plan.training.batch_size.min(data.n_train() - start);
+        while start < data.n_train() && step < shared.total_steps {
+            let len = shared.training.batch_size.min(data.n_train() - start);
             let x = data.batch(&order.narrow(0, start as i64, len as i64));
-            let report = trainer.step(&x, &plan, progress.step);
-            stats.add(&x, &report);
-            progress.step += 1;
             rows_done += len;
+            for (&i, stats) in active.iter().zip(stats.iter_mut()) {
+                let m = &mut members[i];
+                let report = m.trainer.step(&x, &m.plan, m.progress.step);
+                stats.add(&x, &report);
+                m.progress.step += 1;
+                if m.progress.step % m.plan.training.log_every == 0 {
+                    let line = step_line(
+                        &x,
+                        &report,
+                        m.progress.step,
+                        epoch + 1,
+                        d_in,
+                        started.elapsed().as_secs_f64(),
+                    )?;
+                    m.files.log(&line)?;
+                    let rate = rows_done as f64
+                        / (train_seconds + epoch_started.elapsed().as_secs_f64()).max(1e-9);
+                    bar.set_message(format!(
+                        "epoch {}/{} {rate:.0} rows/s {}evr {:.4} l0 {:.1}",
+                        epoch + 1,
+                        shared.epochs,
+                        m.name.as_ref().map_or(String::new(), |n| format!("{n}: ")),
+                        line["evr"].as_f64().unwrap_or(f64::NAN),
+                        line["l0"].as_f64().unwrap_or(f64::NAN),
+                    ));
+                }
+            }
+            step += 1;
             start += len;
             bar.inc(1);
-            if progress.step % plan.training.log_every == 0 {
-                let line = step_line(
-                    &x,
-                    &report,
-                    progress.step,
-                    epoch + 1,
-                    d_in,
-                    started.elapsed().as_secs_f64(),
-                )?;
-                files.log(&line)?;
-                let rate = rows_done as f64
-                    / (train_seconds + epoch_started.elapsed().as_secs_f64()).max(1e-9);
-                bar.set_message(format!(
-                    "epoch {}/{} {rate:.0} rows/s evr {:.4} l0 {:.1}",
-                    epoch + 1,
-                    plan.epochs,
-                    line["evr"].as_f64().unwrap_or(f64::NAN),
-                    line["l0"].as_f64().unwrap_or(f64::NAN),
-                ));
-            }
         }
-        let _ = stats.loss.double_value(&[]); // wait for the device before stopping the clock
+        for s in &stats {
+            let _ = s.loss.double_value(&[]); // wait for the device before stopping the clock
+        }
         train_seconds += epoch_started.elapsed().as_secs_f64();
-        progress.epoch = epoch + 1;
         let timing = (
             started.elapsed().as_secs_f64(),
             rows_done as f64 / train_seconds.max(1e-9),
         );
-        last_eval = Some(end_epoch(
-            &mut trainer,
-            &stats,
-            &data,
-            &plan,
-            &mut files,
-            &mut progress,
-            timing,
-        )?);
+        for (&i, stats) in active.iter().zip(&stats) {
+            let m = &mut members[i];
+            m.progress.epoch = epoch + 1;
+            m.last_eval = Some(end_epoch(
+                &mut m.trainer,
+                stats,
+                &data,
+                &m.plan,
+                &mut m.files,
+                &mut m.progress,
+                timing,
+            )?);
+        }
     }
     bar.finish_and_clear();
 
-    // The summary, and the best SAE published under `checkpoints/`.
-    let (val, dead_frac) = match last_eval {
-        Some(v) => v,
-        // Resumed after the last epoch: report from the checkpoint.
-        None => (
-            evaluate(
-                &trainer.sae,
-                &data.acts,
-                data.held_out(),
-                plan.training.batch_size,
-            ),
-            trainer.dead.dead_fraction().double_value(&[]),
-        ),
-    };
-    let summary = Summary {
-        best_checkpoint: "checkpoints/best.safetensors".into(),
-        last_checkpoint: "checkpoints/last.safetensors".into(),
-        best_epoch: progress.best_epoch,
-        best_val_evr: progress.best_val_evr,
-        final_metrics: FinalMetrics {
-            val_evr: val.evr,
-            evr_seed: val.evr_seed,
-            val_l0: val.l0,
-            dead_frac,
-            dead_window: Some(trainer.dead.current_window()),
-        },
-        steps: progress.step,
-        epochs: plan.epochs,
-        rows_per_s: rows_done as f64 / train_seconds.max(1e-9),
-    };
-    let run = &files.dir;
-    write_bytes_atomic(
-        &run.summary(),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    publish(run, &config)?;
+    // The summaries, and each best SAE published under `checkpoints/`.
+    let rows_per_s = rows_done as f64 / train_seconds.max(1e-9);
+    let root_name = layout
+        .root
+        .file_name()
+        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    let mut summaries = Vec::with_capacity(members.len());
+    for m in &members {
+        let summary = m.summary(&data, rows_per_s);
+        let run = &m.files.dir;
+        write_bytes_atomic(
+            &run.summary(),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+        let published = match &m.name {
+            Some(n) => format!("{root_name}-{n}"),
+            None => root_name.clone(),
+        };
+        publish(run, &m.config, &published)?;
+        summaries.push(summary);
+    }
+    if let Some(mut file) = layout.sweep {
+        for (entry, s) in file.members.iter_mut().zip(&summaries) {
+            entry.final_metrics = Some(s.final_metrics.clone());
+        }
+        file.write(&layout.root)?;
+        let members = member_results(&members, |i| Some(summaries[i].clone()));
+        return Ok(TrainResult {
+            run_dir: layout.root,
+            summary: None,
+            members,
+        });
+    }
     Ok(TrainResult {
-        run_dir: run.0.clone(),
-        summary: Some(summary),
+        run_dir: layout.root,
+        summary: summaries.pop(),
+        members: Vec::new(),
     })
 }
 
-/// Copy the run's best SAE to `<checkpoints_dir>/<run name>.safetensors` (a copy, so that
-/// cleaning up runs/ keeps it).
-fn publish(run: &RunDir, config: &TrainConfig) -> Result<PathBuf> {
+/// The members of a sweep as [`TrainResult::members`] lists them (none for a single run).
+fn member_results(
+    members: &[Member],
+    summary: impl Fn(usize) -> Option<Summary>,
+) -> Vec<MemberResult> {
+    members
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            Some(MemberResult {
+                name: m.name.clone()?,
+                run_dir: m.files.dir.0.clone(),
+                summary: summary(i),
+            })
+        })
+        .collect()
+}
+
+/// Copy the run's best SAE to `<checkpoints_dir>/<name>.safetensors` (a copy, so that
+/// cleaning up runs/ keeps it). `name` is the run's folder name (`<sweep>-<member>` for a
+/// sweep member).
+fn publish(run: &RunDir, config: &TrainConfig, name: &str) -> Result<PathBuf> {
     let dir = config.output.checkpoints_dir();
-    let out = crate::disk::published_checkpoint(&dir, &run.0);
+    let out = dir.join(format!("{name}.safetensors"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let bytes = std::fs::read(run.best())
         .with_context(|| format!("cannot read {}", run.best().display()))?;
