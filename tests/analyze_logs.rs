@@ -186,6 +186,12 @@ fn finished_run_gives_a_true_table_a_summary_and_plots() {
         md.contains("- total time: ") && md.contains("rows/s") && md.contains("steps/s"),
         "{md}"
     );
+    // Which window the dead fraction was counted over.
+    let window = summary["final"]["dead_window"].as_i64().unwrap();
+    assert!(
+        md.contains(&format!("(silent over the last {window} training rows")),
+        "{md}"
+    );
     // Plots.
     for name in ["loss", "evr", "l0", "dead_frac"] {
         check_png(&plots.join(format!("{name}.png")));

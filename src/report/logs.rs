@@ -65,6 +65,9 @@ pub struct Record {
     pub val_l0: Option<f64>,
     #[serde(default)]
     pub dead_frac: Option<f64>,
+    /// The training rows `dead_frac` was counted over (runs before it was logged lack it).
+    #[serde(default)]
+    pub dead_window: Option<i64>,
     #[serde(default)]
     pub rows_per_s: Option<f64>,
 }
@@ -183,6 +186,7 @@ pub struct EpochRow {
     pub mse: Option<f64>,
     pub aux_loss: Option<f64>,
     pub dead_frac: Option<f64>,
+    pub dead_window: Option<i64>,
     pub lr: Option<f64>,
     /// Wall seconds this epoch took.
     pub seconds: Option<f64>,
@@ -277,6 +281,7 @@ impl Run {
                 mse: r.mse,
                 aux_loss: r.aux_loss,
                 dead_frac: r.dead_frac,
+                dead_window: r.dead_window,
                 lr: r.lr,
                 seconds: wall.zip(previous).map(|(w, p)| w - p),
             });
@@ -470,13 +475,16 @@ pub fn markdown(run: &Run) -> String {
     if let Some(last) = rows.last() {
         let _ = writeln!(
             out,
-            "- final (epoch {}): val evr {}, train evr {}, evr_seed {}, val l0 {}, dead {}, loss {}",
+            "- final (epoch {}): val evr {}, train evr {}, evr_seed {}, val l0 {}, dead {}{}, loss {}",
             last.epoch,
             fixed(last.val_evr, 4),
             fixed(last.train_evr, 4),
             fixed(last.evr_seed, 4),
             fixed(last.val_l0, 1),
             percent(last.dead_frac),
+            last.dead_window.map_or(String::new(), |w| format!(
+                " (silent over the last {w} training rows: min(training.dead_window, rows per epoch, rows seen))"
+            )),
             sig(last.loss)
         );
     }
