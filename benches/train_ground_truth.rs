@@ -432,7 +432,7 @@ fn profile(a: &ProfileArgs) -> Result<Value> {
         let t3 = Instant::now();
         let out = forward_backward(&sae, &x, None, &options, &mut ws);
         let t4 = Instant::now();
-        let _ = adam.step(&mut sae, out.grads, t.lr, clip);
+        let _ = adam.step(&mut sae, out.grads, t.lr.for_width(sae_config.d_sae), clip);
         let t5 = Instant::now();
         if i > 0 {
             parts[0].push((t1 - t0).as_secs_f64());

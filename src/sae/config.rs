@@ -131,6 +131,15 @@ impl LearningRate {
     }
 }
 
+impl std::fmt::Display for LearningRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LearningRate::Auto => f.write_str("auto"),
+            LearningRate::Fixed(lr) => write!(f, "{lr}"),
+        }
+    }
+}
+
 impl Serialize for LearningRate {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match self {

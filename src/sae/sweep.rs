@@ -339,7 +339,10 @@ mod tests {
             ]
         );
         assert_eq!(m[2].config.sae.k, 32);
-        assert_eq!(m[2].config.training.lr, 2e-4);
+        assert_eq!(
+            m[2].config.training.lr,
+            crate::sae::config::LearningRate::Fixed(2e-4)
+        );
         assert!(m[2].config.sweep.is_empty());
         // A member config equals the same config set directly.
         let solo =
@@ -351,7 +354,10 @@ mod tests {
         assert_eq!(nested, m);
         let short = members(&["sweep.training.lr=[2e-4,4e-4]"]).unwrap();
         assert_eq!(short[1].name, "lr0.0004");
-        assert_eq!(short[1].config.training.lr, 4e-4);
+        assert_eq!(
+            short[1].config.training.lr,
+            crate::sae::config::LearningRate::Fixed(4e-4)
+        );
     }
 
     #[test]
