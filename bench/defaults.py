@@ -177,7 +177,9 @@ def section(r: dict) -> str:
         "saeclip row names the keys it sets on top of the size's `sae.d_sae`, `sae.k`, "
         "`training.batch_size`, `training.steps`; all other keys are the defaults. The plain "
         "trainer is bench/defaults.py `plain_topk` (constant learning rate, MSE, same init and "
-        "input scale).",
+        "input scale; b_dec = the mean)."
+        + (f" The shipped-defaults rows and the plain rows at the shipped rate were re-measured {r['shipped_date']} "
+           f"(saeclip {r['shipped_commit']}), after the defaults were set from the other rows." if r.get("shipped_date") else ""),
         "",
     ]
     for block in r["blocks"]:
