@@ -25,6 +25,7 @@ pub mod export;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod sync;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
@@ -34,3 +35,4 @@ pub use objective::{
     ThresholdEstimator, Workspace,
 };
 pub use optim::{Adam, AdamConfig};
+pub use sync::SyncFree;

@@ -17,6 +17,8 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::sync::{host_read, host_read_i64, SyncFree};
+
 /// How latents are selected. The names are the checkpoint's and the config's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -142,15 +144,17 @@ pub struct Codes {
 }
 
 impl Codes {
-    /// Codes from entries in row order (`rows` non-decreasing).
+    /// Codes from entries in row order (`rows` non-decreasing); `sync_free` picks how the
+    /// offsets are computed ([`prefix_offsets`]).
     pub fn from_entries(
         values: Tensor,
         latents: Tensor,
         rows: Tensor,
         batch: i64,
         d_sae: i64,
+        sync_free: bool,
     ) -> Codes {
-        let offsets = prefix_offsets(&rows, batch);
+        let offsets = prefix_offsets(&rows, batch, sync_free);
         Codes {
             values,
             latents,
@@ -176,9 +180,26 @@ impl Codes {
 
     /// How many rows each latent is positive in. [F] i64
     pub fn fired(&self) -> Tensor {
-        self.latents
-            .masked_select(&self.values.gt(0.0))
-            .bincount::<Tensor>(None, self.d_sae)
+        self.fired_with(SyncFree::Auto.on(self.values.device()))
+    }
+
+    /// [`Codes::fired`] in the sync-free form (the `values > 0` flags added into a zero
+    /// [F] tensor) or the host form (`masked_select` + `bincount`); see [`super::sync`].
+    pub fn fired_with(&self, sync_free: bool) -> Tensor {
+        if sync_free {
+            let flags = self.values.gt(0.0).to_kind(Kind::Int64);
+            Tensor::zeros([self.d_sae], (Kind::Int64, self.values.device())).index_add(
+                0,
+                &self.latents,
+                &flags,
+            )
+        } else {
+            host_read("Codes::fired: masked_select's length depends on the data", || {
+                self.latents
+                    .masked_select(&self.values.gt(0.0))
+                    .bincount::<Tensor>(None, self.d_sae)
+            })
+        }
     }
 
     /// Mean number of positive latents per row. 0-dim f32
@@ -201,21 +222,41 @@ impl Codes {
     }
 }
 
-/// Start of each run of equal values in non-decreasing `rows` (values 0..batch), then the
-/// total. [batch+1] i64
-pub(crate) fn prefix_offsets(rows: &Tensor, batch: i64) -> Tensor {
-    let counts = rows.bincount::<Tensor>(None, batch);
+/// Start of each run of equal values in non-decreasing `ids` (values 0..n), then the
+/// total: the first position of each id 0..=n in `ids`. Sync-free, a `searchsorted` of
+/// 0..=n in `ids`; else `bincount` (which reads the largest id) and `cumsum`. [n+1] i64
+pub fn prefix_offsets(ids: &Tensor, n: i64, sync_free: bool) -> Tensor {
+    let device = ids.device();
+    if sync_free {
+        return Tensor::arange(n + 1, (Kind::Int64, device)).searchsorted(
+            ids,
+            false,
+            false,
+            "left",
+            None::<Tensor>,
+        );
+    }
+    let counts = host_read("offsets: bincount sizes its output by the largest id", || {
+        ids.bincount::<Tensor>(None, n)
+    });
     Tensor::cat(
         &[
-            Tensor::zeros([1], (Kind::Int64, rows.device())),
+            Tensor::zeros([1], (Kind::Int64, device)),
             counts.cumsum(0, Kind::Int64),
         ],
         0,
     )
 }
 
-/// Select the non-zero latents of `pre` [B, F].
+/// Select the non-zero latents of `pre` [B, F]: sync-free on accelerators, the host form
+/// on the CPU ([`super::sync`]).
 pub fn select(pre: &Tensor, selection: Selection) -> Codes {
+    select_with(pre, selection, SyncFree::Auto.on(pre.device()))
+}
+
+/// [`select`] in the sync-free form or the host form (same codes). Threshold and ReLU
+/// selections have data-dependent sizes and always read the host (they serve inference).
+pub fn select_with(pre: &Tensor, selection: Selection, sync_free: bool) -> Codes {
     let (b, f) = pre.size2().expect("pre-activations are [B, F]");
     let device = pre.device();
     match selection {
@@ -234,7 +275,7 @@ pub fn select(pre: &Tensor, selection: Selection) -> Codes {
                 d_sae: f,
             }
         }
-        Selection::BatchTopK(k) => batch_topk(pre, k),
+        Selection::BatchTopK(k) => batch_topk(pre, k, sync_free),
         Selection::Threshold(theta) => from_mask(pre, &pre.gt(theta.max(0.0))),
         Selection::Relu => from_mask(pre, &pre.gt(0.0)),
     }
@@ -242,46 +283,127 @@ pub fn select(pre: &Tensor, selection: Selection) -> Codes {
 
 fn from_mask(pre: &Tensor, mask: &Tensor) -> Codes {
     let (b, f) = pre.size2().expect("pre-activations are [B, F]");
-    let nz = mask.nonzero(); // [N, 2], row-major like masked_select
+    // [N, 2], row-major like masked_select
+    let (nz, values) = host_read("threshold/ReLU codes: the number of entries", || {
+        (mask.nonzero(), pre.masked_select(mask))
+    });
     Codes::from_entries(
-        pre.masked_select(mask),
+        values,
         nz.select(1, 1).contiguous(),
         nz.select(1, 0).contiguous(),
         b,
         f,
+        false,
     )
 }
 
-/// The k·B largest entries of `pre` [B, F], exactly, without a full sort of B·F values:
-/// take each row's top r candidates (r = 4k at first), pick the k·B largest among them, and
-/// accept the result when no row had all r of its candidates picked (then nothing outside
-/// the candidates can beat the pick); otherwise double r.
-fn batch_topk(pre: &Tensor, k: i64) -> Codes {
+/// The k·B largest entries of `pre` [B, F], exactly, in row-major order (by row, then
+/// latent). Sync-free: one `topk` over all B·F values. Host form: [`batch_topk_search`].
+fn batch_topk(pre: &Tensor, k: i64, sync_free: bool) -> Codes {
     let (b, f) = pre.size2().expect("pre-activations are [B, F]");
     assert!(
         (1..=f).contains(&k),
         "batch top-k needs 1 <= k <= {f}, got {k}"
     );
-    let total = k * b;
-    let mut r = (4 * k).min(f);
-    let (values, flat) = loop {
-        if r >= f {
-            break pre.reshape([-1]).topk(total, 0, true, false);
-        }
-        let (cand, cand_latents) = pre.topk(r, 1, true, false); // [B, r]
-        let (values, pos) = cand.reshape([-1]).topk(total, 0, true, false);
-        let rows = pos.floor_divide_scalar(r);
-        let most = rows.bincount::<Tensor>(None, b).max().int64_value(&[]);
-        if most < r {
-            let latents = cand_latents.reshape([-1]).index_select(0, &pos);
-            break (values, rows * f + latents);
-        }
-        r = (2 * r).min(f);
+    let (values, flat) = if sync_free {
+        pre.reshape([-1]).topk(k * b, 0, true, false)
+    } else {
+        batch_topk_search(pre, k)
     };
     let (flat, order) = flat.sort(0, false); // row-major order
     let rows = flat.floor_divide_scalar(f);
     let latents = &flat - &rows * f;
-    Codes::from_entries(values.index_select(0, &order).relu(), latents, rows, b, f)
+    let values = values.index_select(0, &order).relu();
+    Codes::from_entries(values, latents, rows, b, f, sync_free)
+}
+
+/// The k·B largest values of `pre` [B, F] and their flat indices (row·F + latent), in no
+/// particular order, without a `topk` over all B·F values (which on the CPU allocates
+/// scratch the size of `pre` and costs several row-wise top-k passes).
+///
+/// Each row offers its top r candidates (r = 4k at first) and the k·B largest of the pool
+/// give a threshold τ, at most the true k·B-th largest value. A row whose r-th candidate is
+/// below τ cannot hold a winner outside its candidates: it is settled. The others (about
+/// k·B/r rows at most, those holding many of the batch's largest values) offer their top 4r
+/// instead (all F at the end), and τ is taken again over the larger pool, until no row is
+/// left unsettled. Rows of similar scale settle at once; rows of very different scales
+/// (a few rows holding most of the batch's largest values) take a round or two on a few
+/// rows, where doubling r for every row took log₂(F/4k) full top-k passes.
+fn batch_topk_search(pre: &Tensor, k: i64) -> (Tensor, Tensor) {
+    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
+    let total = k * b;
+    let device = pre.device();
+    let mut r = (4 * k).min(f);
+    if r >= f {
+        return pre.reshape([-1]).topk(total, 0, true, false);
+    }
+    // The rows still searched, their top-r candidates [n, r] and latents, and the values
+    // and flat indices of the candidates of rows settled earlier.
+    let mut rows = Tensor::arange(b, (Kind::Int64, device));
+    // Unsorted: for r > F/64 libtorch selects (nth_element) and would then sort each row.
+    let (mut cand, mut cand_latents) = pre.topk(r, 1, true, false);
+    let mut settled: Option<(Tensor, Tensor)> = None;
+    loop {
+        let open_values = cand.reshape([-1]);
+        let pool = match &settled {
+            None => open_values.shallow_clone(),
+            Some((v, _)) => Tensor::cat(&[v, &open_values], 0),
+        };
+        let (values, pos) = pool.topk(total, 0, true, false);
+        // A row is saturated when even its smallest candidate reaches τ.
+        let saturated = (r < f).then(|| {
+            let (smallest, _) = cand.min_dim(1, false);
+            smallest.ge_tensor(&values.min())
+        });
+        let open = match &saturated {
+            Some(s) => host_read_i64(
+                &s.sum(Kind::Int64),
+                "batch top-k: rows that may hold more winners than their candidates",
+            ),
+            None => 0,
+        };
+        if open == 0 {
+            let flat = match &settled {
+                // Rows are 0..B in order: the pool position gives the row.
+                None => {
+                    pos.floor_divide_scalar(r) * f
+                        + cand_latents.reshape([-1]).index_select(0, &pos)
+                }
+                Some((_, settled_flat)) => {
+                    let open_flat = (rows.unsqueeze(1) * f + &cand_latents).reshape([-1]);
+                    Tensor::cat(&[settled_flat, &open_flat], 0).index_select(0, &pos)
+                }
+            };
+            return (values, flat);
+        }
+        let saturated = saturated.expect("open rows are saturated ones");
+        let (open_idx, done_idx) = host_read("batch top-k: which rows stay open", || {
+            (
+                saturated.nonzero().view([-1]),
+                saturated.logical_not().nonzero().view([-1]),
+            )
+        });
+        let done_values = cand.index_select(0, &done_idx).reshape([-1]);
+        let done_flat = (rows.index_select(0, &done_idx).unsqueeze(1) * f
+            + cand_latents.index_select(0, &done_idx))
+        .reshape([-1]);
+        settled = Some(match settled {
+            None => (done_values, done_flat),
+            Some((v, fl)) => (
+                Tensor::cat(&[v, done_values], 0),
+                Tensor::cat(&[fl, done_flat], 0),
+            ),
+        });
+        rows = rows.index_select(0, &open_idx);
+        let open_pre = pre.index_select(0, &rows);
+        r = (4 * r).min(f);
+        (cand, cand_latents) = if r >= f {
+            let latents = Tensor::arange(f, (Kind::Int64, device));
+            (open_pre, latents.unsqueeze(0).expand([open, f], false))
+        } else {
+            open_pre.topk(r, 1, true, false)
+        };
+    }
 }
 
 /// The SAE's parameters (f32) and scale.
