@@ -233,7 +233,11 @@ fn no_dead_latent_means_no_aux() {
 fn the_sync_free_step_equals_the_host_step() {
     let (b, d, f, k) = (64, 48, 256, 8);
     let x = random_inputs(b, d, 21);
-    for architecture in [Architecture::TopK, Architecture::BatchTopK, Architecture::Relu] {
+    for architecture in [
+        Architecture::TopK,
+        Architecture::BatchTopK,
+        Architecture::Relu,
+    ] {
         let mut sae = random_sae(config(architecture, d, f, k), &x, 4);
         let many = plant_dead(&mut sae);
         let few = Tensor::zeros([f], (Kind::Bool, CPU));
@@ -249,7 +253,11 @@ fn the_sync_free_step_equals_the_host_step() {
                 k,
                 k_aux: 24,
                 aux_coef: 1.0 / 32.0,
-                l1_coef: if architecture == Architecture::Relu { 3e-3 } else { 0.0 },
+                l1_coef: if architecture == Architecture::Relu {
+                    3e-3
+                } else {
+                    0.0
+                },
                 data_variance: 0.7,
             };
             let label = format!("{architecture} {what}");
@@ -268,7 +276,11 @@ fn the_sync_free_step_equals_the_host_step() {
                 &o,
                 &mut Workspace::with_sync_free(SyncFree::Always),
             );
-            assert_eq!(host_reads(), reads, "{label}: the sync-free step read the host");
+            assert_eq!(
+                host_reads(),
+                reads,
+                "{label}: the sync-free step read the host"
+            );
             if what == "many dead" {
                 assert!(scalar(&host.aux) > 1e-4, "{label}: AuxK is not exercised");
             }
@@ -289,7 +301,10 @@ fn the_sync_free_step_equals_the_host_step() {
                     "{label} {name}: {a} vs {e}"
                 );
             }
-            assert!(free.fired.equal(&host.fired), "{label}: fired counts differ");
+            assert!(
+                free.fired.equal(&host.fired),
+                "{label}: fired counts differ"
+            );
             assert!(rel_err(&free.x_hat, &host.x_hat) <= 1e-6, "{label}: x̂");
             for (name, a, e) in [
                 ("W_enc", &free.grads.w_enc, &host.grads.w_enc),
@@ -350,14 +365,20 @@ fn sync_free_codes_equal_host_codes() {
             ] {
                 assert!(a.equal(e), "{label}: {name} differ");
             }
-            assert!(free.fired_with(true).equal(&host.fired_with(false)), "{label}");
+            assert!(
+                free.fired_with(true).equal(&host.fired_with(false)),
+                "{label}"
+            );
             // Both are the k·B (or k per row) largest: the dense reference.
             if let Selection::BatchTopK(k) = selection {
                 let (v, i) = pre.reshape([-1]).topk(k * b, 0, true, true);
                 let expect = Tensor::zeros([b * f], (Kind::Float, CPU))
                     .index_put_(&[Some(i)], &v.relu(), false)
                     .view([b, f]);
-                assert!(host.to_dense().equal(&expect), "{label}: not the k·B largest");
+                assert!(
+                    host.to_dense().equal(&expect),
+                    "{label}: not the k·B largest"
+                );
             }
         }
     }

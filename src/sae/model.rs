@@ -194,11 +194,14 @@ impl Codes {
                 &flags,
             )
         } else {
-            host_read("Codes::fired: masked_select's length depends on the data", || {
-                self.latents
-                    .masked_select(&self.values.gt(0.0))
-                    .bincount::<Tensor>(None, self.d_sae)
-            })
+            host_read(
+                "Codes::fired: masked_select's length depends on the data",
+                || {
+                    self.latents
+                        .masked_select(&self.values.gt(0.0))
+                        .bincount::<Tensor>(None, self.d_sae)
+                },
+            )
         }
     }
 
@@ -236,9 +239,10 @@ pub fn prefix_offsets(ids: &Tensor, n: i64, sync_free: bool) -> Tensor {
             None::<Tensor>,
         );
     }
-    let counts = host_read("offsets: bincount sizes its output by the largest id", || {
-        ids.bincount::<Tensor>(None, n)
-    });
+    let counts = host_read(
+        "offsets: bincount sizes its output by the largest id",
+        || ids.bincount::<Tensor>(None, n),
+    );
     Tensor::cat(
         &[
             Tensor::zeros([1], (Kind::Int64, device)),

@@ -305,9 +305,7 @@ fn aux_k(
         let codes = select_with(&dead_only, Selection::TopK(o.k_aux.min(f)), true);
         (codes, Some(dead.any().to_kind(Kind::Float)))
     } else {
-        let dead_latents = host_read("AuxK: the dead latents' ids", || {
-            dead.nonzero().view([-1])
-        });
+        let dead_latents = host_read("AuxK: the dead latents' ids", || dead.nonzero().view([-1]));
         let n_dead = dead_latents.size()[0];
         if n_dead == 0 {
             return None;
