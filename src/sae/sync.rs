@@ -15,8 +15,8 @@
 //!   largest of the whole batch with one `topk` and sorts their flat indices;
 //! - the **host** form (CPU), where a host read costs nothing and data-dependent shapes are
 //!   what keeps the step fast: AuxK gathers only the dead latents' columns, offsets are
-//!   `bincount` + `cumsum`, batch top-k searches its candidates row by row
-//!   (`model::batch_topk`).
+//!   `bincount` + `cumsum`, batch top-k keeps the values above a sampled bound and takes
+//!   the k·B largest of those (`model::batch_topk_search`).
 //!
 //! Both forms give the same codes, losses and gradients (tests/sae_core.rs runs both on the
 //! CPU and compares them). Each host read that the host form performs in a step goes
@@ -25,7 +25,7 @@
 
 use std::cell::Cell;
 
-use tch::{Device, Tensor};
+use tch::Device;
 
 /// Which form of the training step to run (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,11 +61,6 @@ pub fn host_read<T>(why: &'static str, read: impl FnOnce() -> T) -> T {
     let _ = why;
     HOST_READS.with(|n| n.set(n.get() + 1));
     read()
-}
-
-/// A 0-dim integer tensor's value, read through [`host_read`].
-pub fn host_read_i64(t: &Tensor, why: &'static str) -> i64 {
-    host_read(why, || t.int64_value(&[]))
 }
 
 /// How many [`host_read`]s this thread has performed so far.
