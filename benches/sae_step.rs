@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! make bench-step
-//! cargo bench --bench sae_step [-- --threads N]
+//! cargo bench --bench sae_step [-- --threads N] [--architectures-only]
 //! ```
 //!
 //! Batch 4,096 rows of width 768, 16,384 latents, k = 64; each line is the fastest of 5
@@ -143,32 +143,34 @@ fn main() {
     println!("speed-up {:.2}x", dense / sparse);
 }
 
-/// The fastest of `reps` runs of `run` after a warm-up, in seconds.
-fn fastest(reps: usize, run: &mut dyn FnMut()) -> f64 {
-    run();
-    (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 /// Rows/s of a whole training step for topk and batchtopk at the same size (2,048 latents,
 /// batch 1,024, k = 32, d_in 64 where the selection dominates and 768 where the matmuls do),
-/// and of the selection alone.
+/// and of the selection alone, on two kinds of rows: i.i.d. normal rows around a common
+/// offset, and the same rows with their deviations scaled by Exp(1) factors, so that a few
+/// rows hold many of the batch's largest pre-activations (as after training, where rows'
+/// norms differ widely): the case that makes batch top-k's exact search take several rounds.
+///
+/// The two architectures' steps alternate within each repetition, so that load from other
+/// processes on a shared machine falls on both alike; each time is the fastest of 20.
 fn topk_against_batchtopk(threads: i32) {
-    for d in [64, 768] {
-        topk_against_batchtopk_at(threads, d);
+    for scaled in [false, true] {
+        for d in [64, 768] {
+            topk_against_batchtopk_at(threads, d, scaled);
+        }
     }
 }
 
-fn topk_against_batchtopk_at(threads: i32, d: i64) {
+fn topk_against_batchtopk_at(threads: i32, d: i64, scaled: bool) {
     let (b, f, k) = (1024, 2048, 32);
     let x = saeclip::rng::seeded(10, || {
         let offset = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 3.0;
-        Tensor::randn([b, d], (Kind::Float, Device::Cpu)) + offset
+        let deviations = Tensor::randn([b, d], (Kind::Float, Device::Cpu));
+        let deviations = if scaled {
+            deviations * Tensor::empty([b, 1], (Kind::Float, Device::Cpu)).exponential_(1.0)
+        } else {
+            deviations
+        };
+        deviations + offset
     });
     let o = LossOptions {
         k,
@@ -177,37 +179,68 @@ fn topk_against_batchtopk_at(threads: i32, d: i64) {
         l1_coef: 0.0,
         data_variance: 1.0,
     };
-    println!("B = {b}, d_in = {d}, d_sae = {f}, k = {k}, {threads} threads");
-    let mut rates = Vec::new();
-    for arch in [Architecture::TopK, Architecture::BatchTopK] {
-        let config = SaeConfig {
-            architecture: arch,
-            d_in: d,
-            d_sae: f,
-            k,
-        };
-        let mut sae = Sae::init(&config, &x, BdecInit::Mean, 0).unwrap();
-        let mut adam = Adam::new(&sae, AdamConfig::default());
-        let mut ws = Workspace::new();
-        let step = fastest(20, &mut || {
-            let out = forward_backward(&sae, &x, None, &o, &mut ws);
-            let _ = adam.step(&mut sae, out.grads, 1e-4, Some(1.0));
-        });
-        let pre = sae.pre_activations(&x);
-        let selection = sae.training_selection(k);
-        let select_s = fastest(20, &mut || {
-            let _ = saeclip::sae::model::select(&pre, selection);
-        });
-        let rate = b as f64 / step;
+    let rows = if scaled {
+        "rows scaled by Exp(1)"
+    } else {
+        "normal rows"
+    };
+    println!("B = {b}, d_in = {d}, d_sae = {f}, k = {k}, {threads} threads, {rows}");
+    let archs = [Architecture::TopK, Architecture::BatchTopK];
+    let mut saes: Vec<Sae> = archs
+        .iter()
+        .map(|&architecture| {
+            let config = SaeConfig {
+                architecture,
+                d_in: d,
+                d_sae: f,
+                k,
+            };
+            Sae::init(&config, &x, BdecInit::Mean, 0).unwrap()
+        })
+        .collect();
+    let mut adams: Vec<Adam> = saes
+        .iter()
+        .map(|s| Adam::new(s, AdamConfig::default()))
+        .collect();
+    let mut workspaces = [Workspace::new(), Workspace::new()];
+    let mut step = |i: usize| {
+        let out = forward_backward(&saes[i], &x, None, &o, &mut workspaces[i]);
+        let _ = adams[i].step(&mut saes[i], out.grads, 1e-4, Some(1.0));
+    };
+    let steps = fastest_alternating(20, &mut step);
+    let pres: Vec<(Tensor, Selection)> = saes
+        .iter()
+        .map(|s| (s.pre_activations(&x), s.training_selection(k)))
+        .collect();
+    let selects = fastest_alternating(20, &mut |i: usize| {
+        let _ = saeclip::sae::model::select(&pres[i].0, pres[i].1);
+    });
+    for (i, arch) in archs.iter().enumerate() {
         println!(
-            "{arch:10} step {:7.2} ms ({rate:8.0} rows/s), selection alone {:6.2} ms",
-            step * 1e3,
-            select_s * 1e3
+            "{arch:10} step {:7.2} ms ({:8.0} rows/s), selection alone {:6.2} ms",
+            steps[i] * 1e3,
+            b as f64 / steps[i],
+            selects[i] * 1e3
         );
-        rates.push(rate);
     }
     println!(
         "topk rows/s ÷ batchtopk rows/s = {:.2}",
-        rates[0] / rates[1]
+        steps[1] / steps[0]
     );
+}
+
+/// The fastest of `reps` runs of `run(0)` and of `run(1)`, run alternately after a
+/// warm-up of each, in seconds.
+fn fastest_alternating(reps: usize, run: &mut dyn FnMut(usize)) -> [f64; 2] {
+    let mut best = [f64::INFINITY; 2];
+    run(0);
+    run(1);
+    for _ in 0..reps {
+        for (i, best) in best.iter_mut().enumerate() {
+            let start = Instant::now();
+            run(i);
+            *best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    best
 }

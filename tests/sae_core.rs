@@ -11,7 +11,8 @@ mod common;
 use std::path::Path;
 
 use saeclip::sae::checkpoint::{self, CheckpointMeta, TrainingStateRef};
-use saeclip::sae::model::select;
+use saeclip::sae::model::{prefix_offsets, select, select_with};
+use saeclip::sae::sync::host_reads;
 use saeclip::sae::*;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -223,6 +224,173 @@ fn no_dead_latent_means_no_aux() {
     let b = forward_backward(&sae, &x, None, &o, &mut Workspace::default());
     assert_eq!(scalar(&a.aux), 0.0);
     assert!(a.grads.w_enc.equal(&b.grads.w_enc) && a.grads.w_dec.equal(&b.grads.w_dec));
+}
+
+/// The sync-free step (CUDA's form, forced here on the CPU) against the host step (the
+/// CPU's form): the same losses, codes, fired counts and gradients, for every architecture,
+/// with many, few (fewer than k_aux) or no dead latents; and no host read at all.
+#[test]
+fn the_sync_free_step_equals_the_host_step() {
+    let (b, d, f, k) = (64, 48, 256, 8);
+    let x = random_inputs(b, d, 21);
+    for architecture in [
+        Architecture::TopK,
+        Architecture::BatchTopK,
+        Architecture::Relu,
+    ] {
+        let mut sae = random_sae(config(architecture, d, f, k), &x, 4);
+        let many = plant_dead(&mut sae);
+        let few = Tensor::zeros([f], (Kind::Bool, CPU));
+        let _ = few.narrow(0, 8, 3).fill_(1); // 3 dead latents, k_aux = 24
+        let none = Tensor::zeros([f], (Kind::Bool, CPU));
+        for (what, dead) in [
+            ("many dead", Some(&many)),
+            ("3 dead", Some(&few)),
+            ("none dead", Some(&none)),
+            ("no mask", None),
+        ] {
+            let o = LossOptions {
+                k,
+                k_aux: 24,
+                aux_coef: 1.0 / 32.0,
+                l1_coef: if architecture == Architecture::Relu {
+                    3e-3
+                } else {
+                    0.0
+                },
+                data_variance: 0.7,
+            };
+            let label = format!("{architecture} {what}");
+            let host = forward_backward(
+                &sae,
+                &x,
+                dead,
+                &o,
+                &mut Workspace::with_sync_free(SyncFree::Never),
+            );
+            let reads = host_reads();
+            let free = forward_backward(
+                &sae,
+                &x,
+                dead,
+                &o,
+                &mut Workspace::with_sync_free(SyncFree::Always),
+            );
+            assert_eq!(
+                host_reads(),
+                reads,
+                "{label}: the sync-free step read the host"
+            );
+            if what == "many dead" {
+                assert!(scalar(&host.aux) > 1e-4, "{label}: AuxK is not exercised");
+            }
+            if what == "none dead" {
+                assert_eq!(scalar(&free.aux), 0.0, "{label}");
+            }
+            for (name, a, e) in [
+                ("loss", &free.loss, &host.loss),
+                ("mse", &free.mse, &host.mse),
+                ("aux", &free.aux, &host.aux),
+                ("l1", &free.l1, &host.l1),
+                ("l0", &free.l0, &host.l0),
+                ("min_positive", &free.min_positive, &host.min_positive),
+            ] {
+                let (a, e) = (scalar(a), scalar(e));
+                assert!(
+                    a == e || (a - e).abs() <= 1e-6 * e.abs(),
+                    "{label} {name}: {a} vs {e}"
+                );
+            }
+            assert!(
+                free.fired.equal(&host.fired),
+                "{label}: fired counts differ"
+            );
+            assert!(rel_err(&free.x_hat, &host.x_hat) <= 1e-6, "{label}: x̂");
+            for (name, a, e) in [
+                ("W_enc", &free.grads.w_enc, &host.grads.w_enc),
+                ("b_enc", &free.grads.b_enc, &host.grads.b_enc),
+                ("W_dec", &free.grads.w_dec, &host.grads.w_dec),
+                ("b_dec", &free.grads.b_dec, &host.grads.b_dec),
+            ] {
+                let err = rel_err(a, e);
+                assert!(err <= 1e-6, "{label} d{name}: relative error {err:e}");
+            }
+        }
+    }
+    // The host form does read the host (the count above is not vacuous).
+    let mut sae = random_sae(config(Architecture::TopK, d, f, k), &x, 4);
+    let dead = plant_dead(&mut sae);
+    let o = LossOptions {
+        k,
+        k_aux: 24,
+        aux_coef: 1.0 / 32.0,
+        l1_coef: 0.0,
+        data_variance: 1.0,
+    };
+    let reads = host_reads();
+    let _ = forward_backward(&sae, &x, Some(&dead), &o, &mut Workspace::new());
+    assert!(host_reads() > reads, "the CPU's host step counts its reads");
+}
+
+/// Codes, offsets and fired counts of both forms, on pre-activations whose rows differ in
+/// scale by orders of magnitude (batch top-k's candidate search takes several rounds).
+#[test]
+fn sync_free_codes_equal_host_codes() {
+    // spread < 0: every 13th value (batch top-k's sample) is large, so that the sampled
+    // bound misleads and the search falls back to a full top-k.
+    for (seed, spread) in [(1, 0.0f64), (2, 1.0), (3, 3.0), (4, -1.0)] {
+        let (b, f) = (96, 320);
+        let pre = saeclip::rng::seeded(seed, || {
+            let scales = (Tensor::randn([b, 1], (Kind::Float, CPU)) * spread.max(0.0)).exp();
+            Tensor::randn([b, f], (Kind::Float, CPU)) * scales
+        });
+        if spread < 0.0 {
+            let _ = pre
+                .view([-1])
+                .slice(0, 0, b * f, 13)
+                .g_add_(&Tensor::from(100.0f32));
+        }
+        for selection in [
+            Selection::TopK(5),
+            Selection::BatchTopK(5),
+            Selection::BatchTopK(1),
+            Selection::BatchTopK(90),
+        ] {
+            let label = format!("{selection:?} spread {spread}");
+            let host = select_with(&pre, selection, false);
+            let free = select_with(&pre, selection, true);
+            for (name, a, e) in [
+                ("values", &free.values, &host.values),
+                ("latents", &free.latents, &host.latents),
+                ("rows", &free.rows, &host.rows),
+                ("offsets", &free.offsets, &host.offsets),
+            ] {
+                assert!(a.equal(e), "{label}: {name} differ");
+            }
+            assert!(
+                free.fired_with(true).equal(&host.fired_with(false)),
+                "{label}"
+            );
+            // Both are the k·B (or k per row) largest: the dense reference.
+            if let Selection::BatchTopK(k) = selection {
+                let (v, i) = pre.reshape([-1]).topk(k * b, 0, true, true);
+                let expect = Tensor::zeros([b * f], (Kind::Float, CPU))
+                    .index_put_(&[Some(i)], &v.relu(), false)
+                    .view([b, f]);
+                assert!(
+                    host.to_dense().equal(&expect),
+                    "{label}: not the k·B largest"
+                );
+            }
+        }
+    }
+    // Offsets of sorted ids with gaps (empty runs), at both ends too.
+    let ids = Tensor::from_slice(&[1i64, 1, 3, 3, 3, 4, 7]);
+    let expect = vec![0i64, 0, 2, 2, 5, 6, 6, 6, 7, 7];
+    for sync_free in [false, true] {
+        let got = Vec::<i64>::try_from(prefix_offsets(&ids, 9, sync_free)).unwrap();
+        assert_eq!(got, expect, "sync_free = {sync_free}");
+    }
 }
 
 /// pre, z and x̂ from DESIGN.md's formulas with plain f64 loops.

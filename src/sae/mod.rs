@@ -26,6 +26,7 @@ pub mod model;
 pub mod objective;
 pub mod optim;
 pub mod sweep;
+pub mod sync;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
@@ -35,3 +36,4 @@ pub use objective::{
     ThresholdEstimator, Workspace,
 };
 pub use optim::{Adam, AdamConfig};
+pub use sync::SyncFree;

@@ -17,6 +17,8 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::sync::{host_read, SyncFree};
+
 /// How latents are selected. The names are the checkpoint's and the config's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -142,15 +144,17 @@ pub struct Codes {
 }
 
 impl Codes {
-    /// Codes from entries in row order (`rows` non-decreasing).
+    /// Codes from entries in row order (`rows` non-decreasing); `sync_free` picks how the
+    /// offsets are computed ([`prefix_offsets`]).
     pub fn from_entries(
         values: Tensor,
         latents: Tensor,
         rows: Tensor,
         batch: i64,
         d_sae: i64,
+        sync_free: bool,
     ) -> Codes {
-        let offsets = prefix_offsets(&rows, batch);
+        let offsets = prefix_offsets(&rows, batch, sync_free);
         Codes {
             values,
             latents,
@@ -176,9 +180,29 @@ impl Codes {
 
     /// How many rows each latent is positive in. [F] i64
     pub fn fired(&self) -> Tensor {
-        self.latents
-            .masked_select(&self.values.gt(0.0))
-            .bincount::<Tensor>(None, self.d_sae)
+        self.fired_with(SyncFree::Auto.on(self.values.device()))
+    }
+
+    /// [`Codes::fired`] in the sync-free form (the `values > 0` flags added into a zero
+    /// [F] tensor) or the host form (`masked_select` + `bincount`); see [`super::sync`].
+    pub fn fired_with(&self, sync_free: bool) -> Tensor {
+        if sync_free {
+            let flags = self.values.gt(0.0).to_kind(Kind::Int64);
+            Tensor::zeros([self.d_sae], (Kind::Int64, self.values.device())).index_add(
+                0,
+                &self.latents,
+                &flags,
+            )
+        } else {
+            host_read(
+                "Codes::fired: masked_select's length depends on the data",
+                || {
+                    self.latents
+                        .masked_select(&self.values.gt(0.0))
+                        .bincount::<Tensor>(None, self.d_sae)
+                },
+            )
+        }
     }
 
     /// Mean number of positive latents per row. 0-dim f32
@@ -201,21 +225,42 @@ impl Codes {
     }
 }
 
-/// Start of each run of equal values in non-decreasing `rows` (values 0..batch), then the
-/// total. [batch+1] i64
-pub(crate) fn prefix_offsets(rows: &Tensor, batch: i64) -> Tensor {
-    let counts = rows.bincount::<Tensor>(None, batch);
+/// Start of each run of equal values in non-decreasing `ids` (values 0..n), then the
+/// total: the first position of each id 0..=n in `ids`. Sync-free, a `searchsorted` of
+/// 0..=n in `ids`; else `bincount` (which reads the largest id) and `cumsum`. [n+1] i64
+pub fn prefix_offsets(ids: &Tensor, n: i64, sync_free: bool) -> Tensor {
+    let device = ids.device();
+    if sync_free {
+        return Tensor::arange(n + 1, (Kind::Int64, device)).searchsorted(
+            ids,
+            false,
+            false,
+            "left",
+            None::<Tensor>,
+        );
+    }
+    let counts = host_read(
+        "offsets: bincount sizes its output by the largest id",
+        || ids.bincount::<Tensor>(None, n),
+    );
     Tensor::cat(
         &[
-            Tensor::zeros([1], (Kind::Int64, rows.device())),
+            Tensor::zeros([1], (Kind::Int64, device)),
             counts.cumsum(0, Kind::Int64),
         ],
         0,
     )
 }
 
-/// Select the non-zero latents of `pre` [B, F].
+/// Select the non-zero latents of `pre` [B, F]: sync-free on accelerators, the host form
+/// on the CPU ([`super::sync`]).
 pub fn select(pre: &Tensor, selection: Selection) -> Codes {
+    select_with(pre, selection, SyncFree::Auto.on(pre.device()))
+}
+
+/// [`select`] in the sync-free form or the host form (same codes). Threshold and ReLU
+/// selections have data-dependent sizes and always read the host (they serve inference).
+pub fn select_with(pre: &Tensor, selection: Selection, sync_free: bool) -> Codes {
     let (b, f) = pre.size2().expect("pre-activations are [B, F]");
     let device = pre.device();
     match selection {
@@ -234,7 +279,7 @@ pub fn select(pre: &Tensor, selection: Selection) -> Codes {
                 d_sae: f,
             }
         }
-        Selection::BatchTopK(k) => batch_topk(pre, k),
+        Selection::BatchTopK(k) => batch_topk(pre, k, sync_free),
         Selection::Threshold(theta) => from_mask(pre, &pre.gt(theta.max(0.0))),
         Selection::Relu => from_mask(pre, &pre.gt(0.0)),
     }
@@ -242,46 +287,78 @@ pub fn select(pre: &Tensor, selection: Selection) -> Codes {
 
 fn from_mask(pre: &Tensor, mask: &Tensor) -> Codes {
     let (b, f) = pre.size2().expect("pre-activations are [B, F]");
-    let nz = mask.nonzero(); // [N, 2], row-major like masked_select
+    // [N, 2], row-major like masked_select
+    let (nz, values) = host_read("threshold/ReLU codes: the number of entries", || {
+        (mask.nonzero(), pre.masked_select(mask))
+    });
     Codes::from_entries(
-        pre.masked_select(mask),
+        values,
         nz.select(1, 1).contiguous(),
         nz.select(1, 0).contiguous(),
         b,
         f,
+        false,
     )
 }
 
-/// The k·B largest entries of `pre` [B, F], exactly, without a full sort of B·F values:
-/// take each row's top r candidates (r = 4k at first), pick the k·B largest among them, and
-/// accept the result when no row had all r of its candidates picked (then nothing outside
-/// the candidates can beat the pick); otherwise double r.
-fn batch_topk(pre: &Tensor, k: i64) -> Codes {
+/// The k·B largest entries of `pre` [B, F], exactly, in row-major order (by row, then
+/// latent). Sync-free: one `topk` over all B·F values. Host form: [`batch_topk_search`].
+fn batch_topk(pre: &Tensor, k: i64, sync_free: bool) -> Codes {
     let (b, f) = pre.size2().expect("pre-activations are [B, F]");
     assert!(
         (1..=f).contains(&k),
         "batch top-k needs 1 <= k <= {f}, got {k}"
     );
-    let total = k * b;
-    let mut r = (4 * k).min(f);
-    let (values, flat) = loop {
-        if r >= f {
-            break pre.reshape([-1]).topk(total, 0, true, false);
-        }
-        let (cand, cand_latents) = pre.topk(r, 1, true, false); // [B, r]
-        let (values, pos) = cand.reshape([-1]).topk(total, 0, true, false);
-        let rows = pos.floor_divide_scalar(r);
-        let most = rows.bincount::<Tensor>(None, b).max().int64_value(&[]);
-        if most < r {
-            let latents = cand_latents.reshape([-1]).index_select(0, &pos);
-            break (values, rows * f + latents);
-        }
-        r = (2 * r).min(f);
+    let (values, flat) = if sync_free {
+        pre.reshape([-1]).topk(k * b, 0, true, false)
+    } else {
+        batch_topk_search(pre, k)
     };
     let (flat, order) = flat.sort(0, false); // row-major order
     let rows = flat.floor_divide_scalar(f);
     let latents = &flat - &rows * f;
-    Codes::from_entries(values.index_select(0, &order).relu(), latents, rows, b, f)
+    let values = values.index_select(0, &order).relu();
+    Codes::from_entries(values, latents, rows, b, f, sync_free)
+}
+
+/// The k·B largest values of `pre` [B, F] and their flat indices (row·F + latent), in no
+/// particular order, exactly, without a `topk` over all B·F values (which on the CPU
+/// allocates scratch the size of `pre` and costs several row-wise top-k passes).
+///
+/// A bound L below the k·B-th largest value comes from a sample (every 13th value, whose
+/// 2k·B/13-th largest sits near the batch's 2k·B-th largest); one pass keeps the values
+/// ≥ L (about 2k·B of them), and the k·B largest of those are the answer as soon as there
+/// are at least k·B: every value left out is below L, below all of them. Should the sample
+/// mislead (fewer than k·B values ≥ L), a sample rank four times deeper is tried, then the
+/// full `topk`. The sample spans all rows, so rows of very different scales (a few rows
+/// holding most of the batch's largest values) cost nothing more; the row-wise search
+/// this replaces (top 4k candidates per row, r doubled for every row whenever one row was
+/// saturated) took up to log₂(F/4k) full passes there.
+fn batch_topk_search(pre: &Tensor, k: i64) -> (Tensor, Tensor) {
+    const STRIDE: i64 = 13;
+    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
+    let total = k * b;
+    let n = b * f;
+    let flat = pre.reshape([-1]);
+    if n < 16 * total {
+        return flat.topk(total, 0, true, false);
+    }
+    let sample = flat.slice(0, 0, n, STRIDE).contiguous();
+    let size = sample.size()[0];
+    let mut rank = ((2 * total + STRIDE - 1) / STRIDE).min(size);
+    for _ in 0..2 {
+        let (top, _) = sample.topk(rank, 0, true, false);
+        let bound = top.min();
+        let kept = host_read("batch top-k: the values above the sampled bound", || {
+            flat.ge_tensor(&bound).nonzero().view([-1])
+        });
+        if kept.size()[0] >= total {
+            let (values, pos) = flat.index_select(0, &kept).topk(total, 0, true, false);
+            return (values, kept.index_select(0, &pos));
+        }
+        rank = (4 * rank).min(size);
+    }
+    flat.topk(total, 0, true, false)
 }
 
 /// The SAE's parameters (f32) and scale.

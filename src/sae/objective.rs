@@ -38,6 +38,12 @@
 //! AuxK's entries are appended as rows B..2B with their own dê, so one sort and one sum per
 //! gradient serve both terms.
 //!
+//! Host reads: on CUDA the step queues its kernels without waiting for the device (its
+//! sync-free form: AuxK over `where(dead, pre, −∞)`, offsets by `searchsorted`, fired
+//! counts by `index_add`); on the CPU it takes the host form, whose data-dependent shapes
+//! are cheaper there. Both give the same results; [`Workspace::with_sync_free`] picks one,
+//! and each host read of the host form goes through [`super::sync::host_read`].
+//!
 //! Determinism: on CPU each output element of these primitives is summed by one thread in
 //! entry order, so a fixed seed repeats bit for bit. On CUDA not every kernel involved is
 //! guaranteed deterministic: expect close, not always bit-identical, reruns.
@@ -45,8 +51,9 @@
 use tch::{Device, Kind, Tensor};
 
 use super::model::{
-    decode_scaled, prefix_offsets, row_norms, select, Architecture, Codes, Sae, Selection,
+    decode_scaled, prefix_offsets, row_norms, select_with, Architecture, Codes, Sae, Selection,
 };
+use super::sync::{host_read, SyncFree};
 
 /// Coefficients of one step's loss; `k` is the current k (the loop may warm it up).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -177,15 +184,27 @@ pub struct StepOutput {
 /// and AuxK's [B, dead] slice of them. Fresh tensors that large are mapped anew by the
 /// allocator and pay a page fault per 4 KiB on first touch, which costs a tenth of a step.
 /// One workspace serves any batch size and SAE (it grows as needed).
+///
+/// It also holds which form of the step to run ([`SyncFree`], `Auto` from
+/// [`Workspace::new`]: sync-free on CUDA, the host form on the CPU).
 #[derive(Debug, Default)]
 pub struct Workspace {
     pre: Option<Tensor>,
     dead_pre: Option<Tensor>,
+    pub sync_free: SyncFree,
 }
 
 impl Workspace {
     pub fn new() -> Workspace {
         Workspace::default()
+    }
+
+    /// A workspace that runs the given form of the step (tests force `Always` on the CPU).
+    pub fn with_sync_free(sync_free: SyncFree) -> Workspace {
+        Workspace {
+            sync_free,
+            ..Workspace::default()
+        }
     }
 
     /// A [rows, cols] f32 buffer on `device`, reused when the last one was at least as large.
@@ -247,7 +266,7 @@ pub fn forward_backward(
             } else {
                 Selection::BatchTopK(o.k)
             };
-            let codes = select(&pre, selection);
+            let codes = select_with(&pre, selection, ws.sync_free.on(pre.device()));
             sparse_step(sae, &xs, &xc, &pre, codes, dead, o, ws)
         }
     }
@@ -278,20 +297,34 @@ fn aux_k(
         [sae.config.d_sae],
         "the dead mask must be [d_sae]"
     );
-    let dead_latents = dead.nonzero().view([-1]);
-    let n_dead = dead_latents.size()[0];
-    if n_dead == 0 {
-        return None;
-    }
-    let dead_pre = pre.index_select_out(&ws.dead_pre(pre.device()), 1, &dead_latents); // [B, dead]
-    let mut codes = select(&dead_pre, Selection::TopK(o.k_aux.min(n_dead)));
-    codes.latents = dead_latents.index_select(0, &codes.latents);
-    codes.d_sae = sae.config.d_sae;
+    let f = sae.config.d_sae;
+    let (codes, any_dead) = if ws.sync_free.on(pre.device()) {
+        // Every row keeps k_aux entries; those on live latents hold ReLU(−∞) = 0 and add
+        // nothing to any sum. Without a dead latent the loss is multiplied by 0.
+        let dead_only = pre.where_scalarother(&dead.unsqueeze(0), f64::NEG_INFINITY);
+        let codes = select_with(&dead_only, Selection::TopK(o.k_aux.min(f)), true);
+        (codes, Some(dead.any().to_kind(Kind::Float)))
+    } else {
+        let dead_latents = host_read("AuxK: the dead latents' ids", || dead.nonzero().view([-1]));
+        let n_dead = dead_latents.size()[0];
+        if n_dead == 0 {
+            return None;
+        }
+        // [B, dead]
+        let dead_pre = pre.index_select_out(&ws.dead_pre(pre.device()), 1, &dead_latents);
+        let mut codes = select_with(&dead_pre, Selection::TopK(o.k_aux.min(n_dead)), false);
+        codes.latents = dead_latents.index_select(0, &codes.latents);
+        codes.d_sae = f;
+        (codes, None)
+    };
     let e_hat = decode_scaled(&sae.w_dec, &codes);
     let centered = e - e.mean_dim(0, true, Kind::Float);
     let total = centered.square().sum(Kind::Float).clamp_min(1e-30);
     let residual = e - e_hat;
-    let loss = residual.square().sum(Kind::Float) / &total * o.aux_coef;
+    let mut loss = residual.square().sum(Kind::Float) / &total * o.aux_coef;
+    if let Some(any) = any_dead {
+        loss *= any;
+    }
     let grad = residual * (-2.0 * o.aux_coef) / total;
     Some(AuxK { codes, grad, loss })
 }
@@ -338,6 +371,7 @@ fn sparse_step(
     let b = codes.batch_size();
     let f = sae.config.d_sae;
     let d = sae.config.d_in;
+    let sync_free = ws.sync_free.on(xs.device());
     let xs_hat = decode_scaled(&sae.w_dec, &codes) + &sae.b_dec; // [B, D]
     let e = xs - &xs_hat;
     let mse = e.square().mean(Kind::Float) / o.data_variance;
@@ -368,7 +402,7 @@ fn sparse_step(
     let latents = latents.index_select(0, &order);
     let cols = cols.index_select(0, &order);
     let values = values.index_select(0, &order);
-    let by_latent = prefix_offsets(&latents, f); // [F+1]
+    let by_latent = prefix_offsets(&latents, f, sync_free); // [F+1]
     let empty = Tensor::empty([0], (Kind::Int64, latents.device()));
     let dvalues = Tensor::internal_embedding_bag_per_sample_weights_backward(
         &grad_out, &sae.w_dec, &latents, &empty, &cols, 0, -1,
@@ -395,7 +429,7 @@ fn sparse_step(
             w_dec,
             b_dec,
         },
-        fired: codes.fired(),
+        fired: codes.fired_with(sync_free),
         min_positive: codes.min_positive(),
         x_hat: xs_hat / sae.input_scale,
     }
@@ -440,7 +474,8 @@ fn relu_step(
         );
         let dpre_aux = dvalues * c.values.gt(0.0);
         let order = by_latent_then_column(&c.latents, &c.rows, b);
-        let by_latent = prefix_offsets(&c.latents.index_select(0, &order), f);
+        let sync_free = ws.sync_free.on(device);
+        let by_latent = prefix_offsets(&c.latents.index_select(0, &order), f, sync_free);
         let rows = c.rows.index_select(0, &order);
         let _ = w_dec.g_add_(&bag_sum(
             &a.grad,
