@@ -213,14 +213,15 @@ def section(r: dict) -> str:
                 + ("**at least as good**" if ok else "**worse**")
             )
         lines.append("")
-    if r.get("architectures"):
-        a = r["architectures"]
-        lines += [
-            f"topk against batchtopk in `train` (small size, {a['steps']} steps, the shipped defaults): "
-            f"topk {a['topk']:,.0f} rows/s, batchtopk {a['batchtopk']:,.0f} rows/s, ratio "
-            f"{a['topk'] / a['batchtopk']:.2f}.",
-            "",
-        ]
+    for key, when in [("architectures", "in the full sweep"), ("architectures_after", "re-measured")]:
+        if r.get(key):
+            a = r[key]
+            lines += [
+                f"topk against batchtopk in `train`, {when}{a.get('note', '')} (small size, {a['steps']} steps): "
+                f"topk {a['topk']:,.0f} rows/s, batchtopk {a['batchtopk']:,.0f} rows/s, ratio "
+                f"{a['topk'] / a['batchtopk']:.2f}.",
+                "",
+            ]
     lines.append(END)
     return "\n".join(lines)
 
