@@ -117,7 +117,7 @@ def run_saeclip(exe: Path, data: Path, size: dict, steps: int, sets: dict, name:
 
 
 @torch.no_grad()
-def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads: int) -> dict:
+def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads: int, seed: int = SEED) -> dict:
     """A plain PyTorch top-k SAE trainer: inputs times saeclip's input scale (so that one
     learning rate means the same to both), b_dec = the mean, unit random decoder rows,
     W_enc = W_decᵀ, b_enc = 0; per step a batch of a per-epoch shuffle, z = TopK(ReLU(
@@ -128,7 +128,7 @@ def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads
     with safe_open(str(data / "data.safetensors"), framework="pt") as f:
         rows = f.get_tensor("train")
     n, d = rows.shape
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     sample = rows[torch.randperm(n)[:65_536]]
     scale = d**0.5 / sample.norm(dim=1).mean().item()
     w_dec = torch.randn(size["d_sae"], d)
@@ -212,6 +212,16 @@ def section(r: dict) -> str:
                 f"{shipped['eval']['mmcs']:.4f} vs {plain['eval']['mmcs']:.4f}: "
                 + ("**at least as good**" if ok else "**worse**")
             )
+        if block.get("seed_check"):
+            c = block["seed_check"]
+            mean = lambda v: sum(v) / len(v)  # noqa: E731
+            ok = mean(c["shipped"]) >= mean(c["plain"])
+            lines.append(
+                f"- over seeds {', '.join(map(str, c['seeds']))} (init, sample, batch order): shipped MMCS "
+                f"{', '.join(f'{v:.4f}' for v in c['shipped'])} (mean {mean(c['shipped']):.4f}), plain at the "
+                f"shipped rate {', '.join(f'{v:.4f}' for v in c['plain'])} (mean {mean(c['plain']):.4f}): "
+                + ("**at least as good on average**" if ok else "**worse on average**")
+            )
         lines.append("")
     for key, when in [("architectures", "in the full sweep"), ("architectures_after", "re-measured")]:
         if r.get(key):
@@ -237,6 +247,40 @@ def plain_row(data: Path, size: dict, steps: int, lr: float, tag: str, threads: 
     e = gt.evaluate(out, heldout, atoms)
     log(f"{tag} plain {lr:g}: mmcs {e['mmcs']:.4f} evr {e['evr']:.4f}")
     return {"name": f"plain PyTorch top-k, constant lr {lr:.3g}", "eval": e, "rows_per_s": rep["rows_per_s"]}
+
+
+def seed_check(args) -> int:
+    """The shipped defaults and the plain trainer at the shipped rate again with other seeds
+    (initialisation, sample and batch order): how much of a difference is noise."""
+    from safetensors import safe_open
+
+    report = json.loads((BENCH_DIR / "report.json").read_text())
+    exe = gt.build_rust_bench()
+    seeds = [int(x) for x in args.seed_check.split(",")]
+    for block in report["blocks"]:
+        size, steps = block["size"], block["steps"]
+        data = make_data(exe, size)
+        with safe_open(str(data / "data.safetensors"), framework="pt") as f:
+            heldout, atoms = f.get_tensor("heldout"), f.get_tensor("atoms")
+        tag, lr = f"{size['name']}-{steps}", auto_lr(size["d_sae"])
+        shipped = next(r for r in block["rows"] if r["name"] == SHIPPED)["eval"]["mmcs"]
+        plain = next(r for r in block["rows"] if r["name"] == f"plain PyTorch top-k, constant lr {lr:.3g}")["eval"]["mmcs"]
+        check = {"seeds": [SEED] + seeds, "shipped": [shipped], "plain": [plain]}
+        for seed in seeds:
+            rep = run_saeclip(exe, data, size, steps, {"training.seed": seed}, f"{tag}-seed{seed}", args.threads)
+            check["shipped"].append(gt.evaluate(Path(rep["checkpoint"]), heldout, atoms)["mmcs"])
+            out = BENCH_DIR / "runs" / f"{tag}-plain-seed{seed}.safetensors"
+            plain_topk(data, size, steps, lr, out, args.threads, seed)
+            check["plain"].append(gt.evaluate(out, heldout, atoms)["mmcs"])
+            log(f"{tag} seed {seed}: shipped {check['shipped'][-1]:.4f} plain {check['plain'][-1]:.4f}")
+        block["seed_check"] = check
+    (BENCH_DIR / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    text = section(report)
+    print(text)
+    if not args.no_write:
+        write_section(BEGIN, END, text)
+        log("wrote bench/RESULTS.md")
+    return 0
 
 
 def update_shipped(args) -> int:
@@ -280,7 +324,11 @@ def main() -> int:
     p.add_argument("--update-shipped", action="store_true",
                    help="rerun only the shipped-defaults row and the plain trainer at the defaults' rate, "
                         "keeping the candidate rows of the last full sweep (target/bench/defaults/report.json)")
+    p.add_argument("--seed-check", default="", metavar="S,S",
+                   help="rerun the shipped defaults and the plain trainer at the shipped rate with these seeds")
     args = p.parse_args()
+    if args.seed_check:
+        return seed_check(args)
     if args.update_shipped:
         return update_shipped(args)
     started = time.perf_counter()
