@@ -236,6 +236,14 @@ def section(r: dict) -> str:
     return "\n".join(lines)
 
 
+def heldout_and_atoms(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out rows and the true atoms of a data folder."""
+    from safetensors import safe_open
+
+    with safe_open(str(data / "data.safetensors"), framework="pt") as f:
+        return f.get_tensor("heldout"), f.get_tensor("atoms")
+
+
 def auto_lr(d_sae: int) -> float:
     """`training.lr: auto` (src/sae/config.rs)."""
     return 2e-4 * (16_384 / d_sae) ** 0.5
@@ -252,16 +260,13 @@ def plain_row(data: Path, size: dict, steps: int, lr: float, tag: str, threads: 
 def seed_check(args) -> int:
     """The shipped defaults and the plain trainer at the shipped rate again with other seeds
     (initialisation, sample and batch order): how much of a difference is noise."""
-    from safetensors import safe_open
-
     report = json.loads((BENCH_DIR / "report.json").read_text())
     exe = gt.build_rust_bench()
     seeds = [int(x) for x in args.seed_check.split(",")]
     for block in report["blocks"]:
         size, steps = block["size"], block["steps"]
         data = make_data(exe, size)
-        with safe_open(str(data / "data.safetensors"), framework="pt") as f:
-            heldout, atoms = f.get_tensor("heldout"), f.get_tensor("atoms")
+        heldout, atoms = heldout_and_atoms(data)
         tag, lr = f"{size['name']}-{steps}", auto_lr(size["d_sae"])
         shipped = next(r for r in block["rows"] if r["name"] == SHIPPED)["eval"]["mmcs"]
         plain = next(r for r in block["rows"] if r["name"] == f"plain PyTorch top-k, constant lr {lr:.3g}")["eval"]["mmcs"]
@@ -285,15 +290,12 @@ def seed_check(args) -> int:
 
 def update_shipped(args) -> int:
     """The shipped row and the plain trainer at the shipped rate, into the last full sweep."""
-    from safetensors import safe_open
-
     report = json.loads((BENCH_DIR / "report.json").read_text())
     exe = gt.build_rust_bench()
     for block in report["blocks"]:
         size, steps = block["size"], block["steps"]
         data = make_data(exe, size)
-        with safe_open(str(data / "data.safetensors"), framework="pt") as f:
-            heldout, atoms = f.get_tensor("heldout"), f.get_tensor("atoms")
+        heldout, atoms = heldout_and_atoms(data)
         tag = f"{size['name']}-{steps}"
         rep = run_saeclip(exe, data, size, steps, {}, f"{tag}-shipped", args.threads)
         e = gt.evaluate(Path(rep["checkpoint"]), heldout, atoms)
@@ -340,10 +342,7 @@ def main() -> int:
         if size["name"] not in args.sizes.split(","):
             continue
         data = make_data(exe, size)
-        from safetensors import safe_open
-
-        with safe_open(str(data / "data.safetensors"), framework="pt") as f:
-            heldout, atoms = f.get_tensor("heldout"), f.get_tensor("atoms")
+        heldout, atoms = heldout_and_atoms(data)
         for steps in size["steps"]:
             tag = f"{size['name']}-{steps}"
             rows = []
