@@ -236,6 +236,22 @@ def section(r: dict) -> str:
     return "\n".join(lines)
 
 
+def publish(report: dict, args) -> int:
+    """Save the report, print its RESULTS.md section and, unless --no-write, write it there."""
+    (BENCH_DIR / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    text = section(report)
+    print(text)
+    if not args.no_write:
+        write_section(BEGIN, END, text)
+        log("wrote bench/RESULTS.md")
+    return 0
+
+
+def plain_name(lr: float) -> str:
+    """The table row name of the plain trainer at rate `lr`."""
+    return f"plain PyTorch top-k, constant lr {lr:.3g}"
+
+
 def heldout_and_atoms(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out rows and the true atoms of a data folder."""
     from safetensors import safe_open
@@ -254,7 +270,7 @@ def plain_row(data: Path, size: dict, steps: int, lr: float, tag: str, threads: 
     rep = plain_topk(data, size, steps, lr, out, threads)
     e = gt.evaluate(out, heldout, atoms)
     log(f"{tag} plain {lr:g}: mmcs {e['mmcs']:.4f} evr {e['evr']:.4f}")
-    return {"name": f"plain PyTorch top-k, constant lr {lr:.3g}", "eval": e, "rows_per_s": rep["rows_per_s"]}
+    return {"name": plain_name(lr), "eval": e, "rows_per_s": rep["rows_per_s"]}
 
 
 def seed_check(args) -> int:
@@ -269,7 +285,7 @@ def seed_check(args) -> int:
         heldout, atoms = heldout_and_atoms(data)
         tag, lr = f"{size['name']}-{steps}", auto_lr(size["d_sae"])
         shipped = next(r for r in block["rows"] if r["name"] == SHIPPED)["eval"]["mmcs"]
-        plain = next(r for r in block["rows"] if r["name"] == f"plain PyTorch top-k, constant lr {lr:.3g}")["eval"]["mmcs"]
+        plain = next(r for r in block["rows"] if r["name"] == plain_name(lr))["eval"]["mmcs"]
         check = {"seeds": [SEED] + seeds, "shipped": [shipped], "plain": [plain]}
         for seed in seeds:
             rep = run_saeclip(exe, data, size, steps, {"training.seed": seed}, f"{tag}-seed{seed}", args.threads)
@@ -279,13 +295,7 @@ def seed_check(args) -> int:
             check["plain"].append(gt.evaluate(out, heldout, atoms)["mmcs"])
             log(f"{tag} seed {seed}: shipped {check['shipped'][-1]:.4f} plain {check['plain'][-1]:.4f}")
         block["seed_check"] = check
-    (BENCH_DIR / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    text = section(report)
-    print(text)
-    if not args.no_write:
-        write_section(BEGIN, END, text)
-        log("wrote bench/RESULTS.md")
-    return 0
+    return publish(report, args)
 
 
 def update_shipped(args) -> int:
@@ -303,19 +313,13 @@ def update_shipped(args) -> int:
         rows = [r for r in block["rows"] if r["name"] != SHIPPED]
         rows.insert(0, {"name": SHIPPED, "eval": e, "rows_per_s": rep["summary"]["rows_per_s"]})
         lr = auto_lr(size["d_sae"])
-        if not any(r["name"] == f"plain PyTorch top-k, constant lr {lr:.3g}" for r in rows):
+        if not any(r["name"] == plain_name(lr) for r in rows):
             rows.append(plain_row(data, size, steps, lr, tag, args.threads, heldout, atoms))
         block["rows"] = rows
         block["shipped_lr"] = lr
     report["shipped_commit"] = gt.git_commit()
     report["shipped_date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    (BENCH_DIR / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    text = section(report)
-    print(text)
-    if not args.no_write:
-        write_section(BEGIN, END, text)
-        log("wrote bench/RESULTS.md")
-    return 0
+    return publish(report, args)
 
 
 def main() -> int:
@@ -376,13 +380,7 @@ def main() -> int:
         "architectures": architectures,
         "seconds": time.perf_counter() - started,
     }
-    (BENCH_DIR / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    text = section(report)
-    print(text)
-    if not args.no_write:
-        write_section(BEGIN, END, text)
-        log("wrote bench/RESULTS.md")
-    return 0
+    return publish(report, args)
 
 
 if __name__ == "__main__":

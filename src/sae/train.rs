@@ -1327,6 +1327,34 @@ mod tests {
         assert_eq!(learning_rate(&t, 80, 104), 1.0);
     }
 
+    /// The plan's edges: fewer rows than one batch, a dead window longer than the data, a
+    /// k warm-up longer than the run, and `lr: auto` resolved for the width.
+    #[test]
+    fn plan_edges() {
+        let config = TrainConfig::from_yaml(
+            "",
+            &[
+                "sae.d_sae=1024".into(),
+                "training.batch_size=512".into(),
+                "training.epochs=3".into(),
+                "training.k_start=32".into(),
+                "training.k_warmup_steps=1000".into(),
+            ],
+        )
+        .unwrap();
+        let plan = Plan::new(&config, 100, 64);
+        assert_eq!(plan.steps_per_epoch, 1, "one short batch per epoch");
+        assert_eq!((plan.total_steps, plan.epochs), (3, 3));
+        assert_eq!(plan.dead_window, 100, "the window is bounded by one epoch");
+        assert_eq!(plan.threshold_start, 2, "θ still sees the last step");
+        assert!((plan.peak_lr - 8e-4).abs() < 1e-15, "auto at 1,024 latents");
+        let plan = Plan::new(&config, 10_000_000, 64);
+        assert_eq!(
+            plan.dead_window, 1_000_000,
+            "the configured window when shorter"
+        );
+    }
+
     #[test]
     fn k_warmup_reaches_k() {
         assert_eq!(k_at(64, Some(256), 100, 0), 256);
