@@ -28,7 +28,7 @@ fn patch_cache(dir: &Path, images: usize, tokens: usize, shard_rows: usize, dtyp
         d_model: D,
         dtype,
         layer: 0,
-        tokens: Tokens::Patch,
+        tokens: Tokens::Patches,
         model: ModelRef {
             path: "synthetic".into(),
             sha256: "0".repeat(64),
@@ -215,11 +215,15 @@ fn memory_is_the_default_and_a_stopped_stream_resumes_exactly() {
         "after resuming a stream",
     );
     assert_eq!(metric_lines(&whole), metric_lines(&run));
-    // Streaming trains: validation evr well above zero.
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(whole.join("summary.json")).unwrap())
-            .unwrap();
-    assert!(summary["final"]["val_evr"].as_f64().unwrap() > 0.5, "{summary}");
+    // Streaming trains as well as memory does (another order of the same rows).
+    let val_evr = |run: &Path| -> f64 {
+        let s: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
+                .unwrap();
+        s["final"]["val_evr"].as_f64().unwrap()
+    };
+    let (s, m) = (val_evr(&whole), val_evr(&memory));
+    assert!(s > 0.3 && (s - m).abs() < 0.05, "stream {s} vs memory {m}");
 }
 
 /// A sweep reads the stream once for all members; each member equals the same
