@@ -22,7 +22,13 @@ const D: i64 = 256;
 
 /// A cache of `images` images with `tokens` rows each (patch-token style), in shards of
 /// `shard_rows` rows (ending on image boundaries), stored as `dtype`.
-fn patch_cache(dir: &Path, images: usize, tokens: usize, shard_rows: usize, dtype: Precision) -> PathBuf {
+fn patch_cache(
+    dir: &Path,
+    images: usize,
+    tokens: usize,
+    shard_rows: usize,
+    dtype: Precision,
+) -> PathBuf {
     let x = common::planted_rows(11, images * tokens, (96, D), 4, 2.0, 0.3);
     let key = CacheKey {
         d_model: D,
@@ -144,7 +150,10 @@ fn the_stream_reads_what_memory_holds() {
     let stream = StreamBatches::open(&c, &config, Device::Cpu).unwrap();
     assert_eq!(memory.n_train(), stream.n_train());
     assert!(memory.n_train() > 3 * 1024, "the cache is several buffers");
-    assert!(memory.init_sample(4).unwrap().equal(&stream.init_sample(4).unwrap()));
+    assert!(memory
+        .init_sample(4)
+        .unwrap()
+        .equal(&stream.init_sample(4).unwrap()));
     let held: Vec<Tensor> = collect(memory.held_out().unwrap());
     let streamed: Vec<Tensor> = collect(stream.held_out().unwrap());
     assert_eq!(held.len(), streamed.len());
@@ -157,14 +166,21 @@ fn the_stream_reads_what_memory_holds() {
     assert!(e0[..steps - 1].iter().all(|b| b.size() == [128, D]));
     let all0 = Tensor::cat(&e0, 0);
     let rows_memory = Tensor::cat(&collect(memory.epoch(0).unwrap()), 0);
-    assert_eq!(sorted_rows(&all0), sorted_rows(&rows_memory), "each training row once");
+    assert_eq!(
+        sorted_rows(&all0),
+        sorted_rows(&rows_memory),
+        "each training row once"
+    );
     let again = Tensor::cat(&collect(stream.epoch(0).unwrap()), 0);
     assert!(all0.equal(&again), "an epoch replays bit for bit");
     let e1 = Tensor::cat(&collect(stream.epoch(1).unwrap()), 0);
     assert!(!all0.equal(&e1), "another epoch, another order");
     // Shuffled across shards: the first batch holds rows of more than one shard.
     let all = c.load_all(Kind::Float).unwrap().activations;
-    let same = all.unsqueeze(0).eq_tensor(&e0[0].unsqueeze(1)).all_dims(2, false);
+    let same = all
+        .unsqueeze(0)
+        .eq_tensor(&e0[0].unsqueeze(1))
+        .all_dims(2, false);
     let found = same.any_dim(1, false).all().int64_value(&[]);
     assert_eq!(found, 1, "every streamed row is a cache row");
     let position = same.to_kind(Kind::Int64).argmax(1, false);
@@ -187,9 +203,13 @@ fn memory_is_the_default_and_a_stopped_stream_resumes_exactly() {
     let default = train(&options(config(&cache, &dir.path().join("d"), &[])))
         .unwrap()
         .run_dir;
-    let memory = train(&options(config(&cache, &dir.path().join("m"), &["data.load=memory"])))
-        .unwrap()
-        .run_dir;
+    let memory = train(&options(config(
+        &cache,
+        &dir.path().join("m"),
+        &["data.load=memory"],
+    )))
+    .unwrap()
+    .run_dir;
     assert_same_checkpoint(
         &default.join("checkpoints/last.safetensors"),
         &memory.join("checkpoints/last.safetensors"),
@@ -199,8 +219,8 @@ fn memory_is_the_default_and_a_stopped_stream_resumes_exactly() {
     let whole = train(&options(config(&cache, &dir.path().join("a"), &stream)))
         .unwrap()
         .run_dir;
-    let header = saeclip::sae::checkpoint::read_extra(&whole.join("checkpoints/last.safetensors"))
-        .unwrap();
+    let header =
+        saeclip::sae::checkpoint::read_extra(&whole.join("checkpoints/last.safetensors")).unwrap();
     assert_eq!(header["data"]["load"], "stream");
     assert_eq!(header["data"]["epoch"], 3);
     let mut o = options(config(&cache, &dir.path().join("b"), &stream));
@@ -241,9 +261,13 @@ fn a_sweep_streams_once_for_all_members() {
         let set = format!("sae.k={k}");
         let mut alone = base.to_vec();
         alone.push(&set);
-        let run = train(&options(config(&cache, &dir.path().join(format!("k{k}")), &alone)))
-            .unwrap()
-            .run_dir;
+        let run = train(&options(config(
+            &cache,
+            &dir.path().join(format!("k{k}")),
+            &alone,
+        )))
+        .unwrap()
+        .run_dir;
         assert_same_checkpoint(
             &m.run_dir.join("checkpoints/last.safetensors"),
             &run.join("checkpoints/last.safetensors"),
@@ -274,7 +298,11 @@ fn a_small_buffer_and_a_truncated_shard_fail_before_anything_is_written() {
     let out = saeclip_train(
         &cache,
         &run,
-        &["data.load=stream", "data.buffer_mb=1", "training.batch_size=2000"],
+        &[
+            "data.load=stream",
+            "data.buffer_mb=1",
+            "training.batch_size=2000",
+        ],
     )
     .output()
     .unwrap();
@@ -306,7 +334,11 @@ fn a_shard_changed_while_streaming_stops_training() {
     let child = saeclip_train(
         &cache,
         &run,
-        &["data.load=stream", "training.epochs=100000", "data.val_fraction=0"],
+        &[
+            "data.load=stream",
+            "training.epochs=100000",
+            "data.val_fraction=0",
+        ],
     )
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::piped())
@@ -318,11 +350,12 @@ fn a_shard_changed_while_streaming_stops_training() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(last.exists(), "the run wrote its first checkpoint");
-    // Rewrite a shard in place with the same bytes: only its modification time changes.
+    // Re-write a shard as `extract` writes files (a new file renamed over the old one), with
+    // the same bytes: only its inode and modification time change.
     let shard = cache.join("shard-00002.safetensors");
-    let bytes = std::fs::read(&shard).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::write(&shard, &bytes).unwrap();
+    let tmp = cache.join("shard-00002.safetensors.tmp");
+    std::fs::copy(&shard, &tmp).unwrap();
+    std::fs::rename(&tmp, &shard).unwrap();
     let out = child.wait_with_output().unwrap();
     common::fails_cleanly(&out, "shard-00002.safetensors");
     assert!(String::from_utf8_lossy(&out.stderr).contains("changed"));

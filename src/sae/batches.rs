@@ -190,8 +190,7 @@ impl MemoryBatches {
         let mut images = image_index.clone();
         images.sort_unstable();
         images.dedup();
-        let val_images =
-            held_out_images(&images, config.training.seed, config.data.val_fraction)?;
+        let val_images = held_out_images(&images, config.training.seed, config.data.val_fraction)?;
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for (row, img) in image_index.iter().enumerate() {
             if val_images.contains(img) {
@@ -356,8 +355,7 @@ impl StreamBatches {
             images.sort_unstable();
             images.dedup();
         }
-        let val_images =
-            held_out_images(&images, config.training.seed, config.data.val_fraction)?;
+        let val_images = held_out_images(&images, config.training.seed, config.data.val_fraction)?;
         let mut n_val = 0;
         for s in &shards {
             n_val += s
@@ -416,9 +414,13 @@ impl StreamBatches {
 }
 
 enum Job {
-    Train { epoch: usize },
+    Train {
+        epoch: usize,
+    },
     /// The validation rows (or, when false, the training rows) in cache order.
-    HeldOut { val: bool },
+    HeldOut {
+        val: bool,
+    },
 }
 
 type Sender = mpsc::SyncSender<Result<Vec<f32>>>;
@@ -584,7 +586,8 @@ impl Shard {
                 .map(|a| a.iter().filter_map(Value::as_u64).collect())
                 .unwrap_or_default();
             ensure!(
-                offsets.len() == 2 && offsets[1] - offsets[0] == shape.iter().product::<u64>() * elem,
+                offsets.len() == 2
+                    && offsets[1] - offsets[0] == shape.iter().product::<u64>() * elem,
                 "{shown}: {name} has invalid data offsets {offsets:?}"
             );
             ensure!(
@@ -647,7 +650,9 @@ impl Shard {
     fn windows(&self, row_bytes: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
         let step = (WINDOW_BYTES / row_bytes).max(1);
         let rows = self.rows;
-        (0..rows).step_by(step).map(move |s| s..(s + step).min(rows))
+        (0..rows)
+            .step_by(step)
+            .map(move |s| s..(s + step).min(rows))
     }
 
     /// Append the stored bytes of the rows in `window` whose image passes `keep` to `out`,
@@ -665,15 +670,13 @@ impl Shard {
             // SAFETY: read-only maps of a file whose stamp was just checked; dropped before
             // returning. A file truncated in place between the check and the read would
             // fault: the stamp check keeps that window to one map.
-            unsafe {
-                memmap2::MmapOptions::new()
-                    .offset(at)
-                    .len(len)
-                    .map(&file)
-            }
-            .with_context(|| format!("cannot map {}", self.path.display()))
+            unsafe { memmap2::MmapOptions::new().offset(at).len(len).map(&file) }
+                .with_context(|| format!("cannot map {}", self.path.display()))
         };
-        let acts = map(self.acts_at + (window.start * row_bytes) as u64, n * row_bytes)?;
+        let acts = map(
+            self.acts_at + (window.start * row_bytes) as u64,
+            n * row_bytes,
+        )?;
         let index = map(self.index_at + (window.start * 8) as u64, n * 8)?;
         for (i, img) in index.chunks_exact(8).enumerate() {
             if keep(i64::from_le_bytes(img.try_into().expect("8 bytes"))) {
@@ -699,8 +702,11 @@ impl Batches for StreamBatches {
         let src = &self.source;
         let picks = sample_positions(self.n_train, seed)?;
         // Training ordinal → slot in the sample, visited in cache order.
-        let mut wanted: Vec<(usize, usize)> =
-            picks.iter().enumerate().map(|(slot, &p)| (p, slot)).collect();
+        let mut wanted: Vec<(usize, usize)> = picks
+            .iter()
+            .enumerate()
+            .map(|(slot, &p)| (p, slot))
+            .collect();
         wanted.sort_unstable();
         let rb = src.row_bytes;
         let mut rows = vec![0u8; picks.len() * rb];

@@ -422,10 +422,7 @@ impl TrainConfig {
             "data.val_fraction = {}: must lie in [0, 1)",
             self.data.val_fraction
         );
-        ensure!(
-            self.data.buffer_mb > 0,
-            "data.buffer_mb must be at least 1"
-        );
+        ensure!(self.data.buffer_mb > 0, "data.buffer_mb must be at least 1");
         Ok(())
     }
 }
