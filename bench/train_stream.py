@@ -213,7 +213,7 @@ def main() -> int:
         f"warm {rate(tiny_warm) / rate(tiny_memory):.2f}x, cold "
         f"{rate(tiny_cold) / rate(tiny_memory):.2f}x",
         f"- The disk, cold: {disk / 1e6:.0f} MB/s sequential (the shards read once after "
-        f"eviction) = {disk / (D * 2):.0f} rows/s of this width, against the "
+        f"eviction; a virtual disk, which the host may cache) = {disk / (D * 2):.0f} rows/s of this width, against the "
         f"{rate(cold):.0f} rows/s the CPU steps consume: on this machine the stream is "
         f"bound by the steps, not the disk; the cold runs read each shard byte once "
         f"(disk read GB above)",

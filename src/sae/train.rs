@@ -1078,7 +1078,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
         let active: Vec<usize> = (0..members.len())
             .filter(|&i| members[i].progress.epoch == epoch)
             .collect();
-        let mut step = members[active[0]].progress.step;
+        let step = members[active[0]].progress.step;
         for &i in &active {
             ensure!(
                 members[i].progress.step == step,
@@ -1092,10 +1092,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
             .map(|&i| EpochStats::new(d_in, members[i].sae_config.d_sae, device))
             .collect();
         let epoch_started = Instant::now();
-        for x in batches.epoch(epoch)? {
-            if step >= shared.total_steps {
-                break;
-            }
+        for x in batches.epoch(epoch)?.take(shared.total_steps - step) {
             let x = x?;
             rows_done += x.size()[0] as usize;
             for (&i, stats) in active.iter().zip(stats.iter_mut()) {
@@ -1125,7 +1122,6 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
                     ));
                 }
             }
-            step += 1;
             bar.inc(1);
         }
         for s in &stats {
