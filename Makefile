@@ -104,6 +104,12 @@ bench-sweep: setup
 	cargo build --release
 	$(PY) bench/sweep.py
 
+## bench-train-stream: train from a 1.1 GB cache in memory vs streamed: peak RSS, rows/s warm and cold (writes bench/RESULTS.md)
+.PHONY: bench-train-stream
+bench-train-stream: setup
+	cargo build --release
+	$(PY) bench/train_stream.py
+
 bench: bench-clip bench-extract bench-train bench-eval bench-interpret bench-step bench-sweep
 
 clean:

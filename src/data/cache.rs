@@ -757,15 +757,15 @@ fn file_sha256_memo(path: &Path, min_bytes: u64) -> Result<String> {
 
 /// What identifies one version of a file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct FileStamp {
-    size: u64,
+pub struct FileStamp {
+    pub size: u64,
     /// Nanoseconds since the Unix epoch (u64 lasts until 2554).
-    mtime_ns: u64,
-    inode: u64,
+    pub mtime_ns: u64,
+    pub inode: u64,
 }
 
 impl FileStamp {
-    fn of(meta: &std::fs::Metadata) -> Option<FileStamp> {
+    pub fn of(meta: &std::fs::Metadata) -> Option<FileStamp> {
         let mtime_ns = meta
             .modified()
             .ok()?

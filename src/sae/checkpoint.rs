@@ -288,6 +288,27 @@ pub fn load_sae(path: &Path, device: Device) -> Result<(Sae, CheckpointMeta)> {
     Ok((c.sae, c.meta))
 }
 
+/// The `state.extra` of a training checkpoint's header (the loop's scalars) without reading
+/// its tensors; `Value::Null` when it has none.
+pub fn read_extra(path: &Path) -> Result<Value> {
+    let shown = path.display();
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open SAE checkpoint {shown}"))?;
+    // SAFETY: read-only map; only the header is read, into owned values.
+    let map =
+        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {shown}"))?;
+    let (_, meta) = SafeTensors::read_metadata(&map)
+        .map_err(|e| anyhow!("{shown} is not a valid safetensors file ({e})"))?;
+    let text = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .ok_or_else(|| anyhow!("{shown} has no `{METADATA_KEY}` metadata"))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| anyhow!("{shown}: the `{METADATA_KEY}` metadata is not valid JSON ({e})"))?;
+    Ok(value["state"]["extra"].clone())
+}
+
 fn read(path: &Path, device: Device, with_training: bool) -> Result<Checkpoint> {
     let shown = path.display();
     let file =

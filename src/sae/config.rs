@@ -56,6 +56,31 @@ pub struct DataConfig {
     pub dtype: Precision,
     /// Share of images held out for validation (split by image, never by row).
     pub val_fraction: f64,
+    /// How training reads the cache: all rows in memory, streamed from the shards, or
+    /// `auto` (memory when the cache fits the budget of [`super::batches::memory_budget`]).
+    pub load: DataLoad,
+    /// Host memory for the shuffle buffer when streaming, in MiB.
+    pub buffer_mb: usize,
+}
+
+/// `data.load`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataLoad {
+    #[default]
+    Auto,
+    Memory,
+    Stream,
+}
+
+impl DataLoad {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataLoad::Auto => "auto",
+            DataLoad::Memory => "memory",
+            DataLoad::Stream => "stream",
+        }
+    }
 }
 
 impl Default for DataConfig {
@@ -71,6 +96,8 @@ impl Default for DataConfig {
             limit: None,
             dtype: Precision::F16,
             val_fraction: 0.05,
+            load: DataLoad::Auto,
+            buffer_mb: 1024,
         }
     }
 }
@@ -395,6 +422,7 @@ impl TrainConfig {
             "data.val_fraction = {}: must lie in [0, 1)",
             self.data.val_fraction
         );
+        ensure!(self.data.buffer_mb > 0, "data.buffer_mb must be at least 1");
         Ok(())
     }
 }

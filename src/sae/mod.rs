@@ -19,6 +19,7 @@
 //! Spaces: every public function takes and returns activations in the *original* space;
 //! the SAE works internally on `x·input_scale` (the "scaled space", where E‖x‖ = √d_in), and
 //! the training losses are measured there. Metrics (`Evr`, l0) are in the original space.
+pub mod batches;
 pub mod checkpoint;
 pub mod config;
 pub mod export;

@@ -1,13 +1,14 @@
 //! `train`: fit an SAE to an activation cache, one visible loop (nanoGPT train.py).
 //!
 //! Reads top to bottom: resolve the data (extracting it first if the config names a model
-//! and dataset), split it by image into train and validation rows, initialise the SAE from
-//! a sample, then for each epoch: a seeded shuffle, steps of forward/backward/Adam with the
+//! and dataset), open its batches (in memory or streamed from the shards, split by image
+//! into train and validation rows: see [`super::batches`]), initialise the SAE from a
+//! sample, then for each epoch: its batches, steps of forward/backward/Adam with the
 //! learning-rate, k and L1 schedules, a step line every `log_every` steps, and at the end
 //! of the epoch a validation pass, an epoch line and the checkpoints. Scalars are read off
 //! the device only at log intervals and epoch ends.
 //!
-//! Determinism: the shuffle of epoch e depends only on (seed, e), and a training
+//! Determinism: the batches of epoch e depend only on (seed, e), and a training
 //! checkpoint holds everything else the loop carries (Adam, dead-latent counters, the
 //! batchtopk threshold, the best score), so on CPU a run resumed at an epoch boundary ends
 //! bit-identical to an uninterrupted one.
@@ -21,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
+use super::batches::{self, BatchIter, Batches};
 use super::checkpoint::{self, CheckpointMeta, TrainingStateRef};
-use super::config::{LrSchedule, SaeSection, TrainConfig, TrainingSection};
+use super::config::{DataLoad, LrSchedule, SaeSection, TrainConfig, TrainingSection};
 use super::model::{Architecture, Sae, SaeConfig, WEncInit};
 use super::objective::{
     data_variance, forward_backward, DeadTracker, Evr, Firing, LossOptions, StepOutput,
@@ -34,9 +36,6 @@ use crate::clip::LoadOptions;
 use crate::data::cache::{file_sha256, ActivationCache};
 use crate::disk::write_bytes_atomic;
 use crate::extract::{extract, ExtractOptions};
-
-/// Rows used to choose `input_scale` and `b_dec`.
-const INIT_SAMPLE_ROWS: i64 = 65_536;
 
 /// Everything `train` needs besides the config.
 #[derive(Debug, Clone)]
@@ -222,61 +221,24 @@ pub struct EvalMetrics {
     pub l0: f64,
 }
 
-/// Evaluate `sae` (inference encoding) on `rows` of `acts`, in batches.
-pub fn evaluate(sae: &Sae, acts: &Tensor, rows: &Tensor, batch_size: usize) -> EvalMetrics {
+/// Evaluate `sae` (inference encoding) on `batches` of held-out rows.
+pub fn evaluate(sae: &Sae, batches: BatchIter<'_>) -> Result<EvalMetrics> {
     let _guard = tch::no_grad_guard();
     let device = sae.device();
     let mut evr = Evr::new(sae.config.d_in, device);
     let mut firing = Firing::new(sae.config.d_sae, device);
-    let n = rows.size()[0];
-    let mut start = 0;
-    while start < n {
-        let len = (batch_size as i64).min(n - start);
-        let x = acts
-            .index_select(0, &rows.narrow(0, start, len))
-            .to_device(device)
-            .to_kind(Kind::Float);
+    for x in batches {
+        let x = x?.to_device(device);
         let codes = sae.encode_sparse(&x, sae.inference_selection());
         let x_hat = sae.decode_sparse(&codes);
         evr.update(&x, &x_hat);
-        firing.update(&codes.fired(), len);
-        start += len;
+        firing.update(&codes.fired(), x.size()[0]);
     }
-    EvalMetrics {
+    Ok(EvalMetrics {
         evr: evr.evr(),
         evr_seed: evr.evr_seed(),
         l0: firing.l0(),
-    }
-}
-
-/// The data of a run: all rows (in the cache's dtype), the train and validation row
-/// indices, and what the rows came from.
-struct Data {
-    acts: Tensor,
-    train: Tensor,
-    val: Tensor,
-    clip: Value,
-}
-
-impl Data {
-    fn n_train(&self) -> usize {
-        self.train.size()[0] as usize
-    }
-
-    /// The rows the end-of-epoch SAE is evaluated on: the validation rows, or the
-    /// training rows when there are none.
-    fn held_out(&self) -> &Tensor {
-        if self.val.size()[0] > 0 {
-            &self.val
-        } else {
-            &self.train
-        }
-    }
-
-    /// Rows `rows` (indices into `acts`) as f32. [B, D]
-    fn batch(&self, rows: &Tensor) -> Tensor {
-        self.acts.index_select(0, rows).to_kind(Kind::Float)
-    }
+    })
 }
 
 /// Find or make the cache the config points at.
@@ -328,53 +290,6 @@ fn resolve_cache(config: &mut TrainConfig, load: &LoadOptions) -> Result<Activat
         }
     }
     ActivationCache::open_many(&paths)
-}
-
-fn load_data(cache: &ActivationCache, config: &TrainConfig, device: Device) -> Result<Data> {
-    let m = cache.manifest();
-    let all = cache.load_all(m.dtype.kind())?;
-    // Hold out whole images: the same image never feeds both sides.
-    let image_index = Vec::<i64>::try_from(&all.image_index)?;
-    let mut images = image_index.clone();
-    images.sort_unstable();
-    images.dedup();
-    let order = Vec::<i64>::try_from(&crate::rng::seeded(config.training.seed, || {
-        Tensor::randperm(images.len() as i64, (Kind::Int64, Device::Cpu))
-    }))?;
-    let n_val = if config.data.val_fraction > 0.0 && images.len() >= 2 {
-        ((images.len() as f64 * config.data.val_fraction).ceil() as usize)
-            .clamp(1, images.len() - 1)
-    } else {
-        0
-    };
-    let val_images: std::collections::HashSet<i64> =
-        order[..n_val].iter().map(|&i| images[i as usize]).collect();
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (row, img) in image_index.iter().enumerate() {
-        if val_images.contains(img) {
-            val.push(row as i64);
-        } else {
-            train.push(row as i64);
-        }
-    }
-    ensure!(
-        !train.is_empty(),
-        "the activation cache has no training rows"
-    );
-    crate::ui::info(format!(
-        "data: {} rows of width {} from {} images ({} train rows, {} validation rows from {n_val} images)",
-        image_index.len(),
-        m.d_model,
-        images.len(),
-        train.len(),
-        val.len()
-    ));
-    Ok(Data {
-        acts: all.activations.to_device(device),
-        train: Tensor::from_slice(&train).to_device(device),
-        val: Tensor::from_slice(&val).to_device(device),
-        clip: json!({"model": m.model.path, "sha256": m.model.sha256, "layer": m.layer, "tokens": m.tokens}),
-    })
 }
 
 /// An open run: its directory, `metrics.jsonl` open for appending, and what every
@@ -743,8 +658,7 @@ fn step_line(
 fn end_epoch(
     trainer: &mut Trainer,
     stats: &EpochStats,
-    data: &Data,
-    plan: &Plan,
+    batches: &dyn Batches,
     files: &mut RunFiles,
     progress: &mut Progress,
     (time, rows_per_s): (f64, f64),
@@ -759,7 +673,7 @@ fn end_epoch(
         ensure!(ok, "{name} holds non-finite values at step {step}: training stopped; the last good checkpoint is kept");
     }
     sae.threshold = trainer.threshold.as_ref().and_then(|th| th.value());
-    let val = evaluate(sae, &data.acts, data.held_out(), plan.training.batch_size);
+    let val = evaluate(sae, batches.held_out()?)?;
     let dead_frac = trainer.dead.dead_fraction().double_value(&[]);
     let dead_window = trainer.dead.current_window();
     let (lr, k) = (stats.last_lr, stats.last_k);
@@ -792,7 +706,8 @@ fn end_epoch(
             &trainer.dead.rows_since_fired,
         )],
         extra: json!({"best_val_evr": progress.best_val_evr, "best_epoch": progress.best_epoch,
-                      "rows_seen": trainer.dead.rows_seen, "data_variance": trainer.data_variance}),
+                      "rows_seen": trainer.dead.rows_seen, "data_variance": trainer.data_variance,
+                      "data": batches.state(epoch)}),
     };
     checkpoint::save(
         &files.dir.last(),
@@ -803,26 +718,6 @@ fn end_epoch(
     )?;
     files.log(&epoch_line)?;
     Ok((val, dead_frac))
-}
-
-/// The initialisation sample: up to [`INIT_SAMPLE_ROWS`] training rows drawn with the seed.
-fn init_sample(data: &Data, seed: i64) -> Tensor {
-    let n = data.train.size()[0];
-    let pick = crate::rng::seeded(seed, || Tensor::randperm(n, (Kind::Int64, Device::Cpu)))
-        .narrow(0, 0, n.min(INIT_SAMPLE_ROWS))
-        .to_device(data.train.device());
-    data.batch(&data.train.index_select(0, &pick))
-}
-
-/// The training rows of epoch `epoch` in their seeded order: the shuffle depends only on
-/// (seed, epoch), so a resumed run draws what an uninterrupted one would.
-fn epoch_order(data: &Data, seed: i64, epoch: usize) -> Tensor {
-    let shuffle_seed = seed.wrapping_mul(1_000_003).wrapping_add(epoch as i64 + 1);
-    let perm = crate::rng::seeded(shuffle_seed, || {
-        Tensor::randperm(data.n_train() as i64, (Kind::Int64, Device::Cpu))
-    })
-    .to_device(data.train.device());
-    data.train.index_select(0, &perm)
 }
 
 /// The SAE a config asks for on inputs of width `d_in`.
@@ -837,7 +732,9 @@ fn sae_config(config: &TrainConfig, d_in: i64) -> SaeConfig {
 
 /// What the members of a pass share when they are opened.
 struct Shared<'a> {
-    data: &'a Data,
+    batches: &'a dyn Batches,
+    /// What the rows came from, for checkpoint headers.
+    clip: Value,
     d_in: i64,
     /// Continue from the members' last checkpoints.
     resume: bool,
@@ -870,7 +767,8 @@ impl Member {
         shared: &Shared<'_>,
     ) -> Result<Member> {
         let Shared {
-            data,
+            batches,
+            ref clip,
             d_in,
             resume,
             device,
@@ -878,9 +776,12 @@ impl Member {
         } = *shared;
         let sae_config = sae_config(&config, d_in);
         sae_config.validate()?;
-        let plan = Plan::new(&config, data.n_train(), d_in);
+        let plan = Plan::new(&config, batches.n_train(), d_in);
         let (trainer, progress) = if resume && dir.last().exists() {
             let (trainer, progress) = load_trainer(&dir.last(), &plan, device)?;
+            batches
+                .check_state(&checkpoint::read_extra(&dir.last())?["data"])
+                .with_context(|| format!("cannot resume {}", dir.0.display()))?;
             let found = trainer.sae.config;
             ensure!(
                 found == sae_config,
@@ -909,7 +810,10 @@ impl Member {
                 truncate_metrics(&dir.metrics(), 0)?;
             }
             // The seed and the rows are shared, so every member draws the same sample.
-            let sample = sample.get_or_init(|| init_sample(data, config.training.seed));
+            if sample.get().is_none() {
+                let _ = sample.set(batches.init_sample(config.training.seed)?);
+            }
+            let sample = sample.get().expect("set above");
             let trainer = Trainer::fresh(&config, &plan, &sae_config, sample)?;
             let progress = Progress {
                 step: 0,
@@ -919,7 +823,7 @@ impl Member {
             };
             (trainer, progress)
         };
-        let files = RunFiles::open(dir, data.clip.clone(), &config)?;
+        let files = RunFiles::open(dir, clip.clone(), &config)?;
         Ok(Member {
             name,
             config,
@@ -933,21 +837,16 @@ impl Member {
     }
 
     /// The summary of a member that has run all its epochs.
-    fn summary(&self, data: &Data, rows_per_s: f64) -> Summary {
+    fn summary(&self, batches: &dyn Batches, rows_per_s: f64) -> Result<Summary> {
         let (val, dead_frac) = match self.last_eval {
             Some(v) => v,
             // Resumed after the last epoch: report from the checkpoint.
             None => (
-                evaluate(
-                    &self.trainer.sae,
-                    &data.acts,
-                    data.held_out(),
-                    self.plan.training.batch_size,
-                ),
+                evaluate(&self.trainer.sae, batches.held_out()?)?,
                 self.trainer.dead.dead_fraction().double_value(&[]),
             ),
         };
-        Summary {
+        Ok(Summary {
             best_checkpoint: "checkpoints/best.safetensors".into(),
             last_checkpoint: "checkpoints/last.safetensors".into(),
             best_epoch: self.progress.best_epoch,
@@ -962,7 +861,7 @@ impl Member {
             steps: self.progress.step,
             epochs: self.plan.epochs,
             rows_per_s,
-        }
+        })
     }
 }
 
@@ -973,6 +872,22 @@ struct Layout {
     root: PathBuf,
     sweep: Option<SweepFile>,
     members: Vec<(Option<String>, RunDir, TrainConfig)>,
+}
+
+/// How a resumed run read its rows: the `data.load` its members' last checkpoints record
+/// (memory for checkpoints written before streaming existed); None when no member has a
+/// checkpoint yet.
+fn recorded_load(layout: &Layout) -> Result<Option<DataLoad>> {
+    for (_, run, _) in &layout.members {
+        if run.last().exists() {
+            let extra = checkpoint::read_extra(&run.last())?;
+            return Ok(Some(match extra["data"]["load"].as_str() {
+                Some("stream") => DataLoad::Stream,
+                _ => DataLoad::Memory,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Read what a run directory (a single run's or a sweep's) holds to resume it.
@@ -1081,15 +996,24 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
             .validate()
             .with_context(|| format!("sweep member {}", spec.name))?;
     }
+    // The rows, read the way a resumed run read them (its checkpoints record what `auto`
+    // chose), before anything is written: a bad cache or buffer leaves no run behind.
+    let load = match resumed.as_ref().map(recorded_load).transpose()?.flatten() {
+        Some(load) => load,
+        None => batches::resolve_load(config.data.load, &cache),
+    };
+    let batches = batches::open(&cache, &config, load, device)?;
+    let m = cache.manifest();
+    let clip = json!({"model": m.model.path, "sha256": m.model.sha256, "layer": m.layer, "tokens": m.tokens});
     let resume = resumed.is_some();
     let layout = match resumed {
         Some(layout) => layout,
         None => create_layout(&config, specs)?,
     };
-    let data = load_data(&cache, &config, device)?;
     let mut members = Vec::with_capacity(layout.members.len());
     let opening = Shared {
-        data: &data,
+        batches: batches.as_ref(),
+        clip,
         d_in,
         resume,
         device,
@@ -1154,7 +1078,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
         let active: Vec<usize> = (0..members.len())
             .filter(|&i| members[i].progress.epoch == epoch)
             .collect();
-        let mut step = members[active[0]].progress.step;
+        let step = members[active[0]].progress.step;
         for &i in &active {
             ensure!(
                 members[i].progress.step == step,
@@ -1163,17 +1087,14 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
                 members[i].progress.step
             );
         }
-        let order = epoch_order(&data, shared.training.seed, epoch);
         let mut stats: Vec<EpochStats> = active
             .iter()
             .map(|&i| EpochStats::new(d_in, members[i].sae_config.d_sae, device))
             .collect();
         let epoch_started = Instant::now();
-        let mut start = 0usize;
-        while start < data.n_train() && step < shared.total_steps {
-            let len = shared.training.batch_size.min(data.n_train() - start);
-            let x = data.batch(&order.narrow(0, start as i64, len as i64));
-            rows_done += len;
+        for x in batches.epoch(epoch)?.take(shared.total_steps - step) {
+            let x = x?;
+            rows_done += x.size()[0] as usize;
             for (&i, stats) in active.iter().zip(stats.iter_mut()) {
                 let m = &mut members[i];
                 let report = m.trainer.step(&x, &m.plan, m.progress.step);
@@ -1201,8 +1122,6 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
                     ));
                 }
             }
-            step += 1;
-            start += len;
             bar.inc(1);
         }
         for s in &stats {
@@ -1219,8 +1138,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
             m.last_eval = Some(end_epoch(
                 &mut m.trainer,
                 stats,
-                &data,
-                &m.plan,
+                batches.as_ref(),
                 &mut m.files,
                 &mut m.progress,
                 timing,
@@ -1237,7 +1155,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
         .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
     let mut summaries = Vec::with_capacity(members.len());
     for m in &members {
-        let summary = m.summary(&data, rows_per_s);
+        let summary = m.summary(batches.as_ref(), rows_per_s)?;
         let run = &m.files.dir;
         write_bytes_atomic(
             &run.summary(),
