@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::model::{Architecture, Sae, SaeConfig};
+use super::model::{Architecture, JumpReluParams, MatryoshkaParams, Sae, SaeConfig};
 use super::objective::ThresholdEstimator;
-use super::optim::{Adam, AdamConfig, PARAMS};
+use super::optim::{param_names, Adam, AdamConfig, LOG_THRESHOLD, PARAMS};
 use crate::disk::write_atomic;
 
 /// Version of the header and tensor set; bump it on every change to either.
@@ -105,6 +105,12 @@ struct Header {
     training: Value,
     #[serde(default)]
     metrics: Value,
+    // jumprelu: the estimator and penalty settings (defaults when absent); matryoshka: the
+    // prefixes (required). Written only for those architectures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jumprelu: Option<JumpReluParams>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    matryoshka: Option<MatryoshkaParams>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     state: Option<StateHeader>,
 }
@@ -222,6 +228,10 @@ pub fn save(
     {
         entries.push((name.to_string(), entry(t, dtype)?));
     }
+    if let Some(t) = &sae.log_threshold {
+        // log θ stays f32 whatever `dtype`: θ = exp(log θ) amplifies rounding.
+        entries.push((LOG_THRESHOLD.to_string(), entry(t, Kind::Float)?));
+    }
     let state = match training {
         None => None,
         Some(s) => {
@@ -267,6 +277,11 @@ pub fn save(
         clip: meta.clip.clone(),
         training: meta.training.clone(),
         metrics: meta.metrics.clone(),
+        jumprelu: sae.jumprelu.filter(|_| sae.config.architecture == Architecture::JumpRelu),
+        matryoshka: sae
+            .matryoshka
+            .clone()
+            .filter(|_| sae.config.architecture == Architecture::Matryoshka),
         state,
     };
     let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(&header)?)]);
@@ -362,7 +377,7 @@ fn read(path: &Path, device: Device, with_training: bool) -> Result<Checkpoint> 
     let b_enc = take(PARAMS[1], Some(shapes[1]), true)?;
     let w_dec = take(PARAMS[2], Some(shapes[2]), true)?;
     let b_dec = take(PARAMS[3], Some(shapes[3]), true)?;
-    let sae = Sae::from_tensors(
+    let mut sae = Sae::from_tensors(
         config,
         &w_enc,
         &b_enc,
@@ -371,15 +386,36 @@ fn read(path: &Path, device: Device, with_training: bool) -> Result<Checkpoint> 
         header.input_scale,
         header.threshold,
     )
-    .with_context(|| format!("{shown}: invalid SAE"))?
-    .to_device(device);
+    .with_context(|| format!("{shown}: invalid SAE"))?;
+    match config.architecture {
+        Architecture::JumpRelu => {
+            let t = take(LOG_THRESHOLD, Some(&[f]), true)?;
+            sae.log_threshold = Some(t.to_kind(Kind::Float).contiguous());
+            let params = header.jumprelu.unwrap_or_default();
+            params
+                .validate()
+                .with_context(|| format!("{shown}: invalid jumprelu settings"))?;
+            sae.jumprelu = Some(params);
+        }
+        Architecture::Matryoshka => {
+            let m = header.matryoshka.ok_or_else(|| {
+                anyhow!("{shown}: a matryoshka checkpoint needs `matryoshka` (widths, weights, selection) in its header")
+            })?;
+            sae.set_matryoshka(m)
+                .with_context(|| format!("{shown}: invalid matryoshka header"))?;
+        }
+        _ => {}
+    }
+    let sae = sae.to_device(device);
 
     let training = match header.state {
         Some(state) if with_training => {
             let mut moments = Vec::new();
-            for (i, param) in PARAMS.iter().enumerate() {
+            let threshold_shape: &[i64] = &[f];
+            for (i, param) in param_names(&sae).iter().enumerate() {
+                let shape = shapes.get(i).copied().unwrap_or(threshold_shape);
                 for moment in ["exp_avg", "exp_avg_sq"] {
-                    let t = take(&format!("optim.{param}.{moment}"), Some(shapes[i]), true)?;
+                    let t = take(&format!("optim.{param}.{moment}"), Some(shape), true)?;
                     moments.push((format!("{param}.{moment}"), t));
                 }
             }
