@@ -12,7 +12,8 @@
 //! the same way); relu ↔ `standard`; jumprelu ↔ `jumprelu` with θ_j = exp(log θ_j) per
 //! latent; matryoshka (batch top-k) ↔ `matryoshka_batchtopk` (SAE-Lens's training class,
 //! loaded with `TrainingSAE.load_from_disk`: `matryoshka_widths`, `k`, and the inference
-//! threshold as its `topk_threshold` buffer, 0 when θ is unknown); matryoshka with top-k →
+//! threshold as its `topk_threshold` buffer, 0 when θ is unknown; on import its default
+//! `rescale_acts_by_decoder_norm` is folded into the weights); matryoshka with top-k →
 //! `topk` (SAE-Lens has no nested top-k class; the prefixes ride in the metadata).
 //!
 //! Import of a `jumprelu` folder: one threshold for all latents and a k (recorded by a
@@ -406,9 +407,9 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
         );
         Ok(t.to_kind(Kind::Double))
     };
-    let w_enc = take("W_enc", &[d_in, d_sae])?;
+    let mut w_enc = take("W_enc", &[d_in, d_sae])?;
     let mut b_enc = take("b_enc", &[d_sae])?;
-    let w_dec = take("W_dec", &[d_sae, d_in])?;
+    let mut w_dec = take("W_dec", &[d_sae, d_in])?;
     let b_dec = take("b_dec", &[d_in])?;
 
     let saeclip_arch = saeclip.get("architecture").and_then(Value::as_str);
@@ -471,6 +472,20 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
                 .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>())
                 .ok_or_else(|| anyhow!("{shown_cfg}: `matryoshka_widths` is missing or not a list of integers"))?;
             widths = Some(w);
+            // SAE-Lens's training default (true for its top-k training classes): the
+            // pre-activations are scaled by ‖W_dec[j]‖ and the codes divided by it again to
+            // decode. Folding n_j into W_enc's and b_enc's columns and out of W_dec's rows
+            // gives the same codes and reconstructions (θ stays in the codes' units).
+            if cfg
+                .get("rescale_acts_by_decoder_norm")
+                .and_then(Value::as_bool)
+                .unwrap_or(true)
+            {
+                let norms = w_dec.square().sum_dim_intlist(1, false, Kind::Double).sqrt();
+                w_enc = &w_enc * norms.unsqueeze(0);
+                b_enc = &b_enc * &norms;
+                w_dec = &w_dec / norms.clamp_min(1e-30).unsqueeze(1);
+            }
             (Architecture::Matryoshka, k.round() as i64, theta)
         }
         "standard" => (Architecture::Relu, k.or(recorded_k).unwrap_or(0), None),

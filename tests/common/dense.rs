@@ -3,7 +3,7 @@
 //! of the step-time benchmark (benches/sae_step.rs).
 
 use saeclip::sae::{Architecture, LossOptions, MatryoshkaSelection, Sae, SparsityLoss};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Loss terms and the gradients of `W_enc`, `b_enc`, `W_dec`, `b_dec`.
 pub struct Reference {
