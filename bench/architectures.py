@@ -67,7 +67,10 @@ def log(msg: str) -> None:
 def saeclip_run(name: str, args, sets: list[str]) -> dict:
     run_dir = OUT / name
     subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-    cmd = [str(ROOT / "target" / "release" / "saeclip"), "--threads", str(args.threads), "train"]
+    empty = OUT / "empty.yaml"
+    empty.write_text("{}\n")
+    cmd = [str(ROOT / "target" / "release" / "saeclip"), "--threads", str(args.threads), "train",
+           "--config", str(empty)]  # fmt: skip
     base = [
         f"data.cache={DATA / 'cache'}", "data.val_fraction=0", f"output.run_dir={run_dir}",
         f"output.checkpoints_dir={OUT / 'published'}", f"sae.d_sae={args.width}", f"sae.k={args.k}",
@@ -110,6 +113,12 @@ def saeclip_run(name: str, args, sets: list[str]) -> dict:
 # sae-lens
 
 
+def epoch_order_at(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """saeclip's shuffle of epoch `epoch` (src/sae/train.rs epoch_order)."""
+    torch.manual_seed(seed * 1_000_003 + epoch + 1)
+    return torch.randperm(n)
+
+
 def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.saes.matryoshka_batchtopk_sae import (
@@ -141,8 +150,12 @@ def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
     sae.train()
     before = os.getloadavg()
     clock, start = [], time.perf_counter()
+    per_epoch = -(-rows.shape[0] // args.batch)
     for i in range(args.steps):
-        x = rows.index_select(0, order[i * args.batch : (i + 1) * args.batch]) * scale
+        epoch, j = divmod(i, per_epoch)
+        if j == 0:
+            order = epoch_order_at(rows.shape[0], 0, epoch)
+        x = rows.index_select(0, order[j * args.batch : (j + 1) * args.batch]) * scale
         out = sae.training_forward_pass(
             step_input=TrainStepInput(
                 sae_in=x, coefficients=coefficients, dead_neuron_mask=None,
@@ -205,15 +218,16 @@ def evaluate(r: dict, heldout: torch.Tensor, atoms: torch.Tensor, prefix: int | 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=120, help="training steps (one epoch is 128 at batch 1024)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (an epoch is 128 at batch 1024)")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--widths", default="64,256,1024", help="matryoshka prefix widths")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--l0-coef", type=float, default=1e-3, help="jumprelu λ in saeclip's units")
+
+    p.add_argument("--l0-coef", type=float, default=1e-2, help="jumprelu λ in saeclip's units")
     p.add_argument("--bandwidth", type=float, default=0.001)
-    p.add_argument("--init-threshold", type=float, default=0.001)
+    p.add_argument("--init-threshold", type=float, default=0.5, help="jumprelu θ at init (scaled space)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -280,7 +294,7 @@ def main() -> int:
             f"{torch.__version__}, Python {platform.python_version()}. A reduced budget: the small "
             "ground-truth data of `make bench-defaults` (d = 64, 256 unit atoms, 4 active per row, "
             f"Exp(1) magnitudes, noise 0.01), width {args.width}, batch {args.batch}, "
-            f"{args.steps} steps (one pass), Adam lr {args.lr:g}, constant, no clipping, no AuxK, "
+            f"{args.steps} steps ({args.steps / 128:.1f} passes), Adam lr {args.lr:g}, constant, no clipping, no AuxK, "
             "the same batches, input scale and b_dec (geometric median) for all.",
             "",
             f"jumprelu: λ = {args.l0_coef:g} (saeclip units; sae-lens gets λ·d·σ², the same "

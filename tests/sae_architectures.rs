@@ -64,8 +64,7 @@ fn random_sae(cfg: SaeConfig, x: &Tensor, seed: i64) -> Sae {
             .g_add_(&(Tensor::randn([cfg.d_in, cfg.d_sae], (Kind::Float, CPU)) * 0.05));
         sae.b_enc = Tensor::randn([cfg.d_sae], (Kind::Float, CPU)) * 0.1;
         if cfg.architecture == Architecture::JumpRelu {
-            sae.log_threshold =
-                Some(Tensor::randn([cfg.d_sae], (Kind::Float, CPU)) * 0.5 - 1.0);
+            sae.log_threshold = Some(Tensor::randn([cfg.d_sae], (Kind::Float, CPU)) * 0.5 - 1.0);
         }
         sae
     })
@@ -147,7 +146,10 @@ fn compare(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOptions, label:
         // forward pass) the f64 reference does not share: its error is relative to the
         // size of the summands, max_j Σ_i |e_ij|, rather than of the sum.
         let tol = if name == "b_dec" { tol * cancel } else { tol };
-        assert!(err <= tol, "{label} d{name}: relative error {err:e} > {tol:e}");
+        assert!(
+            err <= tol,
+            "{label} d{name}: relative error {err:e} > {tol:e}"
+        );
     }
 }
 
@@ -235,11 +237,14 @@ fn prefix_evr_matches_a_direct_computation() {
         .square()
         .sum(Kind::Double);
     for (i, w) in [16i64, 64, 256].into_iter().enumerate() {
-        let x_hat = (z.narrow(1, 0, w).matmul(&sae.w_dec.narrow(0, 0, w)) + &sae.b_dec)
-            / sae.input_scale;
+        let x_hat =
+            (z.narrow(1, 0, w).matmul(&sae.w_dec.narrow(0, 0, w)) + &sae.b_dec) / sae.input_scale;
         let direct = 1.0
-            - scalar(&(&x64 - x_hat.to_kind(Kind::Double)).square().sum(Kind::Double))
-                / scalar(&total);
+            - scalar(
+                &(&x64 - x_hat.to_kind(Kind::Double))
+                    .square()
+                    .sum(Kind::Double),
+            ) / scalar(&total);
         assert!(
             (evr[i] - direct).abs() < 1e-6,
             "prefix {w}: {} vs {direct}",
@@ -455,9 +460,14 @@ fn both_train_and_resume_bit_identical() {
                 .collect()
         };
         let log = lines(&whole);
-        assert_eq!(strip(log.clone()), strip(lines(&partial)), "{name}: metric lines");
+        assert_eq!(
+            strip(log.clone()),
+            strip(lines(&partial)),
+            "{name}: metric lines"
+        );
         let last = log.iter().rev().find(|l| l["type"] == "epoch").unwrap();
-        let (sae, _) = checkpoint::load_sae(&whole.join("checkpoints/last.safetensors"), CPU).unwrap();
+        let (sae, _) =
+            checkpoint::load_sae(&whole.join("checkpoints/last.safetensors"), CPU).unwrap();
         let val = last["val_evr"].as_f64().unwrap();
         assert!(val > 0.3, "{name}: val_evr {val}");
         if name == "jumprelu" {
@@ -480,7 +490,26 @@ fn both_train_and_resume_bit_identical() {
             assert_eq!(last["prefix_widths"], json!([16, 48, 128]));
             let step = log.iter().find(|l| l["type"] == "step").unwrap();
             assert_eq!(step["prefix_evr"].as_array().unwrap().len(), 3);
-            assert!(sae.threshold.is_some(), "batch top-k inside: θ is estimated");
+            assert!(
+                sae.threshold.is_some(),
+                "batch top-k inside: θ is estimated"
+            );
+            // analyze-logs reports the prefixes.
+            let out = common::saeclip()
+                .args(["analyze-logs", "--logdir", whole.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let want = format!("16: {:.4}", prefix[0]);
+            assert!(
+                text.contains("matryoshka prefixes alone") && text.contains(&want),
+                "{text}"
+            );
         }
     }
 }
@@ -493,16 +522,25 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
     let yaml = dir.path().join("c.yaml");
     std::fs::write(
         &yaml,
-        format!("data:\n  cache: {}\nsae:\n  d_sae: 64\n  k: 4\n", cache.display()),
+        format!(
+            "data:\n  cache: {}\nsae:\n  d_sae: 64\n  k: 4\n",
+            cache.display()
+        ),
     )
     .unwrap();
     let cases: [(&[&str], &str); 5] = [
         (
-            &["sae.architecture=matryoshka", "sae.matryoshka_widths=[32,16,64]"],
+            &[
+                "sae.architecture=matryoshka",
+                "sae.matryoshka_widths=[32,16,64]",
+            ],
             "sae.matryoshka_widths",
         ),
         (
-            &["sae.architecture=matryoshka", "sae.matryoshka_widths=[16,32]"],
+            &[
+                "sae.architecture=matryoshka",
+                "sae.matryoshka_widths=[16,32]",
+            ],
             "d_sae = 64",
         ),
         (&["sae.architecture=matryoshka"], "sae.matryoshka_widths"),
@@ -516,7 +554,11 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
         ),
     ];
     for (sets, expect) in cases {
-        let mut args = vec!["train".to_string(), "--config".into(), yaml.display().to_string()];
+        let mut args = vec![
+            "train".to_string(),
+            "--config".into(),
+            yaml.display().to_string(),
+        ];
         for s in sets {
             args.extend(["--set".into(), s.to_string()]);
         }
@@ -550,7 +592,13 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
         let (sae, _) =
             checkpoint::load_sae(&m.run_dir.join("checkpoints/last.safetensors"), CPU).unwrap();
         bandwidths.push(sae.jumprelu.unwrap().bandwidth);
-        assert!(m.summary.as_ref().unwrap().final_metrics.val_evr.is_finite());
+        assert!(m
+            .summary
+            .as_ref()
+            .unwrap()
+            .final_metrics
+            .val_evr
+            .is_finite());
     }
     bandwidths.sort_by(f64::total_cmp);
     assert_eq!(bandwidths, vec![0.01, 0.01, 0.1, 0.1]);

@@ -571,12 +571,19 @@ fn new_architectures_round_trip_through_saelens() {
         checkpoint::save(&ckpt, sae, &meta(), None, Kind::Float).unwrap();
         let out = d.join(format!("export-{name}"));
         succeeds(&saeclip(&[
-            "export", "--format", "saelens", "--sae", s(&ckpt), "--out", s(&out),
+            "export",
+            "--format",
+            "saelens",
+            "--sae",
+            s(&ckpt),
+            "--out",
+            s(&out),
         ]));
         let x = inputs(30, scale);
         // SAE-Lens's matryoshka class encodes by batch top-k over the batch.
         let z = if name == "matryoshka" {
-            sae.encode_sparse(&x, Selection::BatchTopK(sae.config.k)).to_dense()
+            sae.encode_sparse(&x, Selection::BatchTopK(sae.config.k))
+                .to_dense()
         } else {
             sae.encode(&x)
         };
@@ -584,14 +591,18 @@ fn new_architectures_round_trip_through_saelens() {
         let input_file = d.join(format!("in-{name}.safetensors"));
         Tensor::write_safetensors(&[("x", &x), ("z_saeclip", &z)], &input_file).unwrap();
         let result = d.join(format!("out-{name}.safetensors"));
-        jobs.push(json!({"op": "run", "sae": s(&out), "inputs": s(&input_file), "out": s(&result),
-                         "training": name == "matryoshka"}));
+        jobs.push(
+            json!({"op": "run", "sae": s(&out), "inputs": s(&input_file), "out": s(&result),
+                         "training": name == "matryoshka"}),
+        );
         expected.push((name, out, result, z, x_hat, ckpt));
     }
     // SAE-Lens → saeclip: folders SAE-Lens saved itself.
     let make = |name: &str, extra: Value| {
         let mut job = json!({"op": "make", "out": s(&d.join(name)), "d_in": D, "d_sae": F, "k": 7, "seed": 8});
-        job.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        job.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         job
     };
     let x = inputs(31, 1.5);
@@ -617,24 +628,39 @@ fn new_architectures_round_trip_through_saelens() {
         if name == "jumprelu" {
             assert_eq!(c["architecture"], "jumprelu");
             let t = &read(&out.join("sae_weights.safetensors"))["threshold"];
-            close(
-                "θ per latent",
-                t,
-                &jump.jumprelu_threshold().unwrap(),
-                1e-6,
-            );
+            close("θ per latent", t, &jump.jumprelu_threshold().unwrap(), 1e-6);
         } else {
             assert_eq!(c["architecture"], "matryoshka_batchtopk");
             assert_eq!(c["matryoshka_widths"], json!([12, 48, F]));
             assert_eq!(c["k"], 6);
-            assert_eq!(file_metadata(&result)["architecture"], "matryoshka_batchtopk");
+            assert_eq!(
+                file_metadata(&result)["architecture"],
+                "matryoshka_batchtopk"
+            );
         }
         close(&format!("{name}: encode"), &got["z"], &z, 1e-5);
-        close(&format!("{name}: decode(encode)"), &got["x_hat"], &x_hat, 1e-5);
-        close(&format!("{name}: decode(saeclip codes)"), &got["x_hat_from_z"], &x_hat, 1e-5);
+        close(
+            &format!("{name}: decode(encode)"),
+            &got["x_hat"],
+            &x_hat,
+            1e-5,
+        );
+        close(
+            &format!("{name}: decode(saeclip codes)"),
+            &got["x_hat_from_z"],
+            &x_hat,
+            1e-5,
+        );
         // And back: the same SAE.
         let back = d.join(format!("back-{name}.safetensors"));
-        succeeds(&saeclip(&["import", "--format", "saelens", s(&out), "--out", s(&back)]));
+        succeeds(&saeclip(&[
+            "import",
+            "--format",
+            "saelens",
+            s(&out),
+            "--out",
+            s(&back),
+        ]));
         let (a, _) = checkpoint::load_sae(&ckpt, Device::Cpu).unwrap();
         let (b, _) = checkpoint::load_sae(&back, Device::Cpu).unwrap();
         assert_eq!(a.config, b.config, "{name}");
@@ -646,11 +672,23 @@ fn new_architectures_round_trip_through_saelens() {
             close(&format!("{name}: log θ back"), q, p, 1e-6);
         }
         let x = inputs(32, 1.0);
-        close(&format!("{name}: reconstruct back"), &b.reconstruct(&x), &a.reconstruct(&x), 1e-5);
+        close(
+            &format!("{name}: reconstruct back"),
+            &b.reconstruct(&x),
+            &a.reconstruct(&x),
+            1e-5,
+        );
     }
     for name in ["made-jumprelu", "made-matryoshka"] {
         let ckpt = d.join(format!("{name}.safetensors"));
-        succeeds(&saeclip(&["import", "--format", "saelens", s(&d.join(name)), "--out", s(&ckpt)]));
+        succeeds(&saeclip(&[
+            "import",
+            "--format",
+            "saelens",
+            s(&d.join(name)),
+            "--out",
+            s(&ckpt),
+        ]));
         let (sae, _) = checkpoint::load_sae(&ckpt, Device::Cpu).unwrap();
         let want = read(&d.join(format!("{name}.out.safetensors")));
         let z = if name == "made-jumprelu" {
@@ -664,6 +702,11 @@ fn new_architectures_round_trip_through_saelens() {
             sae.encode_sparse(&x, Selection::BatchTopK(7)).to_dense()
         };
         close(&format!("{name}: encode"), &z, &want["z"], 1e-5);
-        close(&format!("{name}: decode"), &sae.decode(&z), &want["x_hat"], 1e-5);
+        close(
+            &format!("{name}: decode"),
+            &sae.decode(&z),
+            &want["x_hat"],
+            1e-5,
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! header under the metadata key `saeclip` (DESIGN.md "SAE checkpoint").
 //!
 //! Tensors:
-//! - `W_enc` [D, F], `b_enc` [F], `W_dec` [F, D], `b_dec` [D] (f32, f16 or bf16);
+//! - `W_enc` [D, F], `b_enc` [F], `W_dec` [F, D], `b_dec` [D] (f32, f16 or bf16), and for
+//!   jumprelu `log_threshold` [F] (always f32);
 //! - training checkpoints add `optim.<param>.exp_avg` and `optim.<param>.exp_avg_sq` (f32,
 //!   shaped like the parameter), `threshold.sum` and `threshold.weight` (f64 scalars, the
 //!   batchtopk threshold estimator) and the loop's own tensors as `train.<name>`.
@@ -11,7 +12,9 @@
 //! (θ for batchtopk, else null), `saeclip_version`, `clip`, `training`, `metrics` (the
 //! caller's documents), and for training checkpoints `state` = {`step`, `epoch`,
 //! `optimizer` {`beta1`, `beta2`, `eps`, `steps`}, `threshold` {`decay`} or null, `tensors`
-//! (names of the `train.*` tensors), `extra` (the loop's scalars)}. On read, `threshold`,
+//! (names of the `train.*` tensors), `extra` (the loop's scalars)}; jumprelu adds `jumprelu`
+//! {`bandwidth`, `sparsity_loss`, `tanh_scale`} (optional on read), matryoshka `matryoshka`
+//! {`widths`, `weights`, `selection`} (required). On read, `threshold`,
 //! `saeclip_version`, `clip`, `training` and `metrics` may be absent (a file written by
 //! another program from DESIGN.md's description); everything is always written.
 //!
@@ -277,7 +280,9 @@ pub fn save(
         clip: meta.clip.clone(),
         training: meta.training.clone(),
         metrics: meta.metrics.clone(),
-        jumprelu: sae.jumprelu.filter(|_| sae.config.architecture == Architecture::JumpRelu),
+        jumprelu: sae
+            .jumprelu
+            .filter(|_| sae.config.architecture == Architecture::JumpRelu),
         matryoshka: sae
             .matryoshka
             .clone()

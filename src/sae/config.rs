@@ -580,7 +580,10 @@ mod tests {
         check("data.val_fraction=1.5", "data.val_fraction");
         check("sae.jumprelu_bandwidth=0", "sae.jumprelu_bandwidth");
         check("sae.jumprelu_bandwidth=-0.5", "sae.jumprelu_bandwidth");
-        check("sae.jumprelu_init_threshold=0", "sae.jumprelu_init_threshold");
+        check(
+            "sae.jumprelu_init_threshold=0",
+            "sae.jumprelu_init_threshold",
+        );
         check("sae.l0_coef=-1", "sae.l0_coef");
         let m = |widths: &str, expect: &str| {
             let c = TrainConfig::from_yaml(

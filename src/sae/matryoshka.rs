@@ -141,7 +141,12 @@ impl Sae {
 
 /// The scaled-space decodes without b_dec of each prefix of `codes`, cumulative: entry m
 /// sums the entries of blocks 0..=m. `blocks` from [`MatryoshkaParams::blocks`]. M·[B, D]
-pub(crate) fn prefix_decodes(w_dec: &Tensor, codes: &Codes, blocks: &Tensor, m: usize) -> Vec<Tensor> {
+pub(crate) fn prefix_decodes(
+    w_dec: &Tensor,
+    codes: &Codes,
+    blocks: &Tensor,
+    m: usize,
+) -> Vec<Tensor> {
     (0..m)
         .map(|p| {
             if p + 1 == m {

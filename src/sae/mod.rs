@@ -33,7 +33,9 @@ pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
 pub use jumprelu::{JumpReluParams, SparsityLoss};
-pub use matryoshka::{prefix_evr, prefix_reconstructions, MatryoshkaParams, MatryoshkaSelection, PrefixEvr};
+pub use matryoshka::{
+    prefix_evr, prefix_reconstructions, MatryoshkaParams, MatryoshkaSelection, PrefixEvr,
+};
 pub use model::{Architecture, BdecInit, Codes, Sae, SaeConfig, Selection, WEncInit};
 pub use objective::{
     data_variance, forward_backward, DeadTracker, Evr, Firing, Grads, LossOptions, StepOutput,

@@ -17,9 +17,9 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::sync::{host_read, SyncFree};
 pub use super::jumprelu::{JumpReluParams, SparsityLoss};
 pub use super::matryoshka::{MatryoshkaParams, MatryoshkaSelection};
+use super::sync::{host_read, SyncFree};
 
 /// How latents are selected. The names are the checkpoint's and the config's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]

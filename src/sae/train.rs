@@ -823,12 +823,8 @@ fn end_epoch(
     let mut metrics = json!({"epoch": epoch, "step": step, "val_evr": val.evr, "val_evr_seed": val.evr_seed, "val_l0": val.l0,
                          "dead_frac": dead_frac, "dead_window": dead_window});
     if sae.config.architecture == Architecture::Matryoshka {
-        let val_prefix = prefix_evr_over(
-            sae,
-            &data.acts,
-            data.held_out(),
-            plan.training.batch_size,
-        );
+        let val_prefix =
+            prefix_evr_over(sae, &data.acts, data.held_out(), plan.training.batch_size);
         let train_prefix: Vec<f64> = stats.prefix_evr.iter().map(Evr::evr).collect();
         epoch_line["prefix_widths"] = json!(sae.prefix_widths());
         epoch_line["prefix_evr"] = json!(train_prefix);

@@ -18,7 +18,10 @@ pub struct Reference {
 
 /// K(u) = [−½ < u < ½], detached.
 fn rectangle(u: &Tensor) -> Tensor {
-    u.gt(-0.5).logical_and(&u.lt(0.5)).to_kind(u.kind()).detach()
+    u.gt(-0.5)
+        .logical_and(&u.lt(0.5))
+        .to_kind(u.kind())
+        .detach()
 }
 
 /// The same loss with dense codes and tch autograd.
@@ -86,8 +89,7 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
             let mut total = Tensor::zeros([], (kind, x.device()));
             for (&w, &lambda) in m.widths.iter().zip(&m.weights) {
                 let x_hat_m = z.narrow(1, 0, w).matmul(&p[2].narrow(0, 0, w)) + &p[3];
-                total = total
-                    + (&xs - x_hat_m).square().mean(kind) / o.data_variance * lambda;
+                total = total + (&xs - x_hat_m).square().mean(kind) / o.data_variance * lambda;
             }
             total
         }
@@ -104,10 +106,7 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
         per_row.mean(kind) * o.l1_coef
     } else if sae.config.architecture == Architecture::Relu && o.l1_coef != 0.0 {
         let norms = p[2].square().sum_dim_intlist(1, false, kind).sqrt();
-        (&z * norms)
-            .sum_dim_intlist(1, false, kind)
-            .mean(kind)
-            * o.l1_coef
+        (&z * norms).sum_dim_intlist(1, false, kind).mean(kind) * o.l1_coef
     } else {
         Tensor::zeros([], (kind, x.device()))
     };
@@ -125,9 +124,7 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
             let (v, i) = pd.topk(ka, 1, true, true);
             let za = pd.zeros_like().scatter(1, &i, &v.relu());
             let e_hat = za.matmul(&p[2].index_select(0, &idx));
-            let total = (&ed - ed.mean_dim(0, true, kind))
-                .square()
-                .sum(kind);
+            let total = (&ed - ed.mean_dim(0, true, kind)).square().sum(kind);
             (ed - e_hat).square().sum(kind) / total * o.aux_coef
         }
         _ => Tensor::zeros([], (kind, x.device())),
