@@ -22,6 +22,7 @@
 //! autograd functions (DeepMind's choice: none of the estimator reaches pre):
 //! - ∂H(pre − θ)/∂θ := −K((pre − θ)/ε)/ε,              ∂H/∂pre := 0;
 //! - ∂z/∂θ := −(θ/ε)·K((pre − θ)/ε),                    ∂z/∂pre = H(pre − θ);
+//!
 //! and through θ = exp(log θ), ∂/∂log θ = θ·∂/∂θ. Everything here is dense [B, F], like
 //! relu (the codes' count depends on the data).
 

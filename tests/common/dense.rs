@@ -89,7 +89,7 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
             let mut total = Tensor::zeros([], (kind, x.device()));
             for (&w, &lambda) in m.widths.iter().zip(&m.weights) {
                 let x_hat_m = z.narrow(1, 0, w).matmul(&p[2].narrow(0, 0, w)) + &p[3];
-                total = total + (&xs - x_hat_m).square().mean(kind) / o.data_variance * lambda;
+                total += (&xs - x_hat_m).square().mean(kind) / o.data_variance * lambda;
             }
             total
         }
