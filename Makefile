@@ -78,6 +78,14 @@ $(PEERS_STAMP):
 bench-train: setup $(PEERS_STAMP) bench-defaults
 	cargo build --release --bench train_ground_truth
 	$(PY) bench/train.py
+	$(MAKE) bench-architectures
+
+## bench-architectures: jumprelu and matryoshka vs sae-lens's on the small ground-truth data
+## of bench-defaults, at a reduced budget (writes the architectures section of bench/RESULTS.md)
+.PHONY: bench-architectures
+bench-architectures: setup
+	cargo build --release --bin saeclip
+	$(PY) bench/architectures.py
 
 ## bench-defaults: the sweep on ground-truth data that chose the training defaults (writes bench/RESULTS.md)
 bench-defaults: setup

@@ -96,6 +96,7 @@ fn main() {
             b_enc: sae.b_enc.zeros_like(),
             w_dec: sae.w_dec.zeros_like(),
             b_dec: sae.b_dec.zeros_like(),
+            log_threshold: None,
         };
         let _ = adam.step(&mut sae, out_grads, 1e-4, Some(1.0));
     });
@@ -132,6 +133,7 @@ fn main() {
                 b_enc,
                 w_dec,
                 b_dec,
+                log_threshold: None,
             },
             1e-4,
             Some(1.0),

@@ -218,6 +218,7 @@ fn exported_folders_load_in_saelens_and_compute_like_saeclip() {
             Architecture::TopK => "topk",
             Architecture::BatchTopK => "jumprelu",
             Architecture::Relu => "standard",
+            other => unreachable!("{other} is tested in new_architectures_*"),
         };
         assert_eq!(c["architecture"], arch, "{name}");
         assert_eq!(c["normalize_activations"], "none");
@@ -361,7 +362,7 @@ fn folders_saved_by_saelens_import_and_compute_like_saelens() {
                 assert_eq!(sae.config.k, 9);
                 assert!((sae.threshold.unwrap() - 0.15).abs() < 1e-6);
             }
-            Architecture::Relu => {}
+            _ => {}
         }
         assert_eq!(
             meta.clip["layer"], 3,
@@ -399,14 +400,9 @@ fn folders_saved_by_saelens_import_and_compute_like_saelens() {
         saeclip(&args)
     };
     common::fails_cleanly(
-        &attempt("jumprelu-spread", &["--k", "4"]),
-        "thresholds differ",
-    );
-    common::fails_cleanly(
         &attempt("topk-rescaled", &[]),
         "rescale_acts_by_decoder_norm",
     );
-    common::fails_cleanly(&attempt("jumprelu", &[]), "--k");
     common::fails_cleanly(&attempt("no-such-folder", &[]), "no-such-folder");
     std::fs::create_dir(d.join("empty")).unwrap();
     common::fails_cleanly(&attempt("empty", &[]), "not an SAE-Lens folder");
@@ -541,4 +537,176 @@ fn export_refuses_bad_input_and_existing_folders() {
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     common::fails_cleanly(&export(&ckpt, &out, true), "notes.txt");
     assert!(out.join("notes.txt").exists() && out.join("cfg.json").exists());
+}
+
+/// jumprelu ↔ SAE-Lens `jumprelu` (a threshold per latent) and matryoshka ↔
+/// `matryoshka_batchtopk` (loaded by SAE-Lens's `TrainingSAE`, whose encode is batch
+/// top-k): exports compute like saeclip, SAE-Lens's own folders import and compute like
+/// SAE-Lens, and the round trip keeps the prefixes, θ and k.
+#[test]
+fn new_architectures_round_trip_through_saelens() {
+    use saeclip::sae::{MatryoshkaParams, MatryoshkaSelection, Selection};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // saeclip → SAE-Lens.
+    let mut jump = random_sae(Architecture::JumpRelu, 0, 1.7, None, 4);
+    jump.log_threshold = Some(saeclip::rng::seeded(9, || {
+        Tensor::rand([F], (Kind::Float, Device::Cpu)) * 1.5 - 2.5
+    }));
+    let mut nest = random_sae(Architecture::Matryoshka, 6, 0.6, Some(0.3), 5);
+    nest.set_matryoshka(
+        MatryoshkaParams::new(
+            vec![12, 48, F],
+            Some(vec![1.0, 2.0, 0.5]),
+            MatryoshkaSelection::BatchTopK,
+            F,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut jobs = Vec::new();
+    let mut expected = Vec::new();
+    for (name, sae, scale) in [("jumprelu", &jump, 2.0), ("matryoshka", &nest, 1.0)] {
+        let ckpt = d.join(format!("{name}.safetensors"));
+        checkpoint::save(&ckpt, sae, &meta(), None, Kind::Float).unwrap();
+        let out = d.join(format!("export-{name}"));
+        succeeds(&saeclip(&[
+            "export",
+            "--format",
+            "saelens",
+            "--sae",
+            s(&ckpt),
+            "--out",
+            s(&out),
+        ]));
+        let x = inputs(30, scale);
+        // SAE-Lens's matryoshka class encodes by batch top-k over the batch.
+        let z = if name == "matryoshka" {
+            sae.encode_sparse(&x, Selection::BatchTopK(sae.config.k))
+                .to_dense()
+        } else {
+            sae.encode(&x)
+        };
+        let x_hat = sae.decode(&z);
+        let input_file = d.join(format!("in-{name}.safetensors"));
+        Tensor::write_safetensors(&[("x", &x), ("z_saeclip", &z)], &input_file).unwrap();
+        let result = d.join(format!("out-{name}.safetensors"));
+        jobs.push(
+            json!({"op": "run", "sae": s(&out), "inputs": s(&input_file), "out": s(&result),
+                         "training": name == "matryoshka"}),
+        );
+        expected.push((name, out, result, z, x_hat, ckpt));
+    }
+    // SAE-Lens → saeclip: folders SAE-Lens saved itself.
+    let make = |name: &str, extra: Value| {
+        let mut job = json!({"op": "make", "out": s(&d.join(name)), "d_in": D, "d_sae": F, "k": 7, "seed": 8});
+        job.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        job
+    };
+    let x = inputs(31, 1.5);
+    let input_file = d.join("in-made.safetensors");
+    Tensor::write_safetensors(&[("x", &x)], &input_file).unwrap();
+    jobs.push(make(
+        "made-jumprelu",
+        json!({"architecture": "jumprelu", "threshold": 0.05, "threshold_spread": 0.3}),
+    ));
+    jobs.push(make(
+        "made-matryoshka",
+        json!({"architecture": "matryoshka_batchtopk", "widths": [8, 40, F], "threshold": 0.2}),
+    ));
+    for (name, training) in [("made-jumprelu", false), ("made-matryoshka", true)] {
+        jobs.push(json!({"op": "run", "sae": s(&d.join(name)), "inputs": s(&input_file),
+                         "out": s(&d.join(format!("{name}.out.safetensors"))), "training": training}));
+    }
+    reference(d, &Value::Array(jobs));
+
+    for (name, out, result, z, x_hat, ckpt) in expected {
+        let c = cfg(&out);
+        let got = read(&result);
+        if name == "jumprelu" {
+            assert_eq!(c["architecture"], "jumprelu");
+            let t = &read(&out.join("sae_weights.safetensors"))["threshold"];
+            close("θ per latent", t, &jump.jumprelu_threshold().unwrap(), 1e-6);
+        } else {
+            assert_eq!(c["architecture"], "matryoshka_batchtopk");
+            assert_eq!(c["matryoshka_widths"], json!([12, 48, F]));
+            assert_eq!(c["k"], 6);
+            assert_eq!(
+                file_metadata(&result)["architecture"],
+                "matryoshka_batchtopk"
+            );
+        }
+        close(&format!("{name}: encode"), &got["z"], &z, 1e-5);
+        close(
+            &format!("{name}: decode(encode)"),
+            &got["x_hat"],
+            &x_hat,
+            1e-5,
+        );
+        close(
+            &format!("{name}: decode(saeclip codes)"),
+            &got["x_hat_from_z"],
+            &x_hat,
+            1e-5,
+        );
+        // And back: the same SAE.
+        let back = d.join(format!("back-{name}.safetensors"));
+        succeeds(&saeclip(&[
+            "import",
+            "--format",
+            "saelens",
+            s(&out),
+            "--out",
+            s(&back),
+        ]));
+        let (a, _) = checkpoint::load_sae(&ckpt, Device::Cpu).unwrap();
+        let (b, _) = checkpoint::load_sae(&back, Device::Cpu).unwrap();
+        assert_eq!(a.config, b.config, "{name}");
+        assert_eq!(a.matryoshka, b.matryoshka, "{name}");
+        assert_eq!(a.jumprelu, b.jumprelu, "{name}");
+        assert_eq!(a.threshold, b.threshold, "{name}: θ exactly");
+        close(&format!("{name}: W_dec back"), &b.w_dec, &a.w_dec, 1e-6);
+        if let (Some(p), Some(q)) = (&a.log_threshold, &b.log_threshold) {
+            close(&format!("{name}: log θ back"), q, p, 1e-6);
+        }
+        let x = inputs(32, 1.0);
+        close(
+            &format!("{name}: reconstruct back"),
+            &b.reconstruct(&x),
+            &a.reconstruct(&x),
+            1e-5,
+        );
+    }
+    for name in ["made-jumprelu", "made-matryoshka"] {
+        let ckpt = d.join(format!("{name}.safetensors"));
+        succeeds(&saeclip(&[
+            "import",
+            "--format",
+            "saelens",
+            s(&d.join(name)),
+            "--out",
+            s(&ckpt),
+        ]));
+        let (sae, _) = checkpoint::load_sae(&ckpt, Device::Cpu).unwrap();
+        let want = read(&d.join(format!("{name}.out.safetensors")));
+        let z = if name == "made-jumprelu" {
+            assert_eq!(sae.config.architecture, Architecture::JumpRelu);
+            sae.encode(&x)
+        } else {
+            assert_eq!(sae.config.architecture, Architecture::Matryoshka);
+            assert_eq!(sae.prefix_widths(), vec![8, 40, F]);
+            assert_eq!(sae.config.k, 7);
+            assert!((sae.threshold.unwrap() - 0.2).abs() < 1e-12);
+            sae.encode_sparse(&x, Selection::BatchTopK(7)).to_dense()
+        };
+        close(&format!("{name}: encode"), &z, &want["z"], 1e-5);
+        close(
+            &format!("{name}: decode"),
+            &sae.decode(&z),
+            &want["x_hat"],
+            1e-5,
+        );
+    }
 }

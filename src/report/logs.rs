@@ -70,6 +70,11 @@ pub struct Record {
     pub dead_window: Option<i64>,
     #[serde(default)]
     pub rows_per_s: Option<f64>,
+    /// matryoshka epoch lines: the prefix widths and the held-out evr of each prefix alone.
+    #[serde(default)]
+    pub prefix_widths: Option<Vec<i64>>,
+    #[serde(default)]
+    pub val_prefix_evr: Option<Vec<Option<f64>>>,
 }
 
 /// The records of a `metrics.jsonl` and what was wrong with the lines that were skipped.
@@ -488,6 +493,29 @@ pub fn markdown(run: &Run) -> String {
             sig(last.loss)
         );
     }
+    if let Some((r, _)) = run
+        .log
+        .epochs()
+        .filter(|(r, _)| r.val_prefix_evr.is_some())
+        .last()
+    {
+        let evr = r.val_prefix_evr.as_deref().unwrap_or_default();
+        let widths = r.prefix_widths.clone().unwrap_or_default();
+        let parts: Vec<String> = evr
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let w = widths.get(i).map_or("?".into(), |w| w.to_string());
+                format!("{w}: {}", fixed(*v, 4))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "- matryoshka prefixes alone (epoch {}, val evr by width): {}",
+            r.epoch,
+            parts.join(", ")
+        );
+    }
     if let Some((r, _)) = run.log.steps().last() {
         let _ = writeln!(
             out,
@@ -534,6 +562,16 @@ mod tests {
             r#"{{"type":"{kind}","step":{step},"epoch":{epoch},"loss":1.0,"evr":0.5,"val_evr":{},"time":{time}}}"#,
             0.1 * epoch as f64
         )
+    }
+
+    #[test]
+    fn matryoshka_prefix_evr_is_read() {
+        let text = r#"{"type":"epoch","step":4,"epoch":1,"val_evr":0.9,"prefix_widths":[16,64],"val_prefix_evr":[0.5,null]}"#;
+        let log = parse_metrics(text, "m");
+        assert!(log.warnings.is_empty(), "{:?}", log.warnings);
+        let r = &log.records[0];
+        assert_eq!(r.prefix_widths, Some(vec![16, 64]));
+        assert_eq!(r.val_prefix_evr, Some(vec![Some(0.5), None]));
     }
 
     #[test]

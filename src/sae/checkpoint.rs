@@ -2,7 +2,8 @@
 //! header under the metadata key `saeclip` (DESIGN.md "SAE checkpoint").
 //!
 //! Tensors:
-//! - `W_enc` [D, F], `b_enc` [F], `W_dec` [F, D], `b_dec` [D] (f32, f16 or bf16);
+//! - `W_enc` [D, F], `b_enc` [F], `W_dec` [F, D], `b_dec` [D] (f32, f16 or bf16), and for
+//!   jumprelu `log_threshold` [F] (always f32);
 //! - training checkpoints add `optim.<param>.exp_avg` and `optim.<param>.exp_avg_sq` (f32,
 //!   shaped like the parameter), `threshold.sum` and `threshold.weight` (f64 scalars, the
 //!   batchtopk threshold estimator) and the loop's own tensors as `train.<name>`.
@@ -11,7 +12,9 @@
 //! (θ for batchtopk, else null), `saeclip_version`, `clip`, `training`, `metrics` (the
 //! caller's documents), and for training checkpoints `state` = {`step`, `epoch`,
 //! `optimizer` {`beta1`, `beta2`, `eps`, `steps`}, `threshold` {`decay`} or null, `tensors`
-//! (names of the `train.*` tensors), `extra` (the loop's scalars)}. On read, `threshold`,
+//! (names of the `train.*` tensors), `extra` (the loop's scalars)}; jumprelu adds `jumprelu`
+//! {`bandwidth`, `sparsity_loss`, `tanh_scale`} (optional on read), matryoshka `matryoshka`
+//! {`widths`, `weights`, `selection`} (required). On read, `threshold`,
 //! `saeclip_version`, `clip`, `training` and `metrics` may be absent (a file written by
 //! another program from DESIGN.md's description); everything is always written.
 //!
@@ -29,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::model::{Architecture, Sae, SaeConfig};
+use super::model::{Architecture, JumpReluParams, MatryoshkaParams, Sae, SaeConfig};
 use super::objective::ThresholdEstimator;
-use super::optim::{Adam, AdamConfig, PARAMS};
+use super::optim::{param_names, Adam, AdamConfig, LOG_THRESHOLD, PARAMS};
 use crate::disk::write_atomic;
 
 /// Version of the header and tensor set; bump it on every change to either.
@@ -105,6 +108,12 @@ struct Header {
     training: Value,
     #[serde(default)]
     metrics: Value,
+    // jumprelu: the estimator and penalty settings (defaults when absent); matryoshka: the
+    // prefixes (required). Written only for those architectures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jumprelu: Option<JumpReluParams>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    matryoshka: Option<MatryoshkaParams>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     state: Option<StateHeader>,
 }
@@ -222,6 +231,10 @@ pub fn save(
     {
         entries.push((name.to_string(), entry(t, dtype)?));
     }
+    if let Some(t) = &sae.log_threshold {
+        // log θ stays f32 whatever `dtype`: θ = exp(log θ) amplifies rounding.
+        entries.push((LOG_THRESHOLD.to_string(), entry(t, Kind::Float)?));
+    }
     let state = match training {
         None => None,
         Some(s) => {
@@ -267,6 +280,13 @@ pub fn save(
         clip: meta.clip.clone(),
         training: meta.training.clone(),
         metrics: meta.metrics.clone(),
+        jumprelu: sae
+            .jumprelu
+            .filter(|_| sae.config.architecture == Architecture::JumpRelu),
+        matryoshka: sae
+            .matryoshka
+            .clone()
+            .filter(|_| sae.config.architecture == Architecture::Matryoshka),
         state,
     };
     let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(&header)?)]);
@@ -383,7 +403,7 @@ fn read(path: &Path, device: Device, with_training: bool) -> Result<Checkpoint> 
     let b_enc = take(PARAMS[1], Some(shapes[1]), true)?;
     let w_dec = take(PARAMS[2], Some(shapes[2]), true)?;
     let b_dec = take(PARAMS[3], Some(shapes[3]), true)?;
-    let sae = Sae::from_tensors(
+    let mut sae = Sae::from_tensors(
         config,
         &w_enc,
         &b_enc,
@@ -392,15 +412,36 @@ fn read(path: &Path, device: Device, with_training: bool) -> Result<Checkpoint> 
         header.input_scale,
         header.threshold,
     )
-    .with_context(|| format!("{shown}: invalid SAE"))?
-    .to_device(device);
+    .with_context(|| format!("{shown}: invalid SAE"))?;
+    match config.architecture {
+        Architecture::JumpRelu => {
+            let t = take(LOG_THRESHOLD, Some(&[f]), true)?;
+            sae.log_threshold = Some(t.to_kind(Kind::Float).contiguous());
+            let params = header.jumprelu.unwrap_or_default();
+            params
+                .validate()
+                .with_context(|| format!("{shown}: invalid jumprelu settings"))?;
+            sae.jumprelu = Some(params);
+        }
+        Architecture::Matryoshka => {
+            let m = header.matryoshka.ok_or_else(|| {
+                anyhow!("{shown}: a matryoshka checkpoint needs `matryoshka` (widths, weights, selection) in its header")
+            })?;
+            sae.set_matryoshka(m)
+                .with_context(|| format!("{shown}: invalid matryoshka header"))?;
+        }
+        _ => {}
+    }
+    let sae = sae.to_device(device);
 
     let training = match header.state {
         Some(state) if with_training => {
             let mut moments = Vec::new();
-            for (i, param) in PARAMS.iter().enumerate() {
+            let threshold_shape: &[i64] = &[f];
+            for (i, param) in param_names(&sae).iter().enumerate() {
+                let shape = shapes.get(i).copied().unwrap_or(threshold_shape);
                 for moment in ["exp_avg", "exp_avg_sq"] {
-                    let t = take(&format!("optim.{param}.{moment}"), Some(shapes[i]), true)?;
+                    let t = take(&format!("optim.{param}.{moment}"), Some(shape), true)?;
                     moments.push((format!("{param}.{moment}"), t));
                 }
             }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Architecture, BdecInit, WEncInit};
+use super::model::{
+    Architecture, BdecInit, JumpReluParams, MatryoshkaParams, MatryoshkaSelection, SparsityLoss,
+    WEncInit,
+};
 use crate::clip::{Precision, Tokens};
 use crate::data::Split;
 
@@ -120,6 +123,23 @@ pub struct SaeSection {
     /// `transpose`: W_decᵀ exactly; `scaled_transpose`: W_decᵀ times the least-squares
     /// gain of the first reconstructions.
     pub w_enc_init: WEncInit,
+    /// matryoshka: cumulative prefix widths, strictly increasing, the last = d_sae.
+    pub matryoshka_widths: Option<Vec<i64>>,
+    /// matryoshka: weight of each prefix's reconstruction loss (default 1 each).
+    pub matryoshka_weights: Option<Vec<f64>>,
+    /// matryoshka: `batchtopk` (default) or `topk` selection of the codes.
+    pub matryoshka_selection: MatryoshkaSelection,
+    /// jumprelu: bandwidth ε of the straight-through estimator's rectangle kernel.
+    pub jumprelu_bandwidth: f64,
+    /// jumprelu: θ of every latent at initialisation (scaled space).
+    pub jumprelu_init_threshold: f64,
+    /// jumprelu: `step` (L0, DeepMind) or `tanh` (Anthropic) sparsity penalty.
+    pub jumprelu_sparsity_loss: SparsityLoss,
+    /// jumprelu: c of the tanh penalty tanh(c·z·‖W_dec[j]‖).
+    pub jumprelu_tanh_scale: f64,
+    /// jumprelu: coefficient λ of the sparsity penalty (warmed up over
+    /// `training.l0_warmup_steps`).
+    pub l0_coef: f64,
 }
 
 impl Default for SaeSection {
@@ -136,6 +156,16 @@ impl Default for SaeSection {
             // section 3), and costs no Weiszfeld iterations.
             b_dec_init: BdecInit::Mean,
             w_enc_init: WEncInit::Transpose,
+            matryoshka_widths: None,
+            matryoshka_weights: None,
+            matryoshka_selection: MatryoshkaSelection::BatchTopK,
+            // Rajamanoharan et al. 2024 (inputs normalised to E‖x‖² = D, as saeclip's scaled
+            // space is).
+            jumprelu_bandwidth: 0.001,
+            jumprelu_init_threshold: 0.001,
+            jumprelu_sparsity_loss: SparsityLoss::Step,
+            jumprelu_tanh_scale: 4.0,
+            l0_coef: 1e-3,
         }
     }
 }
@@ -226,6 +256,8 @@ pub struct TrainingSection {
     pub k_warmup_steps: usize,
     /// L1 coefficient raised linearly from 0 over this many steps (relu only).
     pub l1_warmup_steps: usize,
+    /// `sae.l0_coef` raised linearly from 0 over this many steps (jumprelu only).
+    pub l0_warmup_steps: usize,
     /// Global gradient-norm clip; 0 disables it.
     pub grad_clip: f64,
     pub seed: i64,
@@ -260,6 +292,7 @@ impl Default for TrainingSection {
             k_start: None,
             k_warmup_steps: 0,
             l1_warmup_steps: 0,
+            l0_warmup_steps: 0,
             grad_clip: 1.0,
             seed: 0,
             log_every: 50,
@@ -378,6 +411,20 @@ impl TrainConfig {
             "sae.l1_coef = {}: must not be negative",
             s.l1_coef
         );
+        self.jumprelu_params()?;
+        ensure!(
+            s.jumprelu_init_threshold > 0.0 && s.jumprelu_init_threshold.is_finite(),
+            "sae.jumprelu_init_threshold = {}: must be positive",
+            s.jumprelu_init_threshold
+        );
+        ensure!(
+            s.l0_coef >= 0.0 && s.l0_coef.is_finite(),
+            "sae.l0_coef = {}: must not be negative",
+            s.l0_coef
+        );
+        if s.architecture == Architecture::Matryoshka {
+            self.matryoshka_params(d_sae)?;
+        }
         if let Some(k0) = t.k_start {
             ensure!(
                 k0 > 0 && k0 <= d_sae,
@@ -424,6 +471,35 @@ impl TrainConfig {
         );
         ensure!(self.data.buffer_mb > 0, "data.buffer_mb must be at least 1");
         Ok(())
+    }
+}
+
+impl TrainConfig {
+    /// jumprelu's settings from `sae.jumprelu_*`; errors name the key.
+    pub fn jumprelu_params(&self) -> Result<JumpReluParams> {
+        let s = &self.sae;
+        let p = JumpReluParams {
+            bandwidth: s.jumprelu_bandwidth,
+            sparsity_loss: s.jumprelu_sparsity_loss,
+            tanh_scale: s.jumprelu_tanh_scale,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// matryoshka's prefixes from `sae.matryoshka_*` for an SAE of `d_sae` latents; errors
+    /// name the key.
+    pub fn matryoshka_params(&self, d_sae: i64) -> Result<MatryoshkaParams> {
+        let s = &self.sae;
+        let widths = s.matryoshka_widths.clone().ok_or_else(|| {
+            anyhow::anyhow!("sae.matryoshka_widths is required for sae.architecture = matryoshka: the cumulative prefix widths, ending at d_sae = {d_sae}")
+        })?;
+        MatryoshkaParams::new(
+            widths,
+            s.matryoshka_weights.clone(),
+            s.matryoshka_selection,
+            d_sae,
+        )
     }
 }
 
@@ -530,5 +606,46 @@ mod tests {
         check("training.lr=-1", "training.lr");
         check("training.batch_size=0", "training.batch_size");
         check("data.val_fraction=1.5", "data.val_fraction");
+        check("sae.jumprelu_bandwidth=0", "sae.jumprelu_bandwidth");
+        check("sae.jumprelu_bandwidth=-0.5", "sae.jumprelu_bandwidth");
+        check(
+            "sae.jumprelu_init_threshold=0",
+            "sae.jumprelu_init_threshold",
+        );
+        check("sae.l0_coef=-1", "sae.l0_coef");
+        let m = |widths: &str, expect: &str| {
+            let c = TrainConfig::from_yaml(
+                "",
+                &[
+                    "sae.architecture=matryoshka".into(),
+                    "sae.d_sae=256".into(),
+                    "sae.k=8".into(),
+                    format!("sae.matryoshka_widths={widths}"),
+                ],
+            )
+            .unwrap();
+            let err = c.validate(64).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("sae.matryoshka_widths"), "{widths}: {text}");
+            assert!(text.contains(expect), "{widths}: {text}");
+            assert!(!text.contains('\n'), "one line: {text}");
+        };
+        m("[64, 32, 256]", "strictly increasing");
+        m("[64, 64, 256]", "strictly increasing");
+        m("[64, 128]", "d_sae = 256");
+        m("[64, 128, 512]", "d_sae = 256");
+        m("[]", "empty");
+        let ok = TrainConfig::from_yaml(
+            "",
+            &[
+                "sae.architecture=matryoshka".into(),
+                "sae.d_sae=256".into(),
+                "sae.matryoshka_widths=[32, 128, 256]".into(),
+                "sae.k=8".into(),
+            ],
+        )
+        .unwrap();
+        ok.validate(64).unwrap();
+        assert_eq!(ok.matryoshka_params(256).unwrap().weights, vec![1.0; 3]);
     }
 }

@@ -9,7 +9,17 @@
 //!
 //! Architectures: topk ↔ `topk`; batchtopk ↔ `jumprelu` with its inference threshold θ
 //! broadcast to every latent (SAE-Lens's own batchtopk SAEs become jumprelu for inference
-//! the same way); relu ↔ `standard`.
+//! the same way); relu ↔ `standard`; jumprelu ↔ `jumprelu` with θ_j = exp(log θ_j) per
+//! latent; matryoshka (batch top-k) ↔ `matryoshka_batchtopk` (SAE-Lens's training class,
+//! loaded with `TrainingSAE.load_from_disk`: `matryoshka_widths`, `k`, and the inference
+//! threshold as its `topk_threshold` buffer, 0 when θ is unknown; on import its default
+//! `rescale_acts_by_decoder_norm` is folded into the weights); matryoshka with top-k →
+//! `topk` (SAE-Lens has no nested top-k class; the prefixes ride in the metadata).
+//!
+//! Import of a `jumprelu` folder: one threshold for all latents and a k (recorded by a
+//! saeclip export, or `--k`) give a batchtopk SAE, as before; otherwise (thresholds that
+//! differ, no k, or a saeclip jumprelu export) a jumprelu SAE with log θ_j = ln θ_j
+//! (thresholds ≤ 0, which SAE-Lens's ReLU makes the same as 0, become 1e-30).
 //!
 //! The input scale s is folded into the weights. saeclip computes
 //!   pre = (x·s − b_dec)·W_enc + b_enc,  x̂ = (z·W_dec + b_dec)/s;
@@ -103,6 +113,8 @@ pub struct SaeLensParams {
     pub b_dec: Tensor,
     /// jumprelu only: θ for every latent. [F]
     pub threshold: Option<Tensor>,
+    /// matryoshka_batchtopk only: the inference threshold (0 when unknown). 0-dim f64
+    pub topk_threshold: Option<Tensor>,
 }
 
 /// Fold `sae`'s input scale into SAE-Lens parameters (see the module docs).
@@ -110,8 +122,24 @@ pub fn to_saelens(sae: &Sae) -> Result<SaeLensParams> {
     let s = sae.input_scale;
     let f32c = |t: Tensor| t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
     let f64 = |t: &Tensor| t.to_kind(Kind::Double);
+    let mut topk_threshold = None;
     let (architecture, threshold) = match sae.config.architecture {
         Architecture::TopK => ("topk", None),
+        Architecture::JumpRelu => {
+            let t = sae
+                .jumprelu_threshold()
+                .ok_or_else(|| anyhow!("this jumprelu SAE has no thresholds"))?;
+            ("jumprelu", Some(f32c(t)))
+        }
+        Architecture::Matryoshka => {
+            if sae.inference_selection() == super::model::Selection::TopK(sae.config.k) {
+                ("topk", None)
+            } else {
+                let theta = sae.threshold.unwrap_or(0.0);
+                topk_threshold = Some(Tensor::from(theta).to_kind(Kind::Double));
+                ("matryoshka_batchtopk", None)
+            }
+        }
         Architecture::BatchTopK => {
             let theta = sae.threshold.ok_or_else(|| {
                 anyhow!("this batchtopk SAE has no inference threshold yet (training sets it at the end of the first epoch): SAE-Lens's jumprelu needs one")
@@ -128,6 +156,7 @@ pub fn to_saelens(sae: &Sae) -> Result<SaeLensParams> {
         w_dec: f32c(f64(&sae.w_dec) / s),
         b_dec: f32c(f64(&sae.b_dec) / s),
         threshold,
+        topk_threshold,
     })
 }
 
@@ -156,6 +185,8 @@ pub fn saelens_config(
             "k": sae.config.k,
             "input_scale": sae.input_scale,
             "threshold": sae.threshold,
+            "jumprelu": sae.jumprelu,
+            "matryoshka": sae.matryoshka,
             "clip": meta.clip,
             "training": meta.training,
             "metrics": meta.metrics,
@@ -188,9 +219,12 @@ pub fn saelens_config(
         "reshape_activations": "none",
         "metadata": metadata,
     });
-    if architecture == "topk" {
+    if architecture == "topk" || architecture == "matryoshka_batchtopk" {
         cfg["k"] = json!(sae.config.k);
         cfg["rescale_acts_by_decoder_norm"] = json!(false);
+    }
+    if architecture == "matryoshka_batchtopk" {
+        cfg["matryoshka_widths"] = json!(sae.prefix_widths());
     }
     cfg
 }
@@ -238,6 +272,9 @@ pub fn export_saelens(o: &ExportOptions) -> Result<ExportResult> {
         ];
         if let Some(t) = &params.threshold {
             tensors.push(("threshold", t));
+        }
+        if let Some(t) = &params.topk_threshold {
+            tensors.push(("topk_threshold", t));
         }
         Tensor::write_safetensors(&tensors, tmp.join(WEIGHTS_FILE))
             .with_context(|| format!("cannot write {}", tmp.join(WEIGHTS_FILE).display()))?;
@@ -370,11 +407,14 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
         );
         Ok(t.to_kind(Kind::Double))
     };
-    let w_enc = take("W_enc", &[d_in, d_sae])?;
+    let mut w_enc = take("W_enc", &[d_in, d_sae])?;
     let mut b_enc = take("b_enc", &[d_sae])?;
-    let w_dec = take("W_dec", &[d_sae, d_in])?;
+    let mut w_dec = take("W_dec", &[d_sae, d_in])?;
     let b_dec = take("b_dec", &[d_in])?;
 
+    let saeclip_arch = saeclip.get("architecture").and_then(Value::as_str);
+    let mut log_threshold = None;
+    let mut widths: Option<Vec<i64>> = None;
     let (arch, k, threshold) = match architecture {
         "topk" => {
             ensure!(
@@ -386,21 +426,70 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
         "jumprelu" => {
             let t = take("threshold", &[d_sae])?;
             let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
-            ensure!(
-                lo == hi,
-                "{}: jumprelu thresholds differ across latents ({lo} to {hi}): saeclip's batchtopk has one threshold for all latents, so this SAE cannot be imported",
-                weights_path.display()
-            );
-            let k = k.or(recorded_k).or(cfg.get("k").and_then(Value::as_i64)).ok_or_else(|| {
-                anyhow!("{shown_cfg} does not record k, which saeclip's batchtopk keeps for training: give --k (the mean number of active latents per row)")
-            })?;
-            // θ went through f32: a saeclip export records the exact value.
+            let k = k
+                .or(recorded_k)
+                .or(cfg.get("k").and_then(Value::as_i64));
+            match k {
+                Some(k) if lo == hi && saeclip_arch != Some("jumprelu") => {
+                    // θ went through f32: a saeclip export records the exact value.
+                    let recorded = saeclip.get("threshold").and_then(Value::as_f64);
+                    let theta = recorded.filter(|t| (*t as f32) as f64 == lo).unwrap_or(lo);
+                    (Architecture::BatchTopK, k, Some(theta))
+                }
+                _ => {
+                    log_threshold = Some(t.clamp_min(1e-30).log().to_kind(Kind::Float));
+                    (Architecture::JumpRelu, k.unwrap_or(0), None)
+                }
+            }
+        }
+        "matryoshka_batchtopk" => {
+            let theta = match tensors.iter().position(|(n, _)| n == "topk_threshold") {
+                Some(i) => {
+                    let (_, t) = tensors.swap_remove(i);
+                    ensure!(
+                        t.numel() == 1,
+                        "{}: topk_threshold holds {} values, expected one",
+                        weights_path.display(),
+                        t.numel()
+                    );
+                    let v = t.to_kind(Kind::Double).view([-1]).double_value(&[0]);
+                    // 0: SAE-Lens's initial value, never estimated.
+                    (v > 0.0).then_some(v)
+                }
+                None => None,
+            };
             let recorded = saeclip.get("threshold").and_then(Value::as_f64);
-            let theta = recorded.filter(|t| (*t as f32) as f64 == lo).unwrap_or(lo);
-            (Architecture::BatchTopK, k, Some(theta))
+            let theta = match (theta, recorded) {
+                (Some(t), Some(r)) if (t - r).abs() <= 1e-12 * r.abs() => Some(r),
+                (t, _) => t,
+            };
+            let k = cfg.get("k").and_then(Value::as_f64).ok_or_else(|| {
+                anyhow!("{shown_cfg}: `k` is missing or not a number")
+            })?;
+            let w = cfg
+                .get("matryoshka_widths")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>())
+                .ok_or_else(|| anyhow!("{shown_cfg}: `matryoshka_widths` is missing or not a list of integers"))?;
+            widths = Some(w);
+            // SAE-Lens's training default (true for its top-k training classes): the
+            // pre-activations are scaled by ‖W_dec[j]‖ and the codes divided by it again to
+            // decode. Folding n_j into W_enc's and b_enc's columns and out of W_dec's rows
+            // gives the same codes and reconstructions (θ stays in the codes' units).
+            if cfg
+                .get("rescale_acts_by_decoder_norm")
+                .and_then(Value::as_bool)
+                .unwrap_or(true)
+            {
+                let norms = w_dec.square().sum_dim_intlist(1, false, Kind::Double).sqrt();
+                w_enc = &w_enc * norms.unsqueeze(0);
+                b_enc = &b_enc * &norms;
+                w_dec = &w_dec / norms.clamp_min(1e-30).unsqueeze(1);
+            }
+            (Architecture::Matryoshka, k.round() as i64, theta)
         }
         "standard" => (Architecture::Relu, k.or(recorded_k).unwrap_or(0), None),
-        other => bail!("{shown_cfg}: SAE-Lens architecture {other:?} is not supported (topk, jumprelu or standard)"),
+        other => bail!("{shown_cfg}: SAE-Lens architecture {other:?} is not supported (topk, jumprelu, matryoshka_batchtopk or standard)"),
     };
     if let Some((name, _)) = tensors.first() {
         bail!(
@@ -418,13 +507,21 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
     }
     // Unfold the scale recorded by a saeclip export (1 otherwise): see the module docs.
     let s = positive(saeclip.get("input_scale")).unwrap_or(1.0);
+    // A matryoshka top-k export travels as `topk`: its prefixes are in the metadata.
+    let recorded_matryoshka: Option<super::model::MatryoshkaParams> = saeclip
+        .get("matryoshka")
+        .and_then(|m| serde_json::from_value(m.clone()).ok());
+    let arch = match (arch, saeclip_arch, &recorded_matryoshka) {
+        (Architecture::TopK, Some("matryoshka"), Some(_)) => Architecture::Matryoshka,
+        (a, _, _) => a,
+    };
     let config = SaeConfig {
         architecture: arch,
         d_in,
         d_sae,
         k,
     };
-    let sae = Sae::from_tensors(
+    let mut sae = Sae::from_tensors(
         config,
         &(w_enc / s),
         &b_enc,
@@ -434,6 +531,30 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
         threshold,
     )
     .with_context(|| format!("{shown}: cannot make an SAE of it"))?;
+    if let Some(t) = log_threshold {
+        sae.log_threshold = Some(t);
+        if let Some(p) = saeclip
+            .get("jumprelu")
+            .and_then(|p| serde_json::from_value(p.clone()).ok())
+        {
+            sae.jumprelu = Some(p);
+        }
+    }
+    if arch == Architecture::Matryoshka {
+        let params = match (recorded_matryoshka, widths) {
+            (Some(m), w) if w.as_ref().is_none_or(|w| *w == m.widths) => m,
+            (_, Some(w)) => super::model::MatryoshkaParams::new(
+                w,
+                None,
+                super::model::MatryoshkaSelection::BatchTopK,
+                d_sae,
+            )?,
+            (Some(m), None) => m,
+            (None, None) => unreachable!("matryoshka comes with widths or metadata"),
+        };
+        sae.set_matryoshka(params)
+            .with_context(|| format!("{shown_cfg}: invalid matryoshka_widths"))?;
+    }
 
     let meta = if saeclip.is_object() {
         CheckpointMeta {

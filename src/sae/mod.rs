@@ -7,7 +7,7 @@
 //! # use saeclip::sae::*;
 //! # fn demo(sae: &mut Sae, adam: &mut Adam, x: &tch::Tensor, dead: &mut DeadTracker) {
 //! let mut workspace = Workspace::new(); // once, before the loop
-//! let options = LossOptions { k: 64, k_aux: 384, aux_coef: 1.0 / 32.0, l1_coef: 0.0 , data_variance: 1.0};
+//! let options = LossOptions { k: 64, k_aux: 384, aux_coef: 1.0 / 32.0, l1_coef: 0.0, data_variance: 1.0 };
 //! let out = forward_backward(sae, x, Some(&dead.mask()), &options, &mut workspace);
 //! dead.update(&out.fired, x.size()[0]);
 //! let grad_norm = adam.step(sae, out.grads, 2e-4, Some(1.0));
@@ -23,6 +23,8 @@ pub mod batches;
 pub mod checkpoint;
 pub mod config;
 pub mod export;
+pub mod jumprelu;
+pub mod matryoshka;
 pub mod model;
 pub mod objective;
 pub mod optim;
@@ -31,6 +33,10 @@ pub mod sync;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
+pub use jumprelu::{JumpReluParams, SparsityLoss};
+pub use matryoshka::{
+    prefix_evr, prefix_reconstructions, MatryoshkaParams, MatryoshkaSelection, PrefixEvr,
+};
 pub use model::{Architecture, BdecInit, Codes, Sae, SaeConfig, Selection, WEncInit};
 pub use objective::{
     data_variance, forward_backward, DeadTracker, Evr, Firing, Grads, LossOptions, StepOutput,

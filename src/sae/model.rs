@@ -17,6 +17,8 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+pub use super::jumprelu::{JumpReluParams, SparsityLoss};
+pub use super::matryoshka::{MatryoshkaParams, MatryoshkaSelection};
 use super::sync::{host_read, SyncFree};
 
 /// How latents are selected. The names are the checkpoint's and the config's.
@@ -33,6 +35,15 @@ pub enum Architecture {
     /// z = ReLU(pre), sparsity from an L1 penalty weighted by decoder row norms.
     #[value(name = "relu")]
     Relu,
+    /// z = pre·[pre > θ_j] with a learned threshold per latent, trained through a
+    /// straight-through estimator with an L0 (or tanh) penalty (Rajamanoharan et al. 2024);
+    /// see [`super::jumprelu`].
+    #[value(name = "jumprelu")]
+    JumpRelu,
+    /// Batch top-k (or top-k) codes trained with one reconstruction loss per nested prefix
+    /// of the dictionary (Bussmann et al. 2025); see [`super::matryoshka`].
+    #[value(name = "matryoshka")]
+    Matryoshka,
 }
 
 impl Architecture {
@@ -41,7 +52,15 @@ impl Architecture {
             Architecture::TopK => "topk",
             Architecture::BatchTopK => "batchtopk",
             Architecture::Relu => "relu",
+            Architecture::JumpRelu => "jumprelu",
+            Architecture::Matryoshka => "matryoshka",
         }
+    }
+
+    /// Whether `k` sets the sparsity (topk, batchtopk, matryoshka); relu and jumprelu get
+    /// theirs from a penalty.
+    pub fn uses_k(self) -> bool {
+        !matches!(self, Architecture::Relu | Architecture::JumpRelu)
     }
 }
 
@@ -98,7 +117,7 @@ impl SaeConfig {
             "d_sae must be at least 1, got {}",
             self.d_sae
         );
-        if self.architecture != Architecture::Relu {
+        if self.architecture.uses_k() {
             ensure!(
                 (1..=self.d_sae).contains(&self.k),
                 "k must be between 1 and d_sae = {} for {}, got {}",
@@ -122,6 +141,9 @@ pub enum Selection {
     Threshold(f64),
     /// Every positive pre-activation.
     Relu,
+    /// Every pre-activation above its latent's learned threshold (jumprelu): only
+    /// [`Sae::encode_sparse`] knows the thresholds.
+    JumpRelu,
 }
 
 /// Sparse latent codes of a batch in compressed-row form: row i's entries are
@@ -282,6 +304,9 @@ pub fn select_with(pre: &Tensor, selection: Selection, sync_free: bool) -> Codes
         Selection::BatchTopK(k) => batch_topk(pre, k, sync_free),
         Selection::Threshold(theta) => from_mask(pre, &pre.gt(theta.max(0.0))),
         Selection::Relu => from_mask(pre, &pre.gt(0.0)),
+        Selection::JumpRelu => {
+            panic!("Selection::JumpRelu needs the SAE's thresholds: use Sae::encode_sparse")
+        }
     }
 }
 
@@ -380,9 +405,44 @@ pub struct Sae {
     pub b_dec: Tensor,
     /// s: the SAE sees x·s.
     pub input_scale: f64,
-    /// θ for batchtopk at inference (None: not estimated yet).
+    /// θ for batchtopk (and matryoshka with batch top-k) at inference (None: not
+    /// estimated yet).
     pub threshold: Option<f64>,
+    /// jumprelu: log θ_j, the learned per-latent thresholds (a parameter). [F]
+    pub log_threshold: Option<Tensor>,
+    /// jumprelu: the training settings of its estimator and penalty.
+    pub jumprelu: Option<JumpReluParams>,
+    /// matryoshka: the nested prefixes, their loss weights and the selection.
+    pub matryoshka: Option<MatryoshkaParams>,
 }
+
+/// The architecture-specific parts of an SAE that a fresh one gets by default
+/// ([`JumpReluParams::default`], one prefix of all latents): `log_threshold`, `jumprelu`,
+/// `matryoshka` for the architectures that have them, None otherwise.
+fn arch_defaults(config: &SaeConfig, device: Device) -> ArchParts {
+    match config.architecture {
+        Architecture::JumpRelu => {
+            let p = JumpReluParams::default();
+            (
+                Some(Tensor::full(
+                    [config.d_sae],
+                    super::jumprelu::DEFAULT_INIT_THRESHOLD.ln(),
+                    (Kind::Float, device),
+                )),
+                Some(p),
+                None,
+            )
+        }
+        Architecture::Matryoshka => (None, None, Some(MatryoshkaParams::single(config.d_sae))),
+        _ => (None, None, None),
+    }
+}
+
+type ArchParts = (
+    Option<Tensor>,
+    Option<JumpReluParams>,
+    Option<MatryoshkaParams>,
+);
 
 /// s = √D / mean_i ‖x_i‖ for a sample [N, D], so that E‖x·s‖ = √D.
 pub fn input_scale(sample: &Tensor) -> Result<f64> {
@@ -480,7 +540,11 @@ impl Sae {
             b_dec,
             input_scale: scale,
             threshold: None,
+            log_threshold: None,
+            jumprelu: None,
+            matryoshka: None,
         };
+        (sae.log_threshold, sae.jumprelu, sae.matryoshka) = arch_defaults(config, device);
         sae.normalize_decoder();
         sae.w_enc = sae.w_dec.copy().tr();
         Ok(sae)
@@ -550,6 +614,7 @@ impl Sae {
             input_scale.is_finite() && input_scale > 0.0,
             "input_scale must be a positive number, got {input_scale}"
         );
+        let (log_threshold, jumprelu, matryoshka) = arch_defaults(&config, w_dec.device());
         Ok(Sae {
             config,
             w_enc: encoder_layout(&w_enc.to_kind(Kind::Float)),
@@ -558,6 +623,9 @@ impl Sae {
             b_dec: b_dec.to_kind(Kind::Float).contiguous(),
             input_scale,
             threshold,
+            log_threshold,
+            jumprelu,
+            matryoshka,
         })
     }
 
@@ -576,6 +644,9 @@ impl Sae {
             b_dec: self.b_dec.to_device(device),
             input_scale: self.input_scale,
             threshold: self.threshold,
+            log_threshold: self.log_threshold.as_ref().map(|t| t.to_device(device)),
+            jumprelu: self.jumprelu,
+            matryoshka: self.matryoshka.clone(),
         }
     }
 
@@ -589,6 +660,9 @@ impl Sae {
             b_dec: self.b_dec.copy(),
             input_scale: self.input_scale,
             threshold: self.threshold,
+            log_threshold: self.log_threshold.as_ref().map(Tensor::copy),
+            jumprelu: self.jumprelu,
+            matryoshka: self.matryoshka.clone(),
         }
     }
 
@@ -604,14 +678,28 @@ impl Sae {
     }
 
     /// The selection used at inference: topk → TopK(k); batchtopk → Threshold(θ), or
-    /// BatchTopK(k) over the given batch while θ is unknown; relu → Relu.
+    /// BatchTopK(k) over the given batch while θ is unknown; relu → Relu; jumprelu →
+    /// JumpRelu; matryoshka → as its inner selection (topk or batchtopk).
     pub fn inference_selection(&self) -> Selection {
-        match (self.config.architecture, self.threshold) {
-            (Architecture::TopK, _) => Selection::TopK(self.config.k),
-            (Architecture::BatchTopK, Some(theta)) => Selection::Threshold(theta),
-            (Architecture::BatchTopK, None) => Selection::BatchTopK(self.config.k),
-            (Architecture::Relu, _) => Selection::Relu,
+        let batch = match self.config.architecture {
+            Architecture::TopK => return Selection::TopK(self.config.k),
+            Architecture::Relu => return Selection::Relu,
+            Architecture::JumpRelu => return Selection::JumpRelu,
+            Architecture::BatchTopK => true,
+            Architecture::Matryoshka => self.matryoshka_batch(),
+        };
+        match (batch, self.threshold) {
+            (false, _) => Selection::TopK(self.config.k),
+            (true, Some(theta)) => Selection::Threshold(theta),
+            (true, None) => Selection::BatchTopK(self.config.k),
         }
+    }
+
+    /// matryoshka: whether its selection is batch top-k.
+    fn matryoshka_batch(&self) -> bool {
+        self.matryoshka
+            .as_ref()
+            .is_none_or(|m| m.selection == MatryoshkaSelection::BatchTopK)
     }
 
     /// The selection used while training with `k` non-zeros per row.
@@ -620,12 +708,27 @@ impl Sae {
             Architecture::TopK => Selection::TopK(k),
             Architecture::BatchTopK => Selection::BatchTopK(k),
             Architecture::Relu => Selection::Relu,
+            Architecture::JumpRelu => Selection::JumpRelu,
+            Architecture::Matryoshka if self.matryoshka_batch() => Selection::BatchTopK(k),
+            Architecture::Matryoshka => Selection::TopK(k),
         }
+    }
+
+    /// θ_j = exp(log θ_j) (jumprelu). [F]
+    pub fn jumprelu_threshold(&self) -> Option<Tensor> {
+        self.log_threshold.as_ref().map(Tensor::exp)
     }
 
     /// Sparse codes of x [B, D].
     pub fn encode_sparse(&self, x: &Tensor, selection: Selection) -> Codes {
-        select(&self.pre_activations(x), selection)
+        let pre = self.pre_activations(x);
+        if selection == Selection::JumpRelu {
+            let theta = self
+                .jumprelu_threshold()
+                .expect("a jumprelu SAE has thresholds");
+            return from_mask(&pre, &pre.gt_tensor(&theta.clamp_min(0.0)));
+        }
+        select(&pre, selection)
     }
 
     /// Dense codes of x [B, D] with the inference selection. [B, F]
@@ -634,6 +737,12 @@ impl Sae {
         match self.inference_selection() {
             Selection::Relu => pre.relu(),
             Selection::Threshold(theta) => &pre * pre.gt(theta.max(0.0)),
+            Selection::JumpRelu => {
+                let theta = self
+                    .jumprelu_threshold()
+                    .expect("a jumprelu SAE has thresholds");
+                &pre * pre.gt_tensor(&theta)
+            }
             selection => select(&pre, selection).to_dense(),
         }
     }
@@ -651,7 +760,7 @@ impl Sae {
     /// x̂ for x [B, D] with the inference selection. [B, D]
     pub fn reconstruct(&self, x: &Tensor) -> Tensor {
         match self.inference_selection() {
-            Selection::Relu => self.decode(&self.encode(x)),
+            Selection::Relu | Selection::JumpRelu => self.decode(&self.encode(x)),
             selection => self.decode_sparse(&self.encode_sparse(x, selection)),
         }
     }
@@ -793,6 +902,8 @@ mod tests {
             (Architecture::TopK, "\"topk\""),
             (Architecture::BatchTopK, "\"batchtopk\""),
             (Architecture::Relu, "\"relu\""),
+            (Architecture::JumpRelu, "\"jumprelu\""),
+            (Architecture::Matryoshka, "\"matryoshka\""),
         ] {
             assert_eq!(serde_json::to_string(&a).unwrap(), name);
             use clap::ValueEnum;

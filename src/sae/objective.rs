@@ -64,7 +64,8 @@ pub struct LossOptions {
     pub k_aux: i64,
     /// Weight of the AuxK term (default 1/32).
     pub aux_coef: f64,
-    /// Weight of the L1 term (relu only).
+    /// Weight of the sparsity penalty: L1 for relu, L0 (or tanh) for jumprelu; unused by
+    /// the others.
     pub l1_coef: f64,
     /// σ²: `mse` is divided by it (see the module docs and [`data_variance`]); 1 gives the
     /// plain mean squared error.
@@ -102,21 +103,27 @@ pub struct Grads {
     pub b_enc: Tensor,
     pub w_dec: Tensor,
     pub b_dec: Tensor,
+    /// jumprelu: the gradient of log θ. [F]
+    pub log_threshold: Option<Tensor>,
 }
 
 impl Grads {
-    /// In the order of [`super::optim::PARAMS`].
-    pub fn tensors(&self) -> [&Tensor; 4] {
-        [&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec]
+    /// In the order of [`super::optim::PARAMS`], then `log_threshold` when present.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut out = vec![&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec];
+        out.extend(self.log_threshold.as_ref());
+        out
     }
 
-    fn tensors_mut(&mut self) -> [&mut Tensor; 4] {
-        [
+    fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut out = vec![
             &mut self.w_enc,
             &mut self.b_enc,
             &mut self.w_dec,
             &mut self.b_dec,
-        ]
+        ];
+        out.extend(self.log_threshold.as_mut());
+        out
     }
 
     /// g_j −= (g_j·w_j)·w_j for each decoder row: the part of the step that the row
@@ -166,7 +173,8 @@ pub struct StepOutput {
     pub mse: Tensor,
     /// AuxK term, already times aux_coef (0 when off).
     pub aux: Tensor,
-    /// L1 term, already times l1_coef (0 except relu).
+    /// The sparsity penalty, already times l1_coef: L1 for relu, L0 (or tanh) for jumprelu;
+    /// 0 for the others.
     pub l1: Tensor,
     /// Mean positive latents per row.
     pub l0: Tensor,
@@ -178,6 +186,9 @@ pub struct StepOutput {
     pub min_positive: Tensor,
     /// The reconstruction in the original space. [B, D] f32
     pub x_hat: Tensor,
+    /// matryoshka: the reconstruction of each prefix alone, the last = `x_hat` (original
+    /// space). Empty for the other architectures. M·[B, D] f32
+    pub prefix_x_hat: Vec<Tensor>,
 }
 
 /// Buffers that [`forward_backward`] reuses from step to step: the pre-activations [B, F]
@@ -260,12 +271,9 @@ pub fn forward_backward(
     let ws = workspace;
     match sae.config.architecture {
         Architecture::Relu => relu_step(sae, &xs, &xc, &pre, dead, o, ws),
-        arch => {
-            let selection = if arch == Architecture::TopK {
-                Selection::TopK(o.k)
-            } else {
-                Selection::BatchTopK(o.k)
-            };
+        Architecture::JumpRelu => super::jumprelu::jumprelu_step(sae, &xs, &xc, &pre, o),
+        _ => {
+            let selection = sae.training_selection(o.k);
             let codes = select_with(&pre, selection, ws.sync_free.on(pre.device()));
             sparse_step(sae, &xs, &xc, &pre, codes, dead, o, ws)
         }
@@ -331,11 +339,11 @@ fn aux_k(
 
 /// d/db_dec: the decoder's Σ_i dx̂_i, minus what flows back through x_c = x_s − b_dec into
 /// the encoder (W_enc·db_enc). [D]
-fn b_dec_grad(sae: &Sae, dx_hat: &Tensor, b_enc: &Tensor) -> Tensor {
+pub(crate) fn b_dec_grad(sae: &Sae, dx_hat: &Tensor, b_enc: &Tensor) -> Tensor {
     dx_hat.sum_dim_intlist(0, false, Kind::Float) - sae.w_enc.mv(b_enc)
 }
 
-fn zero(device: Device) -> Tensor {
+pub(crate) fn zero(device: Device) -> Tensor {
     Tensor::zeros([], (Kind::Float, device))
 }
 
@@ -372,35 +380,78 @@ fn sparse_step(
     let f = sae.config.d_sae;
     let d = sae.config.d_in;
     let sync_free = ws.sync_free.on(xs.device());
-    let xs_hat = decode_scaled(&sae.w_dec, &codes) + &sae.b_dec; // [B, D]
+    // The prefixes (matryoshka; one prefix of all latents otherwise) and each entry's block.
+    let (weights, blocks) = match (&sae.matryoshka, sae.config.architecture) {
+        (Some(m), Architecture::Matryoshka) => (m.weights.clone(), Some(m.blocks(&codes.latents))),
+        _ => (vec![1.0], None),
+    };
+    let n_prefix = weights.len();
+    let decodes = match &blocks {
+        Some(bl) => super::matryoshka::prefix_decodes(&sae.w_dec, &codes, bl, n_prefix),
+        None => vec![decode_scaled(&sae.w_dec, &codes)],
+    };
+    let xs_hats: Vec<Tensor> = decodes.into_iter().map(|t| t + &sae.b_dec).collect(); // M·[B, D]
+    let xs_hat = xs_hats[n_prefix - 1].shallow_clone();
     let e = xs - &xs_hat;
     let mse = e.square().mean(Kind::Float) / o.data_variance;
-    let dx_hat = &e * (-2.0 / ((b * d) as f64 * o.data_variance)); // dmse/dx̂_s [B, D]
+    // ∂loss/∂x̂_m, then G_p = Σ_{m ≥ p} of them (matryoshka module docs). [B, D] each
+    let mut recon_loss = Tensor::zeros([], (Kind::Float, xs.device()));
+    let mut suffix: Vec<Tensor> = Vec::with_capacity(n_prefix);
+    for (m, x_hat_m) in xs_hats.iter().enumerate().rev() {
+        let lambda = weights[m];
+        let e_m = if m + 1 == n_prefix {
+            e.shallow_clone()
+        } else {
+            xs - x_hat_m
+        };
+        if m + 1 == n_prefix && n_prefix == 1 {
+            recon_loss = mse.shallow_clone();
+        } else {
+            recon_loss += e_m.square().mean(Kind::Float) / o.data_variance * lambda;
+        }
+        let g = &e_m * (-2.0 * lambda / ((b * d) as f64 * o.data_variance));
+        suffix.push(match suffix.last() {
+            Some(next) => g + next,
+            None => g,
+        });
+    }
+    suffix.reverse();
+    let dx_hat = if n_prefix == 1 {
+        suffix.pop().expect("one prefix")
+    } else {
+        Tensor::cat(&suffix, 0) // [M·B, D]
+    };
     let aux = aux_k(sae, pre, &e, dead, o, ws);
 
-    // All entries, main then AuxK's (as rows B..2B), sorted by latent then row: every sum
-    // below runs in this fixed order.
-    let (latents, cols, values, grad_out, inputs, n_cols) = match &aux {
+    // All entries, main then AuxK's (AuxK's as columns M·B..M·B+B), sorted by latent then
+    // column: every sum below runs in this fixed order. Column = block·B + row.
+    let main_cols = match &blocks {
+        Some(bl) => bl * b + &codes.rows,
+        None => codes.rows.shallow_clone(),
+    };
+    let n_main = n_prefix as i64 * b;
+    let (latents, cols, rows, values, grad_out, n_cols) = match &aux {
         None => (
             codes.latents.shallow_clone(),
+            main_cols,
             codes.rows.shallow_clone(),
             codes.values.shallow_clone(),
             dx_hat.shallow_clone(),
-            xc.shallow_clone(),
-            b,
+            n_main,
         ),
         Some(a) => (
             Tensor::cat(&[&codes.latents, &a.codes.latents], 0),
-            Tensor::cat(&[&codes.rows, &(&a.codes.rows + b)], 0),
+            Tensor::cat(&[&main_cols, &(&a.codes.rows + n_main)], 0),
+            Tensor::cat(&[&codes.rows, &a.codes.rows], 0),
             Tensor::cat(&[&codes.values, &a.codes.values], 0),
             Tensor::cat(&[&dx_hat, &a.grad], 0),
-            Tensor::cat(&[xc, xc], 0),
-            2 * b,
+            n_main + b,
         ),
     };
     let order = by_latent_then_column(&latents, &cols, n_cols);
     let latents = latents.index_select(0, &order);
     let cols = cols.index_select(0, &order);
+    let rows = rows.index_select(0, &order);
     let values = values.index_select(0, &order);
     let by_latent = prefix_offsets(&latents, f, sync_free); // [F+1]
     let empty = Tensor::empty([0], (Kind::Int64, latents.device()));
@@ -409,16 +460,22 @@ fn sparse_step(
     );
     let dpre = dvalues * values.gt(0.0);
     let w_dec = bag_sum(&grad_out, &cols, &by_latent, &values); // [F, D]
-    let w_enc = bag_sum(&inputs, &cols, &by_latent, &dpre).tr(); // [D, F], the encoder layout
-    let ones = Tensor::ones([n_cols, 1], (Kind::Float, xs.device()));
-    let b_enc = bag_sum(&ones, &cols, &by_latent, &dpre).view([f]);
-    let b_dec = b_dec_grad(sae, &dx_hat, &b_enc);
+    let w_enc = bag_sum(xc, &rows, &by_latent, &dpre).tr(); // [D, F], the encoder layout
+    let ones = Tensor::ones([b, 1], (Kind::Float, xs.device()));
+    let b_enc = bag_sum(&ones, &rows, &by_latent, &dpre).view([f]);
+    // b_dec is in every prefix: Σ_m ∂loss/∂x̂_m = G_0, the first B rows.
+    let b_dec = b_dec_grad(sae, &dx_hat.narrow(0, 0, b), &b_enc);
 
     let aux_loss = aux
         .as_ref()
         .map_or_else(|| zero(xs.device()), |a| a.loss.shallow_clone());
+    let prefix_x_hat = if blocks.is_some() {
+        xs_hats.iter().map(|t| t / sae.input_scale).collect()
+    } else {
+        Vec::new()
+    };
     StepOutput {
-        loss: &mse + &aux_loss,
+        loss: &recon_loss + &aux_loss,
         mse,
         aux: aux_loss,
         l1: zero(xs.device()),
@@ -428,10 +485,12 @@ fn sparse_step(
             b_enc,
             w_dec,
             b_dec,
+            log_threshold: None,
         },
         fired: codes.fired_with(sync_free),
         min_positive: codes.min_positive(),
         x_hat: xs_hat / sae.input_scale,
+        prefix_x_hat,
     }
 }
 
@@ -505,10 +564,12 @@ fn relu_step(
             b_enc,
             w_dec,
             b_dec,
+            log_threshold: None,
         },
         fired: active.sum_dim_intlist(0, false, Kind::Int64),
         min_positive: Tensor::full([], f64::INFINITY, (Kind::Float, device)),
         x_hat: xs_hat / sae.input_scale,
+        prefix_x_hat: Vec::new(),
     }
 }
 

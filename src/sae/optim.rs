@@ -24,6 +24,17 @@ use super::objective::Grads;
 
 /// Parameter names, as in the checkpoint (SAELens's).
 pub const PARAMS: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
+/// The fifth parameter of a jumprelu SAE: log θ, one per latent.
+pub const LOG_THRESHOLD: &str = "log_threshold";
+
+/// The names of `sae`'s parameters: [`PARAMS`], then [`LOG_THRESHOLD`] for jumprelu.
+pub fn param_names(sae: &Sae) -> Vec<&'static str> {
+    let mut out = PARAMS.to_vec();
+    if sae.log_threshold.is_some() {
+        out.push(LOG_THRESHOLD);
+    }
+    out
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,12 +65,12 @@ impl Default for AdamConfig {
 pub struct Adam {
     pub config: AdamConfig,
     steps: i64,
-    exp_avg: [Tensor; 4],
-    exp_avg_sq: [Tensor; 4],
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
     scratch: [Tensor; 2],
 }
 
-fn scratch_for(params: [&Tensor; 4]) -> [Tensor; 2] {
+fn scratch_for(params: Vec<&Tensor>) -> [Tensor; 2] {
     let numel = params.iter().map(|p| p.numel()).max().unwrap_or(0) as i64;
     let options = (Kind::Float, params[0].device());
     [
@@ -73,17 +84,21 @@ fn view_like(buffer: &Tensor, like: &Tensor) -> Tensor {
     buffer.as_strided(like.size(), like.stride(), 0)
 }
 
-fn params(sae: &Sae) -> [&Tensor; 4] {
-    [&sae.w_enc, &sae.b_enc, &sae.w_dec, &sae.b_dec]
+fn params(sae: &Sae) -> Vec<&Tensor> {
+    let mut out = vec![&sae.w_enc, &sae.b_enc, &sae.w_dec, &sae.b_dec];
+    out.extend(sae.log_threshold.as_ref());
+    out
 }
 
-fn params_mut(sae: &mut Sae) -> [&mut Tensor; 4] {
-    [
+fn params_mut(sae: &mut Sae) -> Vec<&mut Tensor> {
+    let mut out = vec![
         &mut sae.w_enc,
         &mut sae.b_enc,
         &mut sae.w_dec,
         &mut sae.b_dec,
-    ]
+    ];
+    out.extend(sae.log_threshold.as_mut());
+    out
 }
 
 /// The scalars of one update, formed in f64 as torch.optim.Adam forms them in Python.
@@ -220,8 +235,8 @@ impl Adam {
         Adam {
             config,
             steps: 0,
-            exp_avg: params(sae).map(|p| p.zeros_like()),
-            exp_avg_sq: params(sae).map(|p| p.zeros_like()),
+            exp_avg: params(sae).into_iter().map(|p| p.zeros_like()).collect(),
+            exp_avg_sq: params(sae).into_iter().map(|p| p.zeros_like()).collect(),
             scratch: scratch_for(params(sae)),
         }
     }
@@ -265,6 +280,11 @@ impl Adam {
         self.steps += 1;
         let c = Coefficients::new(self.config, self.steps, lr);
         let [s1, s2] = &self.scratch;
+        assert_eq!(
+            grads.tensors().len(),
+            self.exp_avg.len(),
+            "one gradient per parameter"
+        );
         for (((p, g), m), v) in params_mut(sae)
             .into_iter()
             .zip(grads.tensors())
@@ -280,8 +300,9 @@ impl Adam {
     /// The state as named tensors (`W_enc.exp_avg`, `W_enc.exp_avg_sq`, … in the parameters'
     /// shapes), sharing storage with the optimizer: write them out before the next step.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(8);
-        for (i, name) in PARAMS.iter().enumerate() {
+        let mut out = Vec::with_capacity(10);
+        let names = [PARAMS.as_slice(), &[LOG_THRESHOLD]].concat();
+        for (i, name) in names.iter().take(self.exp_avg.len()).enumerate() {
             out.push((format!("{name}.exp_avg"), self.exp_avg[i].shallow_clone()));
             out.push((
                 format!("{name}.exp_avg_sq"),
@@ -300,13 +321,14 @@ impl Adam {
         sae: &Sae,
     ) -> Result<Adam> {
         ensure!(steps >= 0, "the optimizer step count is negative ({steps})");
-        let mut exp_avg: [Option<Tensor>; 4] = Default::default();
-        let mut exp_avg_sq: [Option<Tensor>; 4] = Default::default();
+        let names = param_names(sae);
+        let mut exp_avg: Vec<Option<Tensor>> = names.iter().map(|_| None).collect();
+        let mut exp_avg_sq: Vec<Option<Tensor>> = names.iter().map(|_| None).collect();
         for (name, t) in tensors {
             let Some((param, moment)) = name.split_once('.') else {
                 bail!("unknown optimizer tensor {name}");
             };
-            let Some(i) = PARAMS.iter().position(|p| *p == param) else {
+            let Some(i) = names.iter().position(|p| *p == param) else {
                 bail!("unknown optimizer tensor {name}");
             };
             let slot = match moment {
@@ -328,15 +350,15 @@ impl Adam {
                 t.contiguous()
             });
         }
-        let take = |slots: [Option<Tensor>; 4], moment: &str| -> Result<[Tensor; 4]> {
-            let mut out = Vec::with_capacity(4);
+        let take = |slots: Vec<Option<Tensor>>, moment: &str| -> Result<Vec<Tensor>> {
+            let mut out = Vec::with_capacity(slots.len());
             for (i, t) in slots.into_iter().enumerate() {
                 match t {
                     Some(t) => out.push(t),
-                    None => bail!("optimizer tensor {}.{moment} is missing", PARAMS[i]),
+                    None => bail!("optimizer tensor {}.{moment} is missing", names[i]),
                 }
             }
-            Ok(out.try_into().expect("four tensors"))
+            Ok(out)
         };
         Ok(Adam {
             config,
@@ -382,6 +404,7 @@ mod tests {
                         b_enc: g(&a.b_enc),
                         w_dec: g(&a.w_dec),
                         b_dec: g(&a.b_dec),
+                        log_threshold: None,
                     };
                     fused.update_with(&mut a, &grads, 1e-2 * (1 + step % 3) as f64, true);
                     plain.update_with(&mut b, &grads, 1e-2 * (1 + step % 3) as f64, false);

@@ -25,7 +25,8 @@ use tch::{Device, Kind, Tensor};
 use super::batches::{self, BatchIter, Batches};
 use super::checkpoint::{self, CheckpointMeta, TrainingStateRef};
 use super::config::{DataLoad, LrSchedule, SaeSection, TrainConfig, TrainingSection};
-use super::model::{Architecture, Sae, SaeConfig, WEncInit};
+use super::matryoshka::prefix_evr_over;
+use super::model::{Architecture, Sae, SaeConfig, Selection, WEncInit};
 use super::objective::{
     data_variance, forward_backward, DeadTracker, Evr, Firing, LossOptions, StepOutput,
     ThresholdEstimator, Workspace,
@@ -412,11 +413,17 @@ impl Plan {
     }
 
     fn loss_options(&self, step: usize, data_variance: f64) -> LossOptions {
+        // jumprelu's L0 (or tanh) penalty travels in `l1_coef`, with its own warm-up.
+        let sparsity = if self.sae.architecture == Architecture::JumpRelu {
+            l1_at(self.sae.l0_coef, self.training.l0_warmup_steps, step)
+        } else {
+            l1_at(self.sae.l1_coef, self.training.l1_warmup_steps, step)
+        };
         LossOptions {
             k: self.k(step),
             k_aux: self.k_aux,
             aux_coef: self.sae.aux_coef,
-            l1_coef: l1_at(self.sae.l1_coef, self.training.l1_warmup_steps, step),
+            l1_coef: sparsity,
             data_variance,
         }
     }
@@ -449,6 +456,8 @@ pub struct StepReport {
     pub fired: Tensor,
     /// The reconstruction in the original space. [B, D] f32
     pub x_hat: Tensor,
+    /// matryoshka: each prefix's reconstruction alone (empty otherwise). M·[B, D] f32
+    pub prefix_x_hat: Vec<Tensor>,
     pub lr: f64,
     pub k: i64,
 }
@@ -463,8 +472,22 @@ impl Trainer {
     ) -> Result<Trainer> {
         let (s, t) = (&config.sae, &config.training);
         let mut sae = Sae::init(sae_config, sample, s.b_dec_init, t.seed)?;
+        match sae_config.architecture {
+            Architecture::JumpRelu => {
+                sae.set_jumprelu(s.jumprelu_init_threshold, config.jumprelu_params()?)?
+            }
+            Architecture::Matryoshka => {
+                sae.set_matryoshka(config.matryoshka_params(sae_config.d_sae)?)?
+            }
+            _ => {}
+        }
         if s.w_enc_init == WEncInit::ScaledTranspose {
-            let gain = sae.fit_encoder_gain(sample, sae.training_selection(plan.k(0)))?;
+            // jumprelu: the gain of its θ → 0 limit, ReLU.
+            let selection = match sae.training_selection(plan.k(0)) {
+                Selection::JumpRelu => Selection::Relu,
+                other => other,
+            };
+            let gain = sae.fit_encoder_gain(sample, selection)?;
             crate::ui::debug(format!("W_enc = W_decᵀ × {gain:.4} (least-squares gain)"));
         }
         let data_variance = data_variance(sample, sae.input_scale)?;
@@ -472,7 +495,7 @@ impl Trainer {
         Ok(Trainer {
             adam: Adam::new(&sae, adam_config(t)),
             dead: DeadTracker::new(sae_config.d_sae, plan.dead_window, device),
-            threshold: (s.architecture == Architecture::BatchTopK)
+            threshold: matches!(sae.training_selection(1), Selection::BatchTopK(_))
                 .then(|| ThresholdEstimator::new(Some(t.threshold_decay), device)),
             data_variance,
             workspace: Workspace::new(),
@@ -494,6 +517,7 @@ impl Trainer {
             fired,
             min_positive,
             x_hat,
+            prefix_x_hat,
             ..
         } = forward_backward(
             &self.sae,
@@ -518,6 +542,7 @@ impl Trainer {
             grad_norm,
             fired,
             x_hat,
+            prefix_x_hat,
             lr,
             k: options.k,
         }
@@ -591,6 +616,8 @@ impl Trainer {
 /// Per-epoch sums of the training steps' metrics (on the device).
 struct EpochStats {
     evr: Evr,
+    /// matryoshka: one per prefix (empty otherwise).
+    prefix_evr: Vec<Evr>,
     firing: Firing,
     loss: Tensor,
     mse: Tensor,
@@ -606,6 +633,7 @@ impl EpochStats {
         let zero = || Tensor::zeros([], (Kind::Double, device));
         EpochStats {
             evr: Evr::new(d_in, device),
+            prefix_evr: Vec::new(),
             firing: Firing::new(d_sae, device),
             loss: zero(),
             mse: zero(),
@@ -618,6 +646,17 @@ impl EpochStats {
 
     fn add(&mut self, x: &Tensor, r: &StepReport) {
         self.evr.update(x, &r.x_hat);
+        if self.prefix_evr.len() != r.prefix_x_hat.len() {
+            let d_in = x.size()[1];
+            self.prefix_evr = r
+                .prefix_x_hat
+                .iter()
+                .map(|_| Evr::new(d_in, x.device()))
+                .collect();
+        }
+        for (e, p) in self.prefix_evr.iter_mut().zip(&r.prefix_x_hat) {
+            e.update(x, p);
+        }
         self.firing.update(&r.fired, x.size()[0]);
         self.loss += &r.loss;
         self.mse += &r.mse;
@@ -646,11 +685,22 @@ fn step_line(
     finite("the loss", loss, step)?;
     let mut e = Evr::new(d_in, x.device());
     e.update(x, &r.x_hat);
-    Ok(
-        json!({"type": "step", "step": step, "epoch": epoch, "loss": loss, "mse": r.mse.double_value(&[]),
+    let mut line = json!({"type": "step", "step": step, "epoch": epoch, "loss": loss, "mse": r.mse.double_value(&[]),
               "aux_loss": r.aux.double_value(&[]), "l0": r.l0.double_value(&[]), "evr": e.evr(),
-              "grad_norm": r.grad_norm.double_value(&[]), "lr": r.lr, "k": r.k, "time": time}),
-    )
+              "grad_norm": r.grad_norm.double_value(&[]), "lr": r.lr, "k": r.k, "time": time});
+    if !r.prefix_x_hat.is_empty() {
+        let prefix: Vec<f64> = r
+            .prefix_x_hat
+            .iter()
+            .map(|p| {
+                let mut e = Evr::new(d_in, x.device());
+                e.update(x, p);
+                e.evr()
+            })
+            .collect();
+        line["prefix_evr"] = json!(prefix);
+    }
+    Ok(line)
 }
 
 /// The end of an epoch: check the parameters, validate, write the checkpoints (best
@@ -683,8 +733,17 @@ fn end_epoch(
         "val_evr": val.evr, "val_evr_seed": val.evr_seed, "val_l0": val.l0, "dead_frac": dead_frac, "dead_window": dead_window,
         "time": time, "rows_per_s": rows_per_s,
     });
-    let metrics = json!({"epoch": epoch, "step": step, "val_evr": val.evr, "val_evr_seed": val.evr_seed, "val_l0": val.l0,
+    let mut epoch_line = epoch_line;
+    let mut metrics = json!({"epoch": epoch, "step": step, "val_evr": val.evr, "val_evr_seed": val.evr_seed, "val_l0": val.l0,
                          "dead_frac": dead_frac, "dead_window": dead_window});
+    if sae.config.architecture == Architecture::Matryoshka {
+        let val_prefix = prefix_evr_over(sae, batches.held_out()?)?;
+        let train_prefix: Vec<f64> = stats.prefix_evr.iter().map(Evr::evr).collect();
+        epoch_line["prefix_widths"] = json!(sae.prefix_widths());
+        epoch_line["prefix_evr"] = json!(train_prefix);
+        epoch_line["val_prefix_evr"] = json!(val_prefix);
+        metrics["val_prefix_evr"] = json!(val_prefix);
+    }
     if val.evr > progress.best_val_evr {
         progress.best_val_evr = val.evr;
         progress.best_epoch = epoch;
@@ -783,6 +842,15 @@ impl Member {
                 .check_state(&checkpoint::read_extra(&dir.last())?["data"])
                 .with_context(|| format!("cannot resume {}", dir.0.display()))?;
             let found = trainer.sae.config;
+            if sae_config.architecture == Architecture::Matryoshka {
+                let want = config.matryoshka_params(sae_config.d_sae)?;
+                ensure!(
+                    trainer.sae.matryoshka.as_ref() == Some(&want),
+                    "{} holds matryoshka prefixes {:?}, but its config.yaml asks for {want:?}",
+                    dir.last().display(),
+                    trainer.sae.matryoshka
+                );
+            }
             ensure!(
                 found == sae_config,
                 "{} holds a {} SAE {}→{} (k={}), but its config.yaml asks for {} {}→{} (k={})",

@@ -7,13 +7,17 @@ sae_lens takes seconds):
       Load DIR with sae_lens.SAE.load_from_disk and, for the rows `x` of IN (safetensors),
       write OUT (safetensors): `z` = sae.encode(x), `x_hat` = sae.decode(z), and when IN
       holds `z_saeclip` (saeclip's codes) `x_hat_from_z` = sae.decode(z_saeclip). OUT's
-      metadata holds the loaded class, architecture and d_sae.
+      metadata holds the loaded class, architecture and d_sae. With "training": true the
+      folder is loaded with sae_lens.TrainingSAE.load_from_disk instead (SAE-Lens's
+      training classes, e.g. matryoshka_batchtopk, whose encode is batch top-k).
 
-  {"op": "make", "out": DIR, "architecture": "topk"|"jumprelu"|"standard", "d_in": D,
+  {"op": "make", "out": DIR, "architecture": "topk"|"jumprelu"|"standard"|
+   "matryoshka_batchtopk", "d_in": D, "widths": [W1, ...] (matryoshka),
    "d_sae": F, "k": K, "seed": S, "threshold": T, "threshold_spread": 0.0,
    "apply_b_dec_to_input": true, "rescale_acts_by_decoder_norm": false}
       Build an SAE-Lens SAE with random parameters (biases non-zero; jumprelu thresholds
-      T + spread·U(0, 1)) and save it with sae.save_model(DIR), as SAE-Lens users do.
+      T + spread·U(0, 1); matryoshka: topk_threshold T) and save it with
+      sae.save_model(DIR), as SAE-Lens users do.
 
 A missing sae-lens is an error (exit 2) with the fix, never a skip.
 
@@ -28,7 +32,12 @@ try:
     import torch
     from safetensors.torch import load_file, save_file
     from sae_lens import SAE, __version__ as sae_lens_version
+    from sae_lens import TrainingSAE
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
     from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
@@ -42,7 +51,8 @@ except ImportError as e:  # pragma: no cover - the message is the point
 
 
 def run(job):
-    sae = SAE.load_from_disk(job["sae"], device="cpu")
+    cls = TrainingSAE if job.get("training") else SAE
+    sae = cls.load_from_disk(job["sae"], device="cpu")
     sae.eval()
     inputs = load_file(job["inputs"])
     out = {}
@@ -83,6 +93,12 @@ def make(job):
         )
     elif arch == "jumprelu":
         sae = JumpReLUSAE(JumpReLUSAEConfig(**common))
+    elif arch == "matryoshka_batchtopk":
+        sae = MatryoshkaBatchTopKTrainingSAE(
+            MatryoshkaBatchTopKTrainingSAEConfig(
+                k=job["k"], matryoshka_widths=list(job["widths"]), **common
+            )
+        )
     elif arch == "standard":
         sae = StandardSAE(StandardSAEConfig(**common))
     else:
@@ -99,6 +115,8 @@ def make(job):
             sae.threshold.copy_(
                 job.get("threshold", 0.1) + spread * torch.rand(f, generator=g)
             )
+        if arch == "matryoshka_batchtopk":
+            sae.topk_threshold = torch.tensor(job.get("threshold", 0.1), dtype=torch.double)
     sae.save_model(job["out"])
 
 

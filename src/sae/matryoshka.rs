@@ -1,0 +1,244 @@
+//! Matryoshka SAEs (Bussmann et al. 2025, "Learning Multi-Level Features with Matryoshka
+//! SAEs"; Nabeshima 2024): one dictionary whose nested prefixes (the first w_1 < w_2 < … <
+//! w_M = F latents) must each reconstruct the input on their own.
+//!
+//! # Loss (scaled space; SAE-Lens's `MatryoshkaBatchTopKTrainingSAE`)
+//! The codes z are selected once, over all F latents, by batch top-k (default) or top-k
+//! (`sae.matryoshka_selection`). Prefix m reconstructs with its own latents only:
+//!   x̂_m = Σ_{j < w_m} z_j·W_dec[j] + b_dec,   mse_m = ‖x_s − x̂_m‖² / (B·D·σ²),
+//! and the loss is Σ_m λ_m·mse_m + aux, with λ_m = `sae.matryoshka_weights` (default 1 each:
+//! SAE-Lens adds every inner loss to the outer one unweighted, and so does Bussmann et al.'s
+//! reference code). AuxK acts on the residual of the whole dictionary (SAE-Lens's default,
+//! `use_matryoshka_aux_loss: false`). SAE-Lens's `rescale_acts_by_decoder_norm` has no
+//! counterpart: saeclip keeps decoder rows at unit norm, which it makes a no-op.
+//!
+//! # Gradients, sparse
+//! An entry (i, j) of latent j in block b (w_{b−1} ≤ j < w_b) feeds x̂_m for every m ≥ b, so
+//! its decoder-side gradient is W_dec[j]·G_{b,i} with G_b = Σ_{m ≥ b} ∂loss/∂x̂_m (a suffix
+//! sum of the M per-prefix gradients, M·[B, D]). Stacking G_0 … G_{M−1} as one [M·B, D]
+//! table and giving entry e the column b_e·B + i_e, the top-k backward of
+//! [`super::objective`] runs unchanged: nothing of size [B, F] is built. And
+//! ∂/∂b_dec = Σ_i G_{0,i} − W_enc·∂/∂b_enc, since b_dec is in every prefix.
+//!
+//! # Metrics
+//! `prefix_evr`: the explained variance of each prefix alone ([`prefix_reconstructions`]
+//! with the inference selection), in metrics.jsonl and `analyze-logs`.
+
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::model::{decode_scaled, Architecture, Codes, Sae};
+use super::objective::Evr;
+
+/// How a matryoshka SAE selects its codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MatryoshkaSelection {
+    /// The k·B largest pre-activations of the batch; a learned θ at inference.
+    #[default]
+    #[value(name = "batchtopk")]
+    BatchTopK,
+    /// The k largest of each row.
+    #[value(name = "topk")]
+    TopK,
+}
+
+/// The nested prefixes of a matryoshka SAE (recorded in the checkpoint header).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatryoshkaParams {
+    /// Cumulative prefix widths w_1 < … < w_M = d_sae (SAE-Lens's `matryoshka_widths`).
+    pub widths: Vec<i64>,
+    /// λ_m, the weight of each prefix's reconstruction loss.
+    pub weights: Vec<f64>,
+    pub selection: MatryoshkaSelection,
+}
+
+impl MatryoshkaParams {
+    /// One prefix of all `d_sae` latents (plain batch top-k).
+    pub fn single(d_sae: i64) -> MatryoshkaParams {
+        MatryoshkaParams {
+            widths: vec![d_sae],
+            weights: vec![1.0],
+            selection: MatryoshkaSelection::BatchTopK,
+        }
+    }
+
+    /// Widths (weights default to 1 each) checked against `d_sae`; errors name the key.
+    pub fn new(
+        widths: Vec<i64>,
+        weights: Option<Vec<f64>>,
+        selection: MatryoshkaSelection,
+        d_sae: i64,
+    ) -> Result<MatryoshkaParams> {
+        let weights = weights.unwrap_or_else(|| vec![1.0; widths.len()]);
+        let p = MatryoshkaParams {
+            widths,
+            weights,
+            selection,
+        };
+        p.validate(d_sae)?;
+        Ok(p)
+    }
+
+    /// Errors name the config key.
+    pub fn validate(&self, d_sae: i64) -> Result<()> {
+        let w = &self.widths;
+        ensure!(
+            !w.is_empty(),
+            "sae.matryoshka_widths is empty: give the cumulative prefix widths, ending at d_sae = {d_sae}"
+        );
+        ensure!(
+            w[0] >= 1,
+            "sae.matryoshka_widths = {w:?}: widths must be positive"
+        );
+        ensure!(
+            w.windows(2).all(|p| p[0] < p[1]),
+            "sae.matryoshka_widths = {w:?}: must be strictly increasing"
+        );
+        ensure!(
+            *w.last().unwrap() == d_sae,
+            "sae.matryoshka_widths = {w:?}: the last width must equal d_sae = {d_sae}"
+        );
+        ensure!(
+            self.weights.len() == w.len(),
+            "sae.matryoshka_weights has {} entries, sae.matryoshka_widths {}: give one weight per prefix",
+            self.weights.len(),
+            w.len()
+        );
+        ensure!(
+            self.weights.iter().all(|x| x.is_finite() && *x >= 0.0)
+                && self.weights.iter().any(|x| *x > 0.0),
+            "sae.matryoshka_weights = {:?}: must be non-negative, not all zero",
+            self.weights
+        );
+        Ok(())
+    }
+
+    /// The block of each latent: b such that w_{b−1} ≤ j < w_b. Same shape as `latents`.
+    pub fn blocks(&self, latents: &Tensor) -> Tensor {
+        let bounds = Tensor::from_slice(&self.widths).to_device(latents.device());
+        Tensor::bucketize(latents, &bounds, false, true)
+    }
+}
+
+impl Sae {
+    /// Make this matryoshka SAE's prefixes `params` (checked against d_sae).
+    pub fn set_matryoshka(&mut self, params: MatryoshkaParams) -> Result<()> {
+        params.validate(self.config.d_sae)?;
+        self.matryoshka = Some(params);
+        Ok(())
+    }
+
+    /// The prefix widths: the matryoshka widths, or [d_sae] for any other SAE.
+    pub fn prefix_widths(&self) -> Vec<i64> {
+        match (&self.matryoshka, self.config.architecture) {
+            (Some(m), Architecture::Matryoshka) => m.widths.clone(),
+            _ => vec![self.config.d_sae],
+        }
+    }
+}
+
+/// The scaled-space decodes without b_dec of each prefix of `codes`, cumulative: entry m
+/// sums the entries of blocks 0..=m. `blocks` from [`MatryoshkaParams::blocks`]. M·[B, D]
+pub(crate) fn prefix_decodes(
+    w_dec: &Tensor,
+    codes: &Codes,
+    blocks: &Tensor,
+    m: usize,
+) -> Vec<Tensor> {
+    (0..m)
+        .map(|p| {
+            if p + 1 == m {
+                return decode_scaled(w_dec, codes);
+            }
+            let keep = blocks.le(p as i64).to_kind(Kind::Float);
+            let masked = Codes {
+                values: &codes.values * keep,
+                latents: codes.latents.shallow_clone(),
+                rows: codes.rows.shallow_clone(),
+                offsets: codes.offsets.shallow_clone(),
+                d_sae: codes.d_sae,
+            };
+            decode_scaled(w_dec, &masked)
+        })
+        .collect()
+}
+
+/// The reconstruction of x [B, D] (original space) by each prefix alone, with the inference
+/// selection over all latents (codes outside a prefix dropped). One per width of
+/// [`Sae::prefix_widths`]; the last is [`Sae::reconstruct`]'s. M·[B, D]
+pub fn prefix_reconstructions(sae: &Sae, x: &Tensor) -> Vec<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let widths = sae.prefix_widths();
+    let codes = sae.encode_sparse(x, sae.inference_selection());
+    let bounds = Tensor::from_slice(&widths).to_device(codes.latents.device());
+    let blocks = Tensor::bucketize(&codes.latents, &bounds, false, true);
+    prefix_decodes(&sae.w_dec, &codes, &blocks, widths.len())
+        .into_iter()
+        .map(|d| (d + &sae.b_dec) / sae.input_scale)
+        .collect()
+}
+
+/// Explained variance of each prefix alone over a set, accumulated batch by batch
+/// (DESIGN.md "Metrics": `evr` per prefix).
+#[derive(Debug)]
+pub struct PrefixEvr {
+    pub widths: Vec<i64>,
+    evr: Vec<Evr>,
+}
+
+impl PrefixEvr {
+    pub fn new(sae: &Sae) -> PrefixEvr {
+        let widths = sae.prefix_widths();
+        PrefixEvr {
+            evr: widths
+                .iter()
+                .map(|_| Evr::new(sae.config.d_in, sae.device()))
+                .collect(),
+            widths,
+        }
+    }
+
+    /// Add a batch x [B, D] (original space) encoded by `sae`.
+    pub fn update(&mut self, sae: &Sae, x: &Tensor) {
+        let x = x.to_device(sae.device()).to_kind(Kind::Float);
+        for (e, r) in self.evr.iter_mut().zip(prefix_reconstructions(sae, &x)) {
+            e.update(&x, &r);
+        }
+    }
+
+    /// Add a batch whose prefix reconstructions are known (`StepOutput::prefix_x_hat`).
+    pub fn update_with(&mut self, x: &Tensor, x_hats: &[Tensor]) {
+        for (e, r) in self.evr.iter_mut().zip(x_hats) {
+            e.update(x, r);
+        }
+    }
+
+    /// One evr per prefix (NaN before any row).
+    pub fn evr(&self) -> Vec<f64> {
+        self.evr.iter().map(Evr::evr).collect()
+    }
+}
+
+/// The explained variance of each prefix of `sae` alone on the batch x [B, D] (original
+/// space), with the inference selection: what `evaluate` reports per prefix.
+pub fn prefix_evr(sae: &Sae, x: &Tensor) -> Vec<f64> {
+    let mut p = PrefixEvr::new(sae);
+    p.update(sae, x);
+    p.evr()
+}
+
+/// [`prefix_evr`] over every batch of `batches` (any device and dtype): each prefix's
+/// explained variance over the whole set.
+pub fn prefix_evr_over(
+    sae: &Sae,
+    batches: impl Iterator<Item = anyhow::Result<Tensor>>,
+) -> anyhow::Result<Vec<f64>> {
+    let _guard = tch::no_grad_guard();
+    let mut p = PrefixEvr::new(sae);
+    for x in batches {
+        p.update(sae, &x?);
+    }
+    Ok(p.evr())
+}
