@@ -132,6 +132,7 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self.activation {
             Activation::Gelu => x.apply(&self.fc1).gelu("none").apply(&self.fc2),
+            Activation::GeluTanh => x.apply(&self.fc1).gelu("tanh").apply(&self.fc2),
             Activation::QuickGelu => {
                 let t = scaled_linear(x, &self.fc1, QUICK_GELU, QUICK_GELU); // 1.702 · fc1(x)
                 let h = if t.requires_grad() {

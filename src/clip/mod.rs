@@ -11,6 +11,7 @@ pub mod fit;
 pub mod model;
 pub mod preprocess;
 pub mod script;
+pub mod siglip;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;

@@ -217,3 +217,21 @@ pub fn fails_cleanly(out: &std::process::Output, expect: &str) {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Directory with the models `script` (a generator taking `--out BASE --name NAME`, like
+/// tests/reference/make_siglip.py) writes, regenerated when the script changes:
+/// `<target>/reference-models/<name>/`.
+pub fn generated_model(script: &str, name: &str) -> PathBuf {
+    let text = std::fs::read(root().join(script)).unwrap_or_else(|e| panic!("{script}: {e}"));
+    let stamp_value = format!("{:016x}", fnv1a(&text));
+    let base = root().join("target/reference-models");
+    let dir = base.join(name);
+    let stamp = dir.join("STAMP");
+    let _lock = FileLock::acquire(&base.join(format!("{name}.lock")));
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(stamp_value.as_str()) {
+        let _ = std::fs::remove_dir_all(&dir);
+        run_python(script, &["--out", base.to_str().unwrap(), "--name", name]);
+        std::fs::write(&stamp, &stamp_value).unwrap();
+    }
+    dir
+}
