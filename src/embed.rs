@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
-use crate::clip::preprocess::{preprocess_file, PreprocessConfig};
+use crate::clip::preprocess::preprocess_file;
 use crate::clip::tokenizer::{Tokenizer, EOT_TOKEN};
 use crate::clip::{pad_ids, Clip};
 
@@ -54,8 +54,8 @@ pub fn tokenize_texts(texts: &[String], context: usize) -> Result<Tensor> {
 
 /// Load and preprocess `paths` into [B, 3, P, P] for `clip`.
 pub fn load_pixels(clip: &Clip, paths: &[PathBuf]) -> Result<Tensor> {
-    let size = clip.config().vision.image_size;
-    let cfg = PreprocessConfig::with_size(size as u32);
+    let size = clip.info().image_size;
+    let cfg = clip.preprocess();
     let mut flat = Vec::with_capacity(paths.len() * 3 * (size * size) as usize);
     for path in paths {
         flat.extend(preprocess_file(path, &cfg)?);
@@ -86,7 +86,7 @@ pub fn embed(clip: &Clip, options: &EmbedOptions) -> Result<Embeddings> {
         out.pixel_values = Some(pixels);
     }
     if !options.texts.is_empty() {
-        let context = clip.config().text.max_position_embeddings as usize;
+        let context = clip.text_context()?;
         let ids = tokenize_texts(&options.texts, context)?;
         out.text_embeds = Some(cpu(clip.text_embeds(&ids)?));
         out.input_ids = Some(ids);

@@ -1,15 +1,21 @@
-//! CLIP: configuration, towers, weights, tokenizer and preprocessing.
+//! Vision backbones (CLIP and the other families): configuration, towers, weights,
+//! tokenizer and preprocessing.
 //!
-//! [`Clip`] is the model as the rest of saeclip sees it, whichever way it was stored: a
-//! native `tch::nn` model (Hugging Face or open_clip weights) or a TorchScript module.
-//! Layer numbering follows DESIGN.md: layer L is the residual stream *output* of block L.
-//! Shapes: B images, T texts, S tokens, D width, E embedding width.
+//! [`Clip`] is the model as the rest of saeclip sees it, whichever family it belongs to
+//! ([`Family`], from `config.json`'s `model_type`) and however it was stored: a native
+//! `tch::nn` model (Hugging Face or open_clip weights) or a TorchScript module. What the
+//! commands need of any family goes through [`Clip::info`] (widths, layers, token layout),
+//! [`Clip::preprocess`] (from `preprocessor_config.json`) and the residual / embedding
+//! methods. Layer numbering follows DESIGN.md: layer L is the residual stream *output* of
+//! block L. Shapes: B images, T texts, S tokens, D width, E embedding width.
 
 pub mod config;
 pub mod encoder;
+pub mod family;
 pub mod fit;
 pub mod model;
 pub mod preprocess;
+pub mod processor;
 pub mod script;
 pub mod siglip;
 pub mod text;
@@ -19,11 +25,13 @@ pub mod weights;
 
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use family::{Family, TokenLayout, VisionInfo};
 pub use model::ClipModel;
+pub use preprocess::PreprocessConfig;
 pub use script::ScriptedClip;
 pub use weights::ModelFormat;
 
@@ -74,23 +82,27 @@ pub enum Tokens {
     /// The class token (token 0).
     #[default]
     Cls,
-    /// The patch tokens (1..).
+    /// The patch tokens (after the class and register tokens).
     Patches,
     /// Every token.
     All,
+    /// The register tokens (DINOv2 with registers: tokens 1..=R).
+    Registers,
 }
 
 impl Tokens {
-    /// The token positions kept out of `seq_len`.
+    /// The token positions kept out of `seq_len` in CLIP's layout (one class token, no
+    /// registers: `registers` is empty). Other layouts: [`TokenLayout::range`].
     pub fn positions(self, seq_len: i64) -> std::ops::Range<i64> {
         match self {
             Tokens::Cls => 0..1,
             Tokens::Patches => 1..seq_len,
             Tokens::All => 0..seq_len,
+            Tokens::Registers => 1..1,
         }
     }
 
-    /// Keep the selected tokens of a residual [B, S, D]: [B, K, D].
+    /// Keep the selected tokens of a residual [B, S, D] in CLIP's layout: [B, K, D].
     pub fn select(self, residual: &Tensor) -> Tensor {
         let s = residual.size()[1];
         let r = self.positions(s);
@@ -102,6 +114,7 @@ impl Tokens {
             Tokens::Cls => "cls",
             Tokens::Patches => "patches",
             Tokens::All => "all",
+            Tokens::Registers => "registers",
         }
     }
 }
@@ -125,15 +138,23 @@ impl Default for LoadOptions {
     }
 }
 
-/// A loaded CLIP model.
+/// A loaded vision backbone of any [`Family`] (the name is historical: CLIP came first).
 #[derive(Debug)]
 pub enum Clip {
-    Native { vs: VarStore, model: Box<ClipModel> },
+    /// A native CLIP model and its preprocessing.
+    Native {
+        vs: VarStore,
+        model: Box<ClipModel>,
+        prep: PreprocessConfig,
+    },
+    /// A CLIP model exported to TorchScript (preprocessed as CLIP at its image size).
     Script(ScriptedClip),
 }
 
 impl Clip {
-    /// Load the model at `path` (see [`weights::resolve`] for what a path may be).
+    /// Load the model at `path` (see [`weights::resolve`] for what a path may be). A
+    /// Hugging Face directory's `config.json` `model_type` picks the family, and its
+    /// `preprocessor_config.json` the preprocessing (the family default when absent).
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Clip> {
         let files = weights::resolve(path, options.format)?;
         let kind = options.precision.kind();
@@ -144,17 +165,45 @@ impl Clip {
                 kind,
             )?));
         }
+        let family = match (files.format, &files.config) {
+            (ModelFormat::Hf, Some(c)) => Family::from_config_file(c)?,
+            _ => Family::Clip,
+        };
+        match family {
+            Family::Clip => {}
+            other => bail!(
+                "{}: model_type {other} is recognised, but this build of saeclip cannot run {other} models yet",
+                files.config.as_deref().unwrap_or(path).display()
+            ),
+        }
         let config = match (files.format, &files.config) {
             (ModelFormat::Hf, Some(c)) => ClipConfig::from_hf_file(c)?,
             (ModelFormat::OpenClip, Some(c)) => ClipConfig::from_open_clip_file(c)?,
             (_, _) => weights::infer_open_clip_config(&files.weights)?,
         };
-        Clip::from_weights(&config, &files, options.device, kind)
+        let size = config.vision.image_size;
+        let prep = match (files.format, &files.config) {
+            (ModelFormat::Hf, Some(c)) => {
+                let dir = c.parent().unwrap_or(Path::new("."));
+                let prep = processor::load(dir, Family::Clip, size as u32)?;
+                ensure!(
+                    prep.fixed_side() == Some(size as u32),
+                    "{}: the images must become {size}x{size} squares (config.json vision_config.image_size), but resize {:?} and crop {:?} do not make them so",
+                    dir.join(processor::PREPROCESSOR_CONFIG).display(),
+                    prep.resize,
+                    prep.crop
+                );
+                prep
+            }
+            _ => PreprocessConfig::with_size(size as u32),
+        };
+        Clip::from_weights(&config, &files, prep, options.device, kind)
     }
 
     fn from_weights(
         config: &ClipConfig,
         files: &weights::ModelFiles,
+        prep: PreprocessConfig,
         device: Device,
         kind: Kind,
     ) -> Result<Clip> {
@@ -172,6 +221,7 @@ impl Clip {
         Ok(Clip::Native {
             vs,
             model: Box::new(model),
+            prep,
         })
     }
 
@@ -191,13 +241,14 @@ impl Clip {
         Clip::Native {
             vs,
             model: Box::new(model),
+            prep: PreprocessConfig::with_size(config.vision.image_size as u32),
         }
     }
 
     /// Write a native model as a Hugging Face directory (`config.json` +
     /// `model.safetensors`) that [`Clip::load`] and transformers read.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
-        let Clip::Native { vs, model } = self else {
+        let Clip::Native { vs, model, .. } = self else {
             anyhow::bail!("a TorchScript model cannot be saved as a Hugging Face directory");
         };
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -211,10 +262,71 @@ impl Clip {
         crate::disk::write_bytes_atomic(&dir.join("config.json"), config.as_bytes())
     }
 
-    pub fn config(&self) -> &ClipConfig {
+    /// The CLIP configuration; `None` for other families.
+    pub fn clip_config(&self) -> Option<&ClipConfig> {
         match self {
-            Clip::Native { model, .. } => model.config(),
-            Clip::Script(s) => s.config(),
+            Clip::Native { model, .. } => Some(model.config()),
+            Clip::Script(s) => Some(s.config()),
+        }
+    }
+
+    /// The model's family.
+    pub fn family(&self) -> Family {
+        self.info().family
+    }
+
+    /// Widths, depth, input size and token layout of the vision tower.
+    pub fn info(&self) -> VisionInfo {
+        let v = match self {
+            Clip::Native { model, .. } => &model.config().vision,
+            Clip::Script(s) => &s.config().vision,
+        };
+        VisionInfo {
+            family: Family::Clip,
+            hidden_size: v.hidden_size,
+            num_hidden_layers: v.num_hidden_layers,
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+            layout: TokenLayout::clip(v.grid_size() * v.grid_size()),
+        }
+    }
+
+    /// How images are prepared for this model (from `preprocessor_config.json` or the
+    /// family default); the output is `info().image_size` square.
+    pub fn preprocess(&self) -> PreprocessConfig {
+        match self {
+            Clip::Native { prep, .. } => prep.clone(),
+            Clip::Script(s) => PreprocessConfig::with_size(s.config().vision.image_size as u32),
+        }
+    }
+
+    /// The positions of `tokens` in this model's residual stream, or an error naming the
+    /// token kind the model lacks.
+    pub fn token_range(&self, tokens: Tokens) -> Result<std::ops::Range<i64>> {
+        let info = self.info();
+        info.layout.range(tokens, info.family)
+    }
+
+    /// Whether the model has a text tower (zero-shot classification, text labels).
+    pub fn has_text(&self) -> bool {
+        self.family().has_text()
+    }
+
+    /// The text context length (tokens per text), or an error for a model without a text
+    /// tower.
+    pub fn text_context(&self) -> Result<usize> {
+        let family = self.family();
+        match self.clip_config() {
+            Some(c) if family.has_text() => Ok(c.text.max_position_embeddings as usize),
+            _ => bail!("a {family} model has no text tower: it cannot embed texts"),
+        }
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        match self {
+            Clip::Native { vs, .. } => vs.device(),
+            Clip::Script(_) => Device::Cpu,
         }
     }
 
@@ -303,7 +415,7 @@ impl Clip {
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {
-        let n = self.config().vision.num_hidden_layers;
+        let n = self.info().num_hidden_layers;
         ensure!(
             layer < n,
             "layer {layer} does not exist: the vision tower has blocks 0..={}",

@@ -98,8 +98,8 @@ pub fn steer(
     check_latents(sae, latents)?;
     let _guard = tch::no_grad_guard();
     let residual = clip.residual(pixels, sae.layer)?; // B, S, D
-    let (b, s, _) = residual.size3()?;
-    let at = sae.tokens.positions(s);
+    let (b, _, _) = residual.size3()?;
+    let at = clip.token_range(sae.tokens)?;
     let k = at.end - at.start;
     let x = token_rows(&residual, &at); // B·K, D
     let (edited, before, after) = edit_rows(sae, &x, latents, edit);
@@ -232,6 +232,12 @@ pub fn run(o: &SteerOptions) -> Result<SteerReport> {
         Labels::Dataset(spec) => class_names(datasets::open(spec, Split::Test)?.as_ref()),
     };
     let clip = Clip::load(&o.model, &o.load)?;
+    ensure!(
+        clip.has_text(),
+        "steer ranks zero-shot labels and needs a model with a text tower, and {} is a {} model (vision only)",
+        o.model.display(),
+        clip.family()
+    );
     let sae = SplicedSae::load(
         &o.sae,
         &clip,

@@ -144,7 +144,7 @@ pub fn text_embeddings(clip: &Clip, vocab: &[String], cache: &Path) -> Result<Te
             }
         }
     }
-    let context = clip.config().text.max_position_embeddings as usize;
+    let context = clip.text_context()?;
     let prompts: Vec<String> = vocab.iter().map(|p| PROMPT.replace("{}", p)).collect();
     let device = clip_device(clip);
     let mut parts = Vec::new();
@@ -167,10 +167,7 @@ pub fn text_embeddings(clip: &Clip, vocab: &[String], cache: &Path) -> Result<Te
 
 /// The device of a model's parameters.
 pub(crate) fn clip_device(clip: &Clip) -> Device {
-    match clip {
-        Clip::Native { vs, .. } => vs.device(),
-        Clip::Script(_) => Device::Cpu,
-    }
+    clip.device()
 }
 
 /// One label with its cosine.

@@ -32,7 +32,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::clip::preprocess::{resize_and_crop, PreprocessConfig};
+use crate::clip::preprocess::resize_and_crop;
 use crate::clip::{normalize, weights, Clip, LoadOptions, Tokens};
 use crate::data::cache::{file_sha256, ActivationCache};
 use crate::data::{
@@ -301,9 +301,9 @@ fn scan_with_model(
     batch: usize,
     method: LabelMethod,
 ) -> Result<(TopK, Skips, Baseline)> {
-    let config = clip.config();
-    let size = config.vision.image_size;
-    let prep = PreprocessConfig::with_size(size as u32);
+    let size = clip.info().image_size;
+    let prep = clip.preprocess();
+    let range = clip.token_range(origin.tokens)?;
     let device = sae.device();
     let mut top = TopK::new(sae.config.d_sae, top_k, device);
     let mut skipped = Vec::new();
@@ -325,7 +325,7 @@ fn scan_with_model(
         }
         if let Some(pixels) = pixels {
             let residual = clip.residual(&pixels.to_device(device), origin.layer)?; // B, S, D
-            let scores = score_residual(sae, origin.tokens, &residual)?;
+            let scores = score_range(sae, range.clone(), &residual)?;
             top.update(&scores, &ids)?;
             match method {
                 LabelMethod::Decoder => base.add(&residual.select(1, 0), true),
@@ -343,12 +343,22 @@ fn scan_with_model(
     Ok((top, skipped, base))
 }
 
-/// Scores of the images of a residual [B, S, D] for an SAE on `tokens`.
+/// Scores of the images of a residual [B, S, D] (CLIP's token layout) for an SAE on
+/// `tokens`.
 pub fn score_residual(sae: &Sae, tokens: Tokens, residual: &Tensor) -> Result<topk::BatchScores> {
-    let (b, s, d) = residual.size3()?;
-    let range = tokens.positions(s);
+    let s = residual.size3()?.1;
+    score_range(sae, tokens.positions(s), residual)
+}
+
+/// Scores of the images of a residual [B, S, D] for an SAE on the tokens at `range`.
+pub fn score_range(
+    sae: &Sae,
+    range: std::ops::Range<i64>,
+    residual: &Tensor,
+) -> Result<topk::BatchScores> {
+    let (b, _, d) = residual.size3()?;
     let k = range.end - range.start;
-    let x = tokens.select(residual).reshape([b * k, d]);
+    let x = residual.narrow(1, range.start, k).reshape([b * k, d]);
     let device = residual.device();
     let row_image = Tensor::arange(b, (Kind::Int64, device)).repeat_interleave_self_int(k, 0, None);
     let row_token = Tensor::arange_start(range.start, range.end, (Kind::Int64, device)).repeat([b]);
@@ -482,7 +492,14 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
     let files = weights::resolve(&o.model, o.load.format)?;
     let model_sha = file_sha256(&files.weights)?;
     let clip = Clip::load(&o.model, &o.load)?;
-    let vision = &clip.config().vision;
+    let vision = clip.info();
+    clip.token_range(origin.tokens).with_context(|| {
+        format!(
+            "the SAE {} reads clip.tokens {}",
+            o.sae.display(),
+            origin.tokens.name()
+        )
+    })?;
     ensure!(
         sae.config.d_in == vision.hidden_size,
         "the SAE {} has d_in = {}, but the model {} has width {}: use the SAE trained on this model",
@@ -599,7 +616,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
                     subset.len()
                 ));
                 let size = vision.image_size;
-                let prep = PreprocessConfig::with_size(size as u32);
+                let prep = clip.preprocess();
                 stream_pixels(dataset.as_ref(), &subset, o.batch_size, &prep, |decoded| {
                     let (_, pixels, _) = stack(decoded, size)?;
                     if let Some(p) = pixels {
@@ -689,7 +706,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
             )),
         })
         .collect();
-    let prep = PreprocessConfig::with_size(vision.image_size as u32);
+    let prep = clip.preprocess();
     let heats: HashMap<(usize, usize), (usize, Vec<f32>)> = top_data
         .iter()
         .flat_map(|(&img, d)| d.heat.iter().map(move |(&l, h)| ((img, l), h.clone())))
@@ -748,7 +765,7 @@ fn gather_top_images(
     o: &InterpretOptions,
     method: LabelMethod,
 ) -> Result<BTreeMap<usize, TopImageData>> {
-    let heat = origin.tokens != Tokens::Cls;
+    let heat = matches!(origin.tokens, Tokens::Patches | Tokens::All);
     let mut wanted: BTreeMap<usize, Vec<usize>> = BTreeMap::new(); // image → latents
     for l in chosen {
         for (i, e) in l.top.iter().enumerate() {
@@ -762,9 +779,11 @@ fn gather_top_images(
     if wanted.is_empty() {
         return Ok(out);
     }
-    let size = clip.config().vision.image_size;
-    let side = (size / clip.config().vision.patch_size) as usize;
-    let prep = PreprocessConfig::with_size(size as u32);
+    let info = clip.info();
+    let size = info.image_size;
+    let side = info.grid_size() as usize;
+    let prefix = info.layout.prefix();
+    let prep = clip.preprocess();
     let device = sae.device();
     let ids: Vec<usize> = wanted.keys().copied().collect();
     stream_pixels(dataset, &ids, o.batch_size.min(16), &prep, |decoded| {
@@ -781,7 +800,9 @@ fn gather_top_images(
             let mut maps = HashMap::new();
             if heat {
                 // Patch tokens of this image, dense codes restricted to its latents.
-                let patches = residual.get(b as i64).narrow(0, 1, (side * side) as i64);
+                let patches = residual
+                    .get(b as i64)
+                    .narrow(0, prefix, (side * side) as i64);
                 let z = sae.encode(&patches); // P, F
                 for &latent in &wanted[&img] {
                     let v =
