@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use crate::clip::preprocess::preprocess_file;
 use crate::clip::tokenizer::{Tokenizer, EOT_TOKEN};
-use crate::clip::{pad_ids, Clip};
+use crate::clip::{normalize, pad_ids, Clip};
 
 /// What to embed.
 #[derive(Debug, Clone, Default)]
@@ -86,13 +86,13 @@ pub fn embed(clip: &Clip, options: &EmbedOptions) -> Result<Embeddings> {
         out.pixel_values = Some(pixels);
     }
     if !options.texts.is_empty() {
-        let context = clip.text_context()?;
-        let ids = tokenize_texts(&options.texts, context)?;
+        let ids = clip.tokenize(&options.texts)?;
         out.text_embeds = Some(cpu(clip.text_embeds(&ids)?));
         out.input_ids = Some(ids);
     }
     if let (Some(i), Some(t)) = (&out.image_embeds, &out.text_embeds) {
-        out.probs = Some(clip.logits(i, t).softmax(-1, Kind::Float));
+        let cos = normalize(i).matmul(&normalize(t).tr());
+        out.probs = Some(clip.probabilities_from_cosines(&cos));
     }
     Ok(out)
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use saeclip::clip::siglip::Siglip;
 use saeclip::clip::weights::read_safetensors;
-use saeclip::clip::{Precision, Tokens};
+use saeclip::clip::{Clip, Family, LoadOptions, Precision, Tokens};
 use tch::{Device, Kind, Tensor};
 
 struct Reference {
@@ -181,18 +181,126 @@ fn several_layers_in_one_pass_equal_single_layers() {
     assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
 }
 
-#[test]
-fn tokens_without_a_class_token() {
-    let r = Reference::load("siglip-tiny");
-    let residual = r.get("hf.hidden_states.1");
-    let err = Siglip::select_tokens(Tokens::Cls, residual).unwrap_err();
-    let msg = format!("{err:#}");
-    assert!(msg.contains("no class token") && !msg.contains('\n'), "{msg}");
-    // every token is a patch: 64 px / 16 = 4 × 4
-    for tokens in [Tokens::Patches, Tokens::All] {
-        let kept = Siglip::select_tokens(tokens, residual).unwrap();
-        assert_eq!(kept.size()[1], 16);
+/// Through `Clip` (what every command uses): the family, the token layout, the model's own
+/// preprocessing of real photographs and tokenizer.json equal transformers' image processor
+/// and AutoTokenizer; the embeddings, logits and sigmoid scores follow.
+fn check_pipeline(name: &str, family: Family) {
+    let r = Reference::load(name);
+    let hf = r.dir.join("hf");
+    let clip = Clip::load(&hf, &LoadOptions::default()).unwrap();
+    assert_eq!(clip.family(), family);
+    let info = clip.info();
+    let n = info.grid_size() * info.grid_size();
+    assert_eq!(info.layout.seq_len(), n, "no class token");
+    let err = clip.token_range(Tokens::Cls).unwrap_err().to_string();
+    assert!(err.contains("`cls`") && !err.contains('\n'), "{err}");
+    assert_eq!(clip.token_range(Tokens::Patches).unwrap(), 0..n);
+    assert_eq!(clip.token_range(Tokens::All).unwrap(), 0..n);
+    assert!(clip.token_range(Tokens::Registers).is_err());
+
+    let prompts = [
+        "a photo of a cat.",
+        "A photo of a Dog",
+        "an astronaut in a white suit",
+        "a cup of coffee on a saucer",
+        "a blurry photo of a rocket.",
+    ]
+    .map(String::from);
+    let ids = clip.tokenize(&prompts).unwrap();
+    assert!(
+        ids.equal(r.get("prompt.input_ids")),
+        "{name}: token ids differ from transformers' AutoTokenizer"
+    );
+    let tol = Tol::Abs(1e-4);
+    let text = clip.text_embeds(&ids).unwrap();
+    assert_close(
+        &format!("{name} prompt text embeds"),
+        &text,
+        r.get("prompt.text_embeds"),
+        tol,
+    );
+
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(r.dir.join("photos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort_by_key(|p| {
+        ["astronaut", "coffee", "chelsea"]
+            .iter()
+            .position(|n| p.file_stem().unwrap() == *n)
+    });
+    let pixels = saeclip::embed::load_pixels(&clip, &photos).unwrap();
+    let want = r.get("photo.pixel_values");
+    let got = match family {
+        Family::Siglip => pixels.shallow_clone(),
+        // transformers' NaFlex processor hands the model patches: (row, column, channel)
+        _ => {
+            let (b, c, h, _) = pixels.size4().unwrap();
+            let p = info.patch_size;
+            pixels
+                .reshape([b, c, h / p, p, h / p, p])
+                .permute([0, 2, 4, 3, 5, 1])
+                .reshape([b, n, p * p * c])
+        }
+    };
+    assert_close(&format!("{name} photo pixel values"), &got, want, Tol::Abs(1e-5));
+    let image = clip.image_embeds(&pixels).unwrap();
+    assert_close(
+        &format!("{name} photo image embeds"),
+        &image,
+        r.get("photo.image_embeds"),
+        tol,
+    );
+    let logits = clip.logits(&image, &text);
+    assert_close(&format!("{name} photo logits"), &logits, r.get("photo.logits"), tol);
+
+    // end to end: `saeclip embed` prints SigLIP's sigmoid scores
+    let mut cmd = common::saeclip();
+    cmd.args(["embed", "--json", "--model", hf.to_str().unwrap()]);
+    for p in &photos {
+        cmd.args(["--image", p.to_str().unwrap()]);
     }
+    for t in &prompts {
+        cmd.args(["--text", t]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probs: Vec<Vec<f32>> = serde_json::from_value(json["probs"].clone()).unwrap();
+    let probs = Tensor::from_slice2(&probs);
+    assert_close(&format!("{name} saeclip embed probs"), &probs, r.get("photo.probs"), tol);
+}
+
+#[test]
+fn siglip_pipeline_matches_transformers_on_photographs() {
+    check_pipeline("siglip-tiny", Family::Siglip);
+}
+
+#[test]
+fn siglip2_pipeline_matches_transformers_on_a_square_photograph() {
+    check_pipeline("siglip2-tiny", Family::Siglip2);
+}
+
+#[test]
+fn cli_refuses_the_class_token_and_a_missing_tokenizer() {
+    let r = Reference::load("siglip-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = common::saeclip()
+        .args(["extract", "--model"])
+        .arg(r.dir.join("hf"))
+        .args(["--tokens", "cls", "--layer", "1", "--out"])
+        .arg(tmp.path().join("cache"))
+        .args(["--dataset", "procedural:2", "--limit", "2"])
+        .output()
+        .unwrap();
+    common::fails_cleanly(&out, "token kind `cls` does not exist in a siglip model");
+    // a directory without tokenizer.json embeds images but not texts
+    let (_tmp, dir) = edited_copy(|_| {});
+    let out = common::saeclip()
+        .args(["embed", "--model", dir.to_str().unwrap(), "--text", "a cat"])
+        .output()
+        .unwrap();
+    common::fails_cleanly(&out, "tokenizer.json");
 }
 
 /// Copy the tiny model's directory and rewrite its config with `edit`.

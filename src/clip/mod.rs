@@ -149,6 +149,13 @@ pub enum Clip {
     },
     /// A CLIP model exported to TorchScript (preprocessed as CLIP at its image size).
     Script(ScriptedClip),
+    /// SigLIP / SigLIP 2 ([`siglip::Siglip`]), its preprocessing, and its `tokenizer.json`
+    /// when the directory has one.
+    Siglip {
+        model: Box<siglip::Siglip>,
+        prep: PreprocessConfig,
+        tokenizer: Option<siglip::tokenizer::SiglipTokenizer>,
+    },
 }
 
 impl Clip {
@@ -169,9 +176,12 @@ impl Clip {
             (ModelFormat::Hf, Some(c)) => Family::from_config_file(c)?,
             _ => Family::Clip,
         };
-        match family {
-            Family::Clip => {}
-            other => bail!(
+        match (family, &files.config) {
+            (Family::Clip, _) => {}
+            (Family::Siglip | Family::Siglip2, Some(config)) => {
+                return Clip::load_siglip(config, &files.weights, options)
+            }
+            (other, _) => bail!(
                 "{}: model_type {other} is recognised, but this build of saeclip cannot run {other} models yet",
                 files.config.as_deref().unwrap_or(path).display()
             ),
@@ -198,6 +208,42 @@ impl Clip {
             _ => PreprocessConfig::with_size(size as u32),
         };
         Clip::from_weights(&config, &files, prep, options.device, kind)
+    }
+
+    /// A SigLIP directory: the model, its preprocessing (which must make `image_size`
+    /// squares) and its tokenizer.json when present.
+    fn load_siglip(config: &Path, weights: &Path, options: &LoadOptions) -> Result<Clip> {
+        let model = siglip::Siglip::load_files(config, weights, options.device, options.precision)?;
+        let c = model.config();
+        let family = match c.family {
+            siglip::SiglipFamily::Siglip => Family::Siglip,
+            siglip::SiglipFamily::Siglip2 => Family::Siglip2,
+        };
+        let dir = config.parent().unwrap_or(Path::new("."));
+        let size = c.vision.image_size;
+        let prep = processor::load(dir, family, size as u32)?;
+        ensure!(
+            prep.fixed_side() == Some(size as u32),
+            "{}: the images must become {size}x{size} squares (the model's input size), but resize {:?} and crop {:?} do not make them so",
+            dir.join(processor::PREPROCESSOR_CONFIG).display(),
+            prep.resize,
+            prep.crop
+        );
+        let tokenizer = if dir.join(siglip::tokenizer::TOKENIZER_FILE).is_file() {
+            Some(siglip::tokenizer::SiglipTokenizer::from_dir(
+                dir,
+                c.family,
+                c.text.max_position_embeddings as usize,
+                c.text.pad_token_id,
+            )?)
+        } else {
+            None
+        };
+        Ok(Clip::Siglip {
+            model: Box::new(model),
+            prep,
+            tokenizer,
+        })
     }
 
     fn from_weights(
@@ -248,6 +294,9 @@ impl Clip {
     /// Write a native model as a Hugging Face directory (`config.json` +
     /// `model.safetensors`) that [`Clip::load`] and transformers read.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        if let Clip::Siglip { model, .. } = self {
+            return model.save_hf(dir);
+        }
         let Clip::Native { vs, model, .. } = self else {
             anyhow::bail!("a TorchScript model cannot be saved as a Hugging Face directory");
         };
@@ -267,6 +316,7 @@ impl Clip {
         match self {
             Clip::Native { model, .. } => Some(model.config()),
             Clip::Script(s) => Some(s.config()),
+            Clip::Siglip { .. } => None,
         }
     }
 
@@ -280,6 +330,24 @@ impl Clip {
         let v = match self {
             Clip::Native { model, .. } => &model.config().vision,
             Clip::Script(s) => &s.config().vision,
+            Clip::Siglip { model, .. } => {
+                let c = model.config();
+                return VisionInfo {
+                    family: match c.family {
+                        siglip::SiglipFamily::Siglip => Family::Siglip,
+                        siglip::SiglipFamily::Siglip2 => Family::Siglip2,
+                    },
+                    hidden_size: c.vision.hidden_size,
+                    num_hidden_layers: c.vision.num_hidden_layers,
+                    image_size: c.vision.image_size,
+                    patch_size: c.vision.patch_size,
+                    layout: TokenLayout {
+                        cls: false,
+                        registers: 0,
+                        patches: c.vision.num_patches(),
+                    },
+                };
+            }
         };
         VisionInfo {
             family: Family::Clip,
@@ -295,7 +363,7 @@ impl Clip {
     /// family default); the output is `info().image_size` square.
     pub fn preprocess(&self) -> PreprocessConfig {
         match self {
-            Clip::Native { prep, .. } => prep.clone(),
+            Clip::Native { prep, .. } | Clip::Siglip { prep, .. } => prep.clone(),
             Clip::Script(s) => PreprocessConfig::with_size(s.config().vision.image_size as u32),
         }
     }
@@ -316,9 +384,39 @@ impl Clip {
     /// tower.
     pub fn text_context(&self) -> Result<usize> {
         let family = self.family();
+        if let Clip::Siglip { model, .. } = self {
+            return Ok(model.config().text.max_position_embeddings as usize);
+        }
         match self.clip_config() {
             Some(c) if family.has_text() => Ok(c.text.max_position_embeddings as usize),
             _ => bail!("a {family} model has no text tower: it cannot embed texts"),
+        }
+    }
+
+    /// Token ids of `texts` for the text tower, [T, context]: CLIP's BPE (truncated like
+    /// open_clip, padded with 0), or SigLIP's tokenizer.json (padded to the context with the
+    /// pad token). An empty text is an error.
+    pub fn tokenize(&self, texts: &[String]) -> Result<Tensor> {
+        let context = self.text_context()?;
+        for (i, text) in texts.iter().enumerate() {
+            ensure!(
+                !text.trim().is_empty(),
+                "text {} is empty: give a non-empty string",
+                i + 1
+            );
+        }
+        match self {
+            Clip::Siglip {
+                tokenizer: Some(t), ..
+            } => t.tokenize(texts),
+            Clip::Siglip {
+                tokenizer: None, ..
+            } => bail!(
+                "this {} model directory has no {}: SigLIP texts are tokenized with the model's own tokenizer.json",
+                self.family(),
+                siglip::tokenizer::TOKENIZER_FILE
+            ),
+            _ => crate::embed::tokenize_texts(texts, context),
         }
     }
 
@@ -327,6 +425,7 @@ impl Clip {
         match self {
             Clip::Native { vs, .. } => vs.device(),
             Clip::Script(_) => Device::Cpu,
+            Clip::Siglip { model, .. } => model.device(),
         }
     }
 
@@ -335,6 +434,15 @@ impl Clip {
         match self {
             Clip::Native { model, .. } => model.logit_scale(),
             Clip::Script(s) => s.logit_scale(),
+            Clip::Siglip { model, .. } => model.logit_scale(),
+        }
+    }
+
+    /// The learned logit bias of SigLIP's sigmoid head; 0 for CLIP.
+    pub fn logit_bias(&self) -> f64 {
+        match self {
+            Clip::Siglip { model, .. } => model.logit_bias(),
+            _ => 0.0,
         }
     }
 
@@ -345,6 +453,7 @@ impl Clip {
         match self {
             Clip::Native { model, .. } => model.vision.residual(pixels, layer),
             Clip::Script(s) => s.residual(pixels, layer),
+            Clip::Siglip { model, .. } => model.residual(pixels, layer),
         }
     }
 
@@ -357,6 +466,7 @@ impl Clip {
         match self {
             Clip::Native { model, .. } => model.vision.residuals(pixels, layers),
             Clip::Script(s) => layers.iter().map(|&l| s.residual(pixels, l)).collect(),
+            Clip::Siglip { model, .. } => model.residuals(pixels, layers),
         }
     }
 
@@ -367,6 +477,7 @@ impl Clip {
         match self {
             Clip::Native { model, .. } => model.image_embeds_from(residual, layer),
             Clip::Script(s) => s.image_embeds_from(residual, layer),
+            Clip::Siglip { model, .. } => model.image_embeds_from(residual, layer),
         }
     }
 
@@ -376,6 +487,7 @@ impl Clip {
         match self {
             Clip::Native { model, .. } => model.image_embeds(pixels),
             Clip::Script(s) => s.image_embeds(pixels),
+            Clip::Siglip { model, .. } => model.image_embeds(pixels),
         }
     }
 
@@ -404,14 +516,30 @@ impl Clip {
         match self {
             Clip::Native { model, .. } => model.text_embeds(ids),
             Clip::Script(s) => s.text_embeds(ids),
+            Clip::Siglip { model, .. } => model.text_embeds(ids),
         }
     }
 
-    /// `exp(logit_scale) · cos(image, text)`, [B, T], in f32.
+    /// `exp(logit_scale) · cos(image, text)` (+ `logit_bias` for SigLIP), [B, T], in f32.
     pub fn logits(&self, image_embeds: &Tensor, text_embeds: &Tensor) -> Tensor {
         let image = normalize(&image_embeds.to_kind(Kind::Float));
         let text = normalize(&text_embeds.to_kind(Kind::Float));
-        image.matmul(&text.tr()) * self.logit_scale().exp()
+        self.logits_from_cosines(&image.matmul(&text.tr()))
+    }
+
+    /// The logits of cosine similarities [B, T].
+    pub fn logits_from_cosines(&self, cos: &Tensor) -> Tensor {
+        cos * self.logit_scale().exp() + self.logit_bias()
+    }
+
+    /// Zero-shot probabilities of texts for images from their cosines [B, T]: CLIP's softmax
+    /// over the texts, SigLIP's sigmoid of each pair (independent, not summing to one).
+    pub fn probabilities_from_cosines(&self, cos: &Tensor) -> Tensor {
+        let logits = self.logits_from_cosines(&cos.to_kind(Kind::Float));
+        match self {
+            Clip::Siglip { .. } => logits.sigmoid(),
+            _ => logits.softmax(-1, Kind::Float),
+        }
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {

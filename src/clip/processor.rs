@@ -76,7 +76,13 @@ pub fn load(dir: &Path, family: Family, image_size: u32) -> Result<PreprocessCon
     }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let base = default.unwrap_or_else(|| PreprocessConfig::with_size(image_size));
+    let base = match family {
+        // SigLIP 2's NaFlex file has no size: saeclip runs it at its fixed square grid,
+        // resized as SigLIP is (the file's resample, mean and std still apply).
+        Family::Siglip2 => family_default(Family::Siglip, image_size),
+        _ => default,
+    }
+    .unwrap_or_else(|| PreprocessConfig::with_size(image_size));
     from_json(&text, base, square_by_default(family))
         .with_context(|| format!("invalid {}", path.display()))
 }

@@ -251,10 +251,9 @@ pub fn run(o: &SteerOptions) -> Result<SteerReport> {
     let text = class_embeddings(&clip, &labels, std::slice::from_ref(&o.template))?;
     let pixels = load_pixels(&clip, &o.images)?.to_device(o.load.device);
     let s = steer(&clip, &sae, &pixels, &o.latents, o.edit)?;
-    let scale = clip.logit_scale().exp();
     let probs = |e: &Tensor| -> Result<Vec<Vec<f64>>> {
         let cos = normalize(&e.to_kind(Kind::Float)).matmul(&text.to_device(e.device()).tr());
-        rows_f64(&(cos * scale).softmax(-1, Kind::Float))
+        rows_f64(&clip.probabilities_from_cosines(&cos))
     };
     let (p0, p1) = (probs(&s.original)?, probs(&s.steered)?);
     let mean_tokens = |t: &Tensor| rows_f64(&t.mean_dim(1, false, Kind::Float));

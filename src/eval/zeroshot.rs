@@ -27,7 +27,6 @@ use tch::{Device, Kind, Tensor};
 use super::{replace_tokens, token_rows, SplicedSae};
 use crate::clip::{normalize, Clip, LoadOptions, Precision, Tokens};
 use crate::data::{self as datasets, stream_pixels, Dataset, DatasetKind, DatasetSpec, Split};
-use crate::embed::tokenize_texts;
 use crate::sae::Evr;
 
 /// The single template when none is given: the first of CLIP's CIFAR templates
@@ -149,14 +148,13 @@ pub fn class_embeddings(clip: &Clip, classes: &[String], templates: &[String]) -
         check_template(t)?;
     }
     let _guard = tch::no_grad_guard();
-    let context = clip.text_context()?;
     let texts: Vec<String> = classes
         .iter()
         .flat_map(|c| templates.iter().map(move |t| fill(t, c)))
         .collect();
     let mut embeds = Vec::new();
     for chunk in texts.chunks(TEXT_BATCH) {
-        let ids = tokenize_texts(chunk, context)?;
+        let ids = clip.tokenize(chunk)?;
         let e = clip.text_embeds(&ids)?; // the model moves the ids to its device
         embeds.push(normalize(&e.to_kind(Kind::Float)));
     }

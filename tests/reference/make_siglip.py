@@ -23,6 +23,23 @@ reference.safetensors (float32 unless noted; B images, N texts, L vision blocks,
                                    by 0.5 * x + 0.1
 siglip2 models are run as transformers runs a square image at a fixed grid: pixel values
 patchified as Siglip2ImageProcessor does, spatial_shapes (grid, grid), attention mask of ones.
+
+The tiny models' hf/ also holds what a published directory holds and the full pipeline uses:
+    hf/preprocessor_config.json   SigLIP: fixed size, BICUBIC, mean = std = 0.5;
+                                  SigLIP 2: patch_size, max_num_patches, BILINEAR
+    hf/tokenizer.json, hf/tokenizer_config.json
+                                  a Gemma-style BPE trained here on the zero-shot templates
+                                  (GemmaTokenizer, add_eos_token), within the text vocabulary
+    photos/*.png                  scikit-image sample photographs (SigLIP 2: the square one only,
+                                  where its NaFlex processor makes the fixed grid)
+and reference.safetensors adds:
+    prompt.input_ids [P,64]       AutoTokenizer(hf/)(PROMPTS, padding="max_length", max_length=64,
+                                  truncation=True)
+    prompt.text_embeds [P,E]
+    photo.pixel_values            the model's own PIL image processor on photos/ (SigLIP:
+                                  SiglipImageProcessorPil [F,3,S,S]; SigLIP 2:
+                                  Siglip2ImageProcessorPil, patchified [F,N,p*p*3])
+    photo.image_embeds [F,E], photo.logits [F,P], photo.probs [F,P] (sigmoid)
 """
 
 import argparse
@@ -47,6 +64,10 @@ transformers.utils.logging.disable_progress_bar()
 
 SPLICE_SCALE, SPLICE_SHIFT = 0.5, 0.1
 
+PHOTOS = ["astronaut", "coffee", "chelsea"]
+PROMPTS = ["a photo of a cat.", "A photo of a Dog", "an astronaut in a white suit",
+           "a cup of coffee on a saucer", "a blurry photo of a rocket."]
+
 MODELS = {
     "siglip-tiny": dict(
         family="siglip",
@@ -54,7 +75,7 @@ MODELS = {
                     patch_size=16, image_size=64),
         text=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
                   vocab_size=300, max_position_embeddings=64, projection_size=64),
-        images=3, texts=4, splice_layer=1, seed=2001,
+        images=3, texts=4, splice_layer=1, seed=2001, pipeline=True,
     ),
     "siglip2-tiny": dict(
         family="siglip2",
@@ -62,7 +83,7 @@ MODELS = {
                     patch_size=8, num_patches=36),
         text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
                   vocab_size=300, max_position_embeddings=64),
-        images=3, texts=4, splice_layer=1, seed=2002,
+        images=3, texts=4, splice_layer=1, seed=2002, pipeline=True,
     ),
     # SiglipConfig's defaults are google/siglip-base-patch16-224's dimensions.
     "siglip-base": dict(
@@ -197,6 +218,74 @@ def references(spec: dict, model, pixels: Tensor, ids: Tensor) -> Dict[str, Tens
     return ref
 
 
+def write_pipeline_files(spec: dict, config, hf_dir: Path) -> None:
+    """preprocessor_config.json and a trained tokenizer, as a published directory has them."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    v = config.vision_config
+    if spec["family"] == "siglip":
+        prep = {"image_processor_type": "SiglipImageProcessor", "do_resize": True,
+                "size": {"height": v.image_size, "width": v.image_size}, "resample": 3}
+    else:
+        prep = {"image_processor_type": "Siglip2ImageProcessor", "do_resize": True,
+                "patch_size": v.patch_size, "max_num_patches": v.num_patches, "resample": 2}
+    prep.update({"do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                 "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    (hf_dir / "preprocessor_config.json").write_text(json.dumps(prep, indent=1))
+    data = json.loads((Path(__file__).resolve().parents[2] / "assets" / "clip_zeroshot_prompts.json").read_text())
+    lines = [t.replace("{}", c) for d in data.values() if isinstance(d, dict)
+             for t, c in zip(d["templates"], d["classes"])] + PROMPTS
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    trainer = trainers.BpeTrainer(vocab_size=config.text_config.vocab_size, show_progress=False,
+                                  special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
+    tok.train_from_iterator(lines, trainer)
+    if tok.get_vocab_size() > config.text_config.vocab_size:
+        raise AssertionError("the trained vocabulary does not fit the text tower")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A:0 <eos>:0", pair="$A:0 <eos>:0 $B:1 <eos>:1", special_tokens=[("<eos>", 1)])
+    tok.save(str(hf_dir / "tokenizer.json"))
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": True,
+        "padding_side": "right", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+        "unk_token": "<unk>", "mask_token": "<mask>", "model_max_length": 64}, indent=1))
+
+
+@torch.no_grad()
+def pipeline_references(spec: dict, model, hf_dir: Path, photo_dir: Path) -> Dict[str, Tensor]:
+    """Photos through the model's own PIL image processor, prompts through AutoTokenizer."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as samples
+    from transformers import AutoTokenizer, Siglip2ImageProcessorPil, SiglipImageProcessorPil
+    photo_dir.mkdir(parents=True, exist_ok=True)
+    names = PHOTOS if spec["family"] == "siglip" else PHOTOS[:1]
+    images = []
+    for n in names:
+        img = Image.fromarray(np.asarray(getattr(samples, n)()))
+        img.save(photo_dir / f"{n}.png")
+        images.append(Image.open(photo_dir / f"{n}.png").convert("RGB"))
+    if spec["family"] == "siglip":
+        processor = SiglipImageProcessorPil.from_pretrained(str(hf_dir))
+        inputs = {"pixel_values": processor(images=images, return_tensors="pt")["pixel_values"]}
+    else:
+        processor = Siglip2ImageProcessorPil.from_pretrained(str(hf_dir))
+        out = processor(images=images, return_tensors="pt")
+        inputs = {"pixel_values": out["pixel_values"], "spatial_shapes": out["spatial_shapes"],
+                  "pixel_attention_mask": out["pixel_attention_mask"]}
+        grid = int(round(model.config.vision_config.num_patches ** 0.5))
+        if out["spatial_shapes"].tolist() != [[grid, grid]] * len(images):
+            raise AssertionError(f"the square photo did not make the {grid}x{grid} grid: {out['spatial_shapes']}")
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    ids = tokenizer(PROMPTS, padding="max_length", max_length=64, truncation=True,
+                    return_tensors="pt")["input_ids"].to(torch.int64)
+    out = model(input_ids=ids, **inputs)
+    return {"prompt.input_ids": ids, "prompt.text_embeds": out.text_model_output.pooler_output,
+            "photo.pixel_values": inputs["pixel_values"],
+            "photo.image_embeds": out.vision_model_output.pooler_output,
+            "photo.logits": out.logits_per_image, "photo.probs": torch.sigmoid(out.logits_per_image)}
+
+
 def make(base: Path, name: str) -> None:
     spec = MODELS[name]
     final = base / name
@@ -214,6 +303,9 @@ def make(base: Path, name: str) -> None:
     ref = {"pixel_values": pixels, "input_ids": ids,
            "splice_layer": torch.tensor([spec["splice_layer"]], dtype=torch.int64)}
     ref.update(references(spec, hf, pixels, ids))
+    if spec.get("pipeline"):
+        write_pipeline_files(spec, hf.config, root / "hf")
+        ref.update(pipeline_references(spec, hf, root / "hf", root / "photos"))
     for k, x in ref.items():
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise AssertionError(f"{k} is not finite")

@@ -21,7 +21,7 @@ pub use config::{SiglipConfig, SiglipFamily, SiglipTextConfig, SiglipVisionConfi
 pub use text::SiglipTextTransformer;
 pub use vision::SiglipVisionTransformer;
 
-use super::{normalize, Precision, Tokens};
+use super::{normalize, Precision};
 
 /// Both towers and the sigmoid head's scale and bias.
 #[derive(Debug)]
@@ -66,17 +66,26 @@ impl Siglip {
     /// Load a transformers directory (`config.json` with `model_type` siglip or siglip2, and
     /// `model.safetensors`); every tensor is checked against the config by name and shape.
     pub fn load(dir: &Path, device: Device, precision: Precision) -> Result<Siglip> {
-        let config_path = dir.join("config.json");
         let weights = dir.join("model.safetensors");
-        let config = SiglipConfig::from_hf_file(&config_path)?;
         ensure!(
             weights.is_file(),
             "{} has no model.safetensors",
             dir.display()
         );
+        Siglip::load_files(&dir.join("config.json"), &weights, device, precision)
+    }
+
+    /// Load the weights at `weights` for the `config.json` at `config`.
+    pub fn load_files(
+        config: &Path,
+        weights: &Path,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Siglip> {
+        let config = SiglipConfig::from_hf_file(config)?;
         let mut vs = VarStore::new(device);
         let mut model = SiglipModel::new(vs.root(), &config);
-        crate::clip::weights::load_hf(&vs, &weights)?;
+        crate::clip::weights::load_hf(&vs, weights)?;
         vs.freeze();
         if precision != Precision::F32 {
             vs.set_kind(precision.kind());
@@ -190,16 +199,6 @@ impl Siglip {
             self.logit_scale(),
             self.logit_bias(),
         )
-    }
-
-    /// Keep `tokens` of a residual [B, N, D]: SigLIP has no class token, so `cls` is refused.
-    pub fn select_tokens(tokens: Tokens, residual: &Tensor) -> Result<Tensor> {
-        match tokens {
-            Tokens::Cls => anyhow::bail!(
-                "--tokens cls: SigLIP has no class token (its image embedding pools every patch); use --tokens patches or all"
-            ),
-            Tokens::Patches | Tokens::All => Ok(residual.shallow_clone()),
-        }
     }
 }
 
