@@ -35,7 +35,8 @@ impl Reference {
     }
 
     fn model(&self) -> Siglip {
-        load(&self.dir.join("hf")).unwrap_or_else(|e| panic!("loading {}: {e:#}", self.dir.display()))
+        load(&self.dir.join("hf"))
+            .unwrap_or_else(|e| panic!("loading {}: {e:#}", self.dir.display()))
     }
 }
 
@@ -103,7 +104,12 @@ fn check(name: &str, tol: Tol) {
     }
     // Layer L is the output of block L = transformers' hidden_states[L + 1].
     let layers: Vec<usize> = (0..n).collect();
-    for (l, res) in siglip.residuals(pixels, &layers).unwrap().iter().enumerate() {
+    for (l, res) in siglip
+        .residuals(pixels, &layers)
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         assert_close(
             &format!("{name} residual after block {l}"),
             res,
@@ -139,9 +145,7 @@ fn check(name: &str, tol: Tol) {
         tol,
     );
     let layer = r.get("splice_layer").int64_value(&[0]) as usize;
-    let spliced = siglip
-        .image_embeds_spliced(pixels, layer, splice)
-        .unwrap();
+    let spliced = siglip.image_embeds_spliced(pixels, layer, splice).unwrap();
     assert_close(
         &format!("{name} spliced image embeds"),
         &spliced,
@@ -150,7 +154,10 @@ fn check(name: &str, tol: Tol) {
     );
     // the splice changes the embedding: the check above could fail
     let moved = (&spliced - &image).abs().max().double_value(&[]);
-    assert!(moved > 1e-3, "{name}: the splice left the embedding unchanged");
+    assert!(
+        moved > 1e-3,
+        "{name}: the splice left the embedding unchanged"
+    );
 }
 
 #[test]
@@ -243,7 +250,12 @@ fn check_pipeline(name: &str, family: Family) {
                 .reshape([b, n, p * p * c])
         }
     };
-    assert_close(&format!("{name} photo pixel values"), &got, want, Tol::Abs(1e-5));
+    assert_close(
+        &format!("{name} photo pixel values"),
+        &got,
+        want,
+        Tol::Abs(1e-5),
+    );
     let image = clip.image_embeds(&pixels).unwrap();
     assert_close(
         &format!("{name} photo image embeds"),
@@ -252,7 +264,12 @@ fn check_pipeline(name: &str, family: Family) {
         tol,
     );
     let logits = clip.logits(&image, &text);
-    assert_close(&format!("{name} photo logits"), &logits, r.get("photo.logits"), tol);
+    assert_close(
+        &format!("{name} photo logits"),
+        &logits,
+        r.get("photo.logits"),
+        tol,
+    );
 
     // end to end: `saeclip embed` prints SigLIP's sigmoid scores
     let mut cmd = common::saeclip();
@@ -264,11 +281,20 @@ fn check_pipeline(name: &str, family: Family) {
         cmd.args(["--text", t]);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let probs: Vec<Vec<f32>> = serde_json::from_value(json["probs"].clone()).unwrap();
     let probs = Tensor::from_slice2(&probs);
-    assert_close(&format!("{name} saeclip embed probs"), &probs, r.get("photo.probs"), tol);
+    assert_close(
+        &format!("{name} saeclip embed probs"),
+        &probs,
+        r.get("photo.probs"),
+        tol,
+    );
 }
 
 #[test]
@@ -282,7 +308,7 @@ fn siglip2_pipeline_matches_transformers_on_a_square_photograph() {
 }
 
 #[test]
-fn cli_refuses_the_class_token_and_a_missing_tokenizer() {
+fn cli_zero_shot_runs_and_cls_and_a_missing_tokenizer_are_refused() {
     let r = Reference::load("siglip-tiny");
     let tmp = tempfile::tempdir().unwrap();
     let out = common::saeclip()
@@ -294,6 +320,22 @@ fn cli_refuses_the_class_token_and_a_missing_tokenizer() {
         .output()
         .unwrap();
     common::fails_cleanly(&out, "token kind `cls` does not exist in a siglip model");
+    // zero-shot classification runs on SigLIP (class texts through its tokenizer.json)
+    let out = common::saeclip()
+        .args(["eval-zeroshot", "--model"])
+        .arg(r.dir.join("hf"))
+        .args(["--dataset", "procedural:3", "--samples", "8", "--json"])
+        .arg(tmp.path().join("zs.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("zs.json")).unwrap()).unwrap();
+    assert!(report.to_string().contains("top1"), "{report}");
     // a directory without tokenizer.json embeds images but not texts
     let (_tmp, dir) = edited_copy(|_| {});
     let out = common::saeclip()
@@ -341,7 +383,9 @@ fn unsupported_activation_is_named() {
     let (_tmp, dir) = edited_copy(|c| c["text_config"]["hidden_act"] = "relu".into());
     let msg = format!("{:#}", load(&dir).unwrap_err());
     assert!(
-        msg.contains("text_config.hidden_act") && msg.contains("config.json") && !msg.contains('\n'),
+        msg.contains("text_config.hidden_act")
+            && msg.contains("config.json")
+            && !msg.contains('\n'),
         "{msg}"
     );
 }

@@ -59,10 +59,7 @@ fn trained_tokenizers_match_transformers() {
         );
         // the batch tensor holds the same rows
         let batch = tok.tokenize(&case.texts).unwrap();
-        assert_eq!(
-            batch.size(),
-            [case.texts.len() as i64, r.context as i64]
-        );
+        assert_eq!(batch.size(), [case.texts.len() as i64, r.context as i64]);
         let first: Vec<i64> = Vec::try_from(batch.get(3)).unwrap();
         assert_eq!(first, case.ids[3]);
         eprintln!(

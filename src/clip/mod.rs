@@ -154,7 +154,7 @@ pub enum Clip {
     Siglip {
         model: Box<siglip::Siglip>,
         prep: PreprocessConfig,
-        tokenizer: Option<siglip::tokenizer::SiglipTokenizer>,
+        tokenizer: Option<Box<siglip::tokenizer::SiglipTokenizer>>,
     },
 }
 
@@ -230,12 +230,12 @@ impl Clip {
             prep.crop
         );
         let tokenizer = if dir.join(siglip::tokenizer::TOKENIZER_FILE).is_file() {
-            Some(siglip::tokenizer::SiglipTokenizer::from_dir(
+            Some(Box::new(siglip::tokenizer::SiglipTokenizer::from_dir(
                 dir,
                 c.family,
                 c.text.max_position_embeddings as usize,
                 c.text.pad_token_id,
-            )?)
+            )?))
         } else {
             None
         };

@@ -95,7 +95,12 @@ impl Siglip {
     }
 
     /// A model of `config` with weights drawn from `seed` (not a trained SigLIP).
-    pub fn random(config: &SiglipConfig, seed: i64, device: Device, precision: Precision) -> Siglip {
+    pub fn random(
+        config: &SiglipConfig,
+        seed: i64,
+        device: Device,
+        precision: Precision,
+    ) -> Siglip {
         let (mut vs, mut model) = crate::rng::seeded(seed, || {
             let vs = VarStore::new(device);
             let model = SiglipModel::new(vs.root(), config);

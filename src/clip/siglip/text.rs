@@ -91,7 +91,9 @@ impl SiglipTextTransformer {
         for block in &self.encoder.layers {
             x = block.forward(&x, false);
         }
-        Ok(x.select(1, -1).apply(&self.final_layer_norm).apply(&self.head))
+        Ok(x.select(1, -1)
+            .apply(&self.final_layer_norm)
+            .apply(&self.head))
     }
 
     /// Check `[T, S]` integer ids with S ≤ the context and every id in the vocabulary.

@@ -107,7 +107,14 @@ impl PoolingHead {
         let d = c.hidden_size;
         let attention = &vs / "attention";
         PoolingHead {
-            probe: vs.var("probe", &[1, 1, d], nn::Init::Randn { mean: 0., stdev: 1. }),
+            probe: vs.var(
+                "probe",
+                &[1, 1, d],
+                nn::Init::Randn {
+                    mean: 0.,
+                    stdev: 1.,
+                },
+            ),
             in_proj_weight: attention.var(
                 "in_proj_weight",
                 &[3 * d, d],
