@@ -22,7 +22,8 @@ pub enum Family {
     Clip,
     /// Google SigLIP (`siglip`): no class token, attention-pooling head, sigmoid scores.
     Siglip,
-    /// Google SigLIP 2 (`siglip2`), fixed-resolution checkpoints.
+    /// Google SigLIP 2 NaFlex checkpoints (`siglip2`), run at one fixed square grid (SigLIP 2's
+    /// fixed-resolution checkpoints are `siglip`).
     Siglip2,
     /// Meta DINOv2 (`dinov2`): class token, LayerScale, no text tower.
     Dinov2,
