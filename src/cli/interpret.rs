@@ -64,6 +64,12 @@ pub struct InterpretArgs {
     /// directory when the model's is read-only; under `$XDG_CACHE_HOME/saeclip` when set).
     #[arg(long, value_name = "FILE")]
     pub vocab: Option<PathBuf>,
+    /// Label the features with this CLIP (a model directory with a text tower): each
+    /// feature's top images are embedded with it and its text embeddings of the vocabulary
+    /// are ranked against them. For models without a text tower (DINOv2), whose features
+    /// are otherwise left unlabelled.
+    #[arg(long, value_name = "CLIP_DIR")]
+    pub label_model: Option<PathBuf>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub batch_size: usize,
@@ -91,6 +97,7 @@ impl InterpretArgs {
         o.collage_format = self.collage_format;
         o.html = self.html.clone();
         o.vocab = self.vocab.clone();
+        o.label_model = self.label_model.clone();
         o.batch_size = self.batch_size;
         o
     }
