@@ -116,8 +116,13 @@ pub fn run(global: &GlobalArgs, args: &InterpretArgs) -> Result<()> {
     if s.skipped.len() > 5 {
         crate::ui::warn(format!("... and {} more skipped", s.skipped.len() - 5));
     }
+    let cached = if s.text_cache.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("; text embeddings cached in {}", s.text_cache.display())
+    };
     crate::ui::info(format!(
-        "interpreted {} features ({} live, {} dead latents) over {} images in {:.1}s ({:.1} images/s); labels by {:?}; text embeddings cached in {}",
+        "interpreted {} features ({} live, {} dead latents) over {} images in {:.1}s ({:.1} images/s); labels by {:?}{cached}",
         s.features.len(),
         s.live,
         s.dead,
@@ -125,7 +130,6 @@ pub fn run(global: &GlobalArgs, args: &InterpretArgs) -> Result<()> {
         s.seconds,
         s.images as f64 / s.seconds.max(1e-9),
         s.label_method,
-        s.text_cache.display()
     ));
     println!("{}", o.output_csv.display());
     if let Some(dir) = &o.html {
@@ -160,6 +164,8 @@ mod tests {
             "freq",
             "--collage-format",
             "jpg",
+            "--label-model",
+            "models/clip",
         ])
         .unwrap();
         let Command::Interpret(a) = cli.command else {
@@ -171,5 +177,11 @@ mod tests {
         assert_eq!(a.features, 300);
         assert_eq!(a.rank_by, crate::interpret::RankBy::Freq);
         assert_eq!(a.collage_format, crate::interpret::CollageFormat::Jpg);
+        let o = a.options(tch::Device::Cpu);
+        assert_eq!(
+            o.label_model.as_deref(),
+            Some(std::path::Path::new("models/clip"))
+        );
+        assert_eq!(o.vocab, None);
     }
 }
