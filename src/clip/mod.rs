@@ -10,6 +10,7 @@
 //! block L. Shapes: B images, T texts, S tokens, D width, E embedding width.
 
 pub mod config;
+pub mod dinov2;
 pub mod encoder;
 pub mod family;
 pub mod fit;
@@ -29,6 +30,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use dinov2::{Dinov2Config, Dinov2Model};
 pub use family::{Family, TokenLayout, VisionInfo};
 pub use model::ClipModel;
 pub use preprocess::PreprocessConfig;
@@ -156,6 +158,12 @@ pub enum Clip {
         prep: PreprocessConfig,
         tokenizer: Option<Box<siglip::tokenizer::SiglipTokenizer>>,
     },
+    /// A DINOv2 model (with or without registers): vision only.
+    Dinov2 {
+        vs: VarStore,
+        model: Box<Dinov2Model>,
+        prep: PreprocessConfig,
+    },
 }
 
 impl Clip {
@@ -180,6 +188,10 @@ impl Clip {
             (Family::Clip, _) => {}
             (Family::Siglip | Family::Siglip2, Some(config)) => {
                 return Clip::load_siglip(config, &files.weights, options)
+            }
+            (Family::Dinov2 | Family::Dinov2WithRegisters, _) => {
+                let config_path = files.config.as_deref().expect("a Hugging Face model");
+                return Clip::load_dinov2(config_path, family, &files.weights, options);
             }
             (other, _) => bail!(
                 "{}: model_type {other} is recognised, but this build of saeclip cannot run {other} models yet",
@@ -246,6 +258,51 @@ impl Clip {
         })
     }
 
+    fn load_dinov2(
+        config_path: &Path,
+        family: Family,
+        weights_path: &Path,
+        options: &LoadOptions,
+    ) -> Result<Clip> {
+        let config = Dinov2Config::from_hf_file(config_path, family)?;
+        let dir = config_path.parent().unwrap_or(Path::new("."));
+        let prep = processor::load(dir, family, config.image_size as u32)?;
+        let side = prep.fixed_side().with_context(|| {
+            format!(
+                "{}: the images must become squares (a square crop_size, or a square size without a crop)",
+                dir.join(processor::PREPROCESSOR_CONFIG).display()
+            )
+        })?;
+        ensure!(
+            i64::from(side) >= config.patch_size,
+            "{}: the images become {side}x{side}, smaller than one {}-pixel patch",
+            dir.join(processor::PREPROCESSOR_CONFIG).display(),
+            config.patch_size
+        );
+        let mut vs = VarStore::new(options.device);
+        let mut model = Dinov2Model::new(vs.root(), &config);
+        weights::load_hf_prepared(&vs, weights_path, |tensors| {
+            let mut renamed = std::collections::BTreeMap::new();
+            for (name, t) in tensors {
+                for (n, t) in dinov2::rename(&name, t)? {
+                    renamed.insert(n, t);
+                }
+            }
+            dinov2::join_swiglu(&mut renamed)?;
+            Ok(renamed)
+        })?;
+        vs.freeze();
+        if options.precision != Precision::F32 {
+            vs.set_kind(options.precision.kind());
+        }
+        model.fuse();
+        Ok(Clip::Dinov2 {
+            vs,
+            model: Box::new(model),
+            prep,
+        })
+    }
+
     fn from_weights(
         config: &ClipConfig,
         files: &weights::ModelFiles,
@@ -298,7 +355,7 @@ impl Clip {
             return model.save_hf(dir);
         }
         let Clip::Native { vs, model, .. } = self else {
-            anyhow::bail!("a TorchScript model cannot be saved as a Hugging Face directory");
+            anyhow::bail!("only a native CLIP model can be saved as a Hugging Face directory");
         };
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         // tch picks the file format from the extension, so the temporary name keeps it.
@@ -317,6 +374,7 @@ impl Clip {
             Clip::Native { model, .. } => Some(model.config()),
             Clip::Script(s) => Some(s.config()),
             Clip::Siglip { .. } => None,
+            Clip::Dinov2 { .. } => None,
         }
     }
 
@@ -348,6 +406,23 @@ impl Clip {
                     },
                 };
             }
+            Clip::Dinov2 { model, prep, .. } => {
+                let c = model.config();
+                let side = i64::from(prep.fixed_side().expect("checked when loaded"));
+                let grid = side / c.patch_size;
+                return VisionInfo {
+                    family: c.family,
+                    hidden_size: c.hidden_size,
+                    num_hidden_layers: c.num_hidden_layers,
+                    image_size: side,
+                    patch_size: c.patch_size,
+                    layout: TokenLayout {
+                        cls: true,
+                        registers: c.num_register_tokens,
+                        patches: grid * grid,
+                    },
+                };
+            }
         };
         VisionInfo {
             family: Family::Clip,
@@ -363,7 +438,9 @@ impl Clip {
     /// family default); the output is `info().image_size` square.
     pub fn preprocess(&self) -> PreprocessConfig {
         match self {
-            Clip::Native { prep, .. } | Clip::Siglip { prep, .. } => prep.clone(),
+            Clip::Native { prep, .. } | Clip::Siglip { prep, .. } | Clip::Dinov2 { prep, .. } => {
+                prep.clone()
+            }
             Clip::Script(s) => PreprocessConfig::with_size(s.config().vision.image_size as u32),
         }
     }
@@ -423,17 +500,18 @@ impl Clip {
     /// The device the weights live on.
     pub fn device(&self) -> Device {
         match self {
-            Clip::Native { vs, .. } => vs.device(),
+            Clip::Native { vs, .. } | Clip::Dinov2 { vs, .. } => vs.device(),
             Clip::Script(_) => Device::Cpu,
             Clip::Siglip { model, .. } => model.device(),
         }
     }
 
-    /// The learned temperature, log scale.
+    /// The learned temperature, log scale (0 for a model without a text tower).
     pub fn logit_scale(&self) -> f64 {
         match self {
             Clip::Native { model, .. } => model.logit_scale(),
             Clip::Script(s) => s.logit_scale(),
+            Clip::Dinov2 { .. } => 0.0,
             Clip::Siglip { model, .. } => model.logit_scale(),
         }
     }
@@ -454,6 +532,7 @@ impl Clip {
             Clip::Native { model, .. } => model.vision.residual(pixels, layer),
             Clip::Script(s) => s.residual(pixels, layer),
             Clip::Siglip { model, .. } => model.residual(pixels, layer),
+            Clip::Dinov2 { model, .. } => Ok(model.residuals(pixels, &[layer])?.remove(0)),
         }
     }
 
@@ -467,10 +546,12 @@ impl Clip {
             Clip::Native { model, .. } => model.vision.residuals(pixels, layers),
             Clip::Script(s) => layers.iter().map(|&l| s.residual(pixels, l)).collect(),
             Clip::Siglip { model, .. } => model.residuals(pixels, layers),
+            Clip::Dinov2 { model, .. } => model.residuals(pixels, layers),
         }
     }
 
     /// Image embeddings (projected, not normalised) from the residual after `layer`, [B, E].
+    /// DINOv2: the class token after the final layernorm (transformers' `pooler_output`), [B, D].
     pub fn image_embeds_from(&self, residual: &Tensor, layer: usize) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         self.check_layer(layer)?;
@@ -478,6 +559,7 @@ impl Clip {
             Clip::Native { model, .. } => model.image_embeds_from(residual, layer),
             Clip::Script(s) => s.image_embeds_from(residual, layer),
             Clip::Siglip { model, .. } => model.image_embeds_from(residual, layer),
+            Clip::Dinov2 { model, .. } => model.pooled_from(residual, layer),
         }
     }
 
@@ -488,6 +570,7 @@ impl Clip {
             Clip::Native { model, .. } => model.image_embeds(pixels),
             Clip::Script(s) => s.image_embeds(pixels),
             Clip::Siglip { model, .. } => model.image_embeds(pixels),
+            Clip::Dinov2 { model, .. } => model.pooled(pixels),
         }
     }
 
@@ -517,6 +600,10 @@ impl Clip {
             Clip::Native { model, .. } => model.text_embeds(ids),
             Clip::Script(s) => s.text_embeds(ids),
             Clip::Siglip { model, .. } => model.text_embeds(ids),
+            Clip::Dinov2 { model, .. } => bail!(
+                "a {} model has no text tower: it cannot embed texts",
+                model.config().family
+            ),
         }
     }
 

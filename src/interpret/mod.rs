@@ -73,6 +73,9 @@ pub struct InterpretOptions {
     pub html: Option<PathBuf>,
     /// Phrase file replacing the built-in vocabulary.
     pub vocab: Option<PathBuf>,
+    /// A CLIP (any model with a text tower) that labels the features: each feature's top
+    /// images are embedded with it and ranked against its text embeddings of the vocabulary.
+    pub label_model: Option<PathBuf>,
     /// Images per forward pass.
     pub batch_size: usize,
 }
@@ -104,6 +107,7 @@ impl InterpretOptions {
             collage_format: CollageFormat::Png,
             html: None,
             vocab: None,
+            label_model: None,
             batch_size: 64,
         }
     }
@@ -117,6 +121,10 @@ pub enum LabelMethod {
     Decoder,
     /// Mean embedding of the top images minus the sample mean.
     TopImages,
+    /// The same, with the images embedded by `--label-model` (its text ranks the labels).
+    LabelModel,
+    /// No labels: the model has no text tower and no `--label-model` was given.
+    Unlabelled,
 }
 
 /// One of a feature's top images.
@@ -333,6 +341,7 @@ fn scan_with_model(
                     let e = clip.image_embeds_from(&residual, origin.layer)?;
                     base.add(&normalize(&e.to_kind(Kind::Float)), false);
                 }
+                LabelMethod::LabelModel | LabelMethod::Unlabelled => {}
             }
             base.count += ids.len();
         }
@@ -526,7 +535,39 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
         }
     }
     let last = vision.num_hidden_layers - 1;
-    let method = if origin.tokens == Tokens::Cls && origin.layer == last {
+    let label_clip = match &o.label_model {
+        None => None,
+        Some(path) => {
+            let load = LoadOptions {
+                format: None,
+                ..o.load.clone()
+            };
+            let lm = Clip::load(path, &load)
+                .with_context(|| format!("--label-model {}", path.display()))?;
+            ensure!(
+                lm.has_text(),
+                "--label-model {}: a {} model has no text tower, so it cannot label features: give a CLIP",
+                path.display(),
+                lm.family()
+            );
+            Some((path.as_path(), lm))
+        }
+    };
+    let method = if label_clip.is_some() {
+        LabelMethod::LabelModel
+    } else if !clip.has_text() {
+        ensure!(
+            o.vocab.is_none(),
+            "--vocab: {} is a {} model without a text tower, so it cannot rank phrases: add --label-model CLIP_DIR",
+            o.model.display(),
+            clip.family()
+        );
+        notes.push(format!(
+            "no labels: a {} model has no text tower (give --label-model CLIP_DIR to label the features with a CLIP)",
+            clip.family()
+        ));
+        LabelMethod::Unlabelled
+    } else if origin.tokens == Tokens::Cls && origin.layer == last {
         LabelMethod::Decoder
     } else {
         LabelMethod::TopImages
@@ -655,18 +696,39 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
     let top_data = gather_top_images(&clip, &sae, &origin, dataset.as_ref(), &chosen, o, method)?;
 
     // Labels.
-    let vocab = labels::load_vocabulary(o.vocab.as_deref())?;
     let out_dir = o
         .output_csv
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let text_cache = labels::cache_path(&files.weights, &out_dir, &model_sha, &vocab);
-    let text = labels::text_embeddings(&clip, &vocab, &text_cache)?;
-    let directions =
-        feature_directions(&clip, &sae, &origin, &chosen, &mut base, &top_data, method)?;
-    let labels_of = labels::rank_labels(&directions, &text, &vocab, 3);
+    let (labels_of, text_cache) = match (method, &label_clip) {
+        (LabelMethod::Unlabelled, _) => (vec![Vec::new(); chosen.len()], PathBuf::new()),
+        (LabelMethod::LabelModel, Some((path, lm))) => {
+            let vocab = labels::load_vocabulary(o.vocab.as_deref())?;
+            label_with_model(
+                lm,
+                path,
+                o,
+                dataset.as_ref(),
+                &chosen,
+                &images,
+                &vocab,
+                &out_dir,
+            )?
+        }
+        _ => {
+            let vocab = labels::load_vocabulary(o.vocab.as_deref())?;
+            let text_cache = labels::cache_path(&files.weights, &out_dir, &model_sha, &vocab);
+            let text = labels::text_embeddings(&clip, &vocab, &text_cache)?;
+            let directions =
+                feature_directions(&clip, &sae, &origin, &chosen, &mut base, &top_data, method)?;
+            (
+                labels::rank_labels(&directions, &text, &vocab, 3),
+                text_cache,
+            )
+        }
+    };
 
     // Collages.
     collage::prepare_dir(&o.collage_dir)?;
@@ -854,6 +916,9 @@ fn feature_directions(
             let e0 = clip.image_embeds_from(&mu.view([1, 1, -1]), origin.layer)?;
             Ok((e.to_kind(Kind::Float) - e0.to_kind(Kind::Float)).to_device(Device::Cpu))
         }
+        LabelMethod::LabelModel | LabelMethod::Unlabelled => {
+            bail!("labels of this kind do not come from the model's own directions")
+        }
         LabelMethod::TopImages => {
             let mean = base.embed.take().context("no embedding was accumulated")? / n;
             let mean = mean.to_kind(Kind::Float);
@@ -876,6 +941,64 @@ fn feature_directions(
             Ok(Tensor::stack(&rows, 0))
         }
     }
+}
+
+/// Labels from a separate CLIP (`--label-model`): each chosen feature's direction is the
+/// mean normalised embedding (by `lm`) of its top images minus the mean over a seeded subset
+/// of the sample (at most 512 images), ranked against `lm`'s text embeddings of `vocab`.
+/// Returns the labels and the text-embedding cache file.
+#[allow(clippy::too_many_arguments)]
+fn label_with_model(
+    lm: &Clip,
+    lm_path: &Path,
+    o: &InterpretOptions,
+    dataset: &dyn Dataset,
+    chosen: &[&LatentStats],
+    sample: &[usize],
+    vocab: &[String],
+    out_dir: &Path,
+) -> Result<(Vec<Vec<labels::Label>>, PathBuf)> {
+    let files = weights::resolve(lm_path, None)?;
+    let sha = file_sha256(&files.weights)?;
+    let cache = labels::cache_path(&files.weights, out_dir, &sha, vocab);
+    let text = labels::text_embeddings(lm, vocab, &cache)?;
+    let (subset, _) = sample_indices(sample, Some(512), o.seed ^ 0x5eed);
+    let mut wanted: std::collections::BTreeSet<usize> = subset.iter().copied().collect();
+    for l in chosen {
+        wanted.extend(l.top.iter().map(|e| e.image));
+    }
+    let ids: Vec<usize> = wanted.into_iter().collect();
+    let size = lm.info().image_size;
+    let device = lm.device();
+    let mut embeds: HashMap<usize, Tensor> = HashMap::new();
+    stream_pixels(dataset, &ids, o.batch_size, &lm.preprocess(), |decoded| {
+        let (ids, pixels, _) = stack(decoded, size)?;
+        if let Some(p) = pixels {
+            let e = lm.image_embeds(&p.to_device(device))?;
+            let e = normalize(&e.to_kind(Kind::Float)).to_device(Device::Cpu); // B, E
+            for (b, &i) in ids.iter().enumerate() {
+                embeds.insert(i, e.get(b as i64));
+            }
+        }
+        Ok(())
+    })?;
+    let mean_of = |images: &mut dyn Iterator<Item = usize>| -> Option<Tensor> {
+        let es: Vec<Tensor> = images
+            .filter_map(|i| embeds.get(&i).map(Tensor::shallow_clone))
+            .collect();
+        (!es.is_empty()).then(|| Tensor::stack(&es, 0).mean_dim(0, false, Kind::Float))
+    };
+    let base = mean_of(&mut subset.iter().copied())
+        .context("--label-model: no image of the sample could be read")?;
+    let rows: Vec<Tensor> = chosen
+        .iter()
+        .map(|l| match mean_of(&mut l.top.iter().map(|e| e.image)) {
+            Some(m) => m - &base,
+            None => base.zeros_like(),
+        })
+        .collect();
+    let directions = Tensor::stack(&rows, 0); // N, E
+    Ok((labels::rank_labels(&directions, &text, vocab, 3), cache))
 }
 
 /// The CSV's columns, in order.
