@@ -53,10 +53,12 @@ slurm:
 test: setup lint chromium slurm
 	cargo test --release
 
-## bench-clip: saeclip vs transformers forward throughput (writes bench/RESULTS.md)
+## bench-clip: saeclip vs transformers forward throughput, CLIP ViT-B/32, DINOv2 ViT-B/14 and SigLIP base (writes bench/RESULTS.md)
 bench-clip: setup
 	cargo build --release --bench clip_forward
 	$(PY) bench/clip_forward.py
+	$(PY) bench/dinov2_forward.py
+	$(PY) bench/siglip_forward.py
 
 ## bench-extract: end-to-end `saeclip extract` vs PIL + transformers, decode alone, block 5 vs 11
 bench-extract: setup

@@ -296,7 +296,7 @@ impl<'a> Proto<'a> {
                 Some(get(&format!("{prefix}.bias"))?),
             ))
         };
-        let c = &clip.config().vision;
+        let c = &clip.clip_config().expect("a CLIP model").vision;
         let mut blocks = Vec::new();
         for i in 0..c.num_hidden_layers {
             let p = format!("vision_model.encoder.layers.{i}");

@@ -121,7 +121,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
 
 /// A seeded batch of normalised-pixel-like values, [B, 3, P, P].
 fn pixels(clip: &Clip, batch: i64, seed: i64) -> Tensor {
-    let size = clip.config().vision.image_size;
+    let size = clip.info().image_size;
     saeclip::rng::seeded(seed, || {
         Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu))
     })
@@ -130,7 +130,7 @@ fn pixels(clip: &Clip, batch: i64, seed: i64) -> Tensor {
 fn make_sae(args: &Args, out: &Path) -> Result<()> {
     let clip = Clip::load(&args.model, &LoadOptions::default())?;
     ensure!(args.layer != usize::MAX, "--make-sae needs --layer");
-    let d = clip.config().vision.hidden_size;
+    let d = clip.info().hidden_size;
     let residual = clip.residual(&pixels(&clip, 64, args.seed), args.layer)?;
     let sample = args.tokens.select(&residual).reshape([-1, d]);
     let config = SaeConfig {
@@ -254,7 +254,7 @@ fn bench(args: &Args, sae_path: &Path) -> Result<()> {
             "d_in": sae.sae.config.d_in,
             "d_sae": sae.sae.config.d_sae,
             "k": sae.sae.config.k,
-            "blocks": clip.config().vision.num_hidden_layers,
+            "blocks": clip.info().num_hidden_layers,
             "plain_s": plain,
             "spliced_s": spliced,
             "sae_s": sae_only,

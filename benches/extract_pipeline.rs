@@ -163,7 +163,7 @@ fn decode_batch(files: &[PathBuf], cfg: &PreprocessConfig) -> Result<Vec<Vec<f32
 
 /// Decoding overlapped with the forward, as `extract` does it.
 fn pipelined(clip: &Clip, files: &[PathBuf], cfg: &PreprocessConfig, a: &Args) -> Result<usize> {
-    let size = i64::from(cfg.crop);
+    let size = i64::from(cfg.fixed_side().expect("a square crop"));
     std::thread::scope(|scope| -> Result<usize> {
         let (tx, rx) = sync_channel::<Result<Vec<Vec<f32>>>>(2);
         scope.spawn(move || {
@@ -202,7 +202,7 @@ fn breakdown(model: &Path, files: &[PathBuf], a: &Args) -> Result<serde_json::Va
     let load = Instant::now();
     let clip = Clip::load(model, &LoadOptions::default())?;
     let load_s = load.elapsed().as_secs_f64();
-    let size = clip.config().vision.image_size;
+    let size = clip.info().image_size;
     let cfg = PreprocessConfig::with_size(size as u32);
     let decoded: Vec<Vec<Vec<f32>>> = files
         .chunks(a.batch)
@@ -286,7 +286,7 @@ fn run(args: &Args) -> Result<()> {
     let files = list_files(&args.images)?;
     ensure!(!files.is_empty(), "{}: no files", args.images.display());
     let cfg = PreprocessConfig::default();
-    let expected = files.len() * 3 * (cfg.crop as usize).pow(2);
+    let expected = files.len() * 3 * (cfg.fixed_side().expect("a square crop") as usize).pow(2);
     for _ in 0..args.warmup {
         pass(&files, &cfg)?;
     }

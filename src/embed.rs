@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
-use crate::clip::preprocess::{preprocess_file, PreprocessConfig};
+use crate::clip::preprocess::preprocess_file;
 use crate::clip::tokenizer::{Tokenizer, EOT_TOKEN};
-use crate::clip::{pad_ids, Clip};
+use crate::clip::{normalize, pad_ids, Clip};
 
 /// What to embed.
 #[derive(Debug, Clone, Default)]
@@ -54,8 +54,8 @@ pub fn tokenize_texts(texts: &[String], context: usize) -> Result<Tensor> {
 
 /// Load and preprocess `paths` into [B, 3, P, P] for `clip`.
 pub fn load_pixels(clip: &Clip, paths: &[PathBuf]) -> Result<Tensor> {
-    let size = clip.config().vision.image_size;
-    let cfg = PreprocessConfig::with_size(size as u32);
+    let size = clip.info().image_size;
+    let cfg = clip.preprocess();
     let mut flat = Vec::with_capacity(paths.len() * 3 * (size * size) as usize);
     for path in paths {
         flat.extend(preprocess_file(path, &cfg)?);
@@ -86,13 +86,13 @@ pub fn embed(clip: &Clip, options: &EmbedOptions) -> Result<Embeddings> {
         out.pixel_values = Some(pixels);
     }
     if !options.texts.is_empty() {
-        let context = clip.config().text.max_position_embeddings as usize;
-        let ids = tokenize_texts(&options.texts, context)?;
+        let ids = clip.tokenize(&options.texts)?;
         out.text_embeds = Some(cpu(clip.text_embeds(&ids)?));
         out.input_ids = Some(ids);
     }
     if let (Some(i), Some(t)) = (&out.image_embeds, &out.text_embeds) {
-        out.probs = Some(clip.logits(i, t).softmax(-1, Kind::Float));
+        let cos = normalize(i).matmul(&normalize(t).tr());
+        out.probs = Some(clip.probabilities_from_cosines(&cos));
     }
     Ok(out)
 }

@@ -12,7 +12,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use crate::clip::preprocess::PreprocessConfig;
 use crate::clip::{weights, Clip, LoadOptions, Precision, Tokens};
 use crate::data::cache::{
     self, CacheKey, DatasetRef, ImageRecord, Manifest, ModelRef, Opened, Part,
@@ -105,21 +104,24 @@ pub fn extract(o: &ExtractOptions) -> Result<ExtractSummary> {
     let start = Instant::now();
     let files = weights::resolve(&o.model, o.load.format)?;
     let clip = Clip::load(&o.model, &o.load)?;
-    let config = clip.config().clone();
-    if o.layer >= config.vision.num_hidden_layers {
+    let info = clip.info();
+    if o.layer >= info.num_hidden_layers {
         bail!(
             "layer {} does not exist: the vision tower has blocks 0..={}",
             o.layer,
-            config.vision.num_hidden_layers - 1
+            info.num_hidden_layers - 1
         );
     }
+    let token_range = clip
+        .token_range(o.tokens)
+        .with_context(|| format!("--tokens {}", o.tokens.name()))?;
     let dataset = datasets::limited(datasets::open(&o.dataset, o.split)?, o.limit);
     let positions: Vec<usize> = (0..dataset.len())
         .filter(|i| o.part.is_none_or(|p| i % p.count == p.index))
         .collect();
     crate::ui::debug(format!("hashing {}", files.weights.display()));
     let key = CacheKey {
-        d_model: config.vision.hidden_size,
+        d_model: info.hidden_size,
         dtype: o.dtype,
         layer: o.layer,
         tokens: o.tokens,
@@ -134,7 +136,7 @@ pub fn extract(o: &ExtractOptions) -> Result<ExtractSummary> {
         },
         part: o.part,
         limit: o.limit,
-        image_size: config.vision.image_size,
+        image_size: info.image_size,
     };
     let mut writer = match cache::open_writer(&o.out, key, o.shard_rows, o.force)? {
         Opened::Complete(manifest) => {
@@ -158,8 +160,8 @@ pub fn extract(o: &ExtractOptions) -> Result<ExtractSummary> {
         ));
     }
     let todo = positions.get(resumed_at..).unwrap_or(&[]);
-    let prep = PreprocessConfig::with_size(config.vision.image_size as u32);
-    let size = config.vision.image_size;
+    let prep = clip.preprocess();
+    let size = info.image_size;
     let device = o.load.device;
     let bar = crate::ui::progress_bar(
         positions.len() as u64,
@@ -180,9 +182,8 @@ pub fn extract(o: &ExtractOptions) -> Result<ExtractSummary> {
                 pixels = pixels.pin_memory(device);
             }
             let residual = clip.residual(&pixels.to_device(device), o.layer)?;
-            let selected = o
-                .tokens
-                .select(&residual)
+            let selected = residual
+                .narrow(1, token_range.start, token_range.end - token_range.start)
                 .to_device(Device::Cpu)
                 .to_kind(o.dtype.kind()); // n, K, D
             acts = Some(selected);
@@ -198,7 +199,7 @@ pub fn extract(o: &ExtractOptions) -> Result<ExtractSummary> {
                         .get(j);
                     j += 1;
                     let k = a.size()[0];
-                    let first = if o.tokens == Tokens::Patches { 1 } else { 0 };
+                    let first = token_range.start;
                     let token_index =
                         Tensor::arange_start(first, first + k, (Kind::Int64, Device::Cpu));
                     let record = ImageRecord {

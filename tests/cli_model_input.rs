@@ -229,3 +229,95 @@ fn empty_text_and_bad_layer() {
     let line = fails(&["--model", s(&model), "--image", s(&img), "--layer", "7"]);
     assert!(line.contains("layer 7 does not exist"), "{line}");
 }
+
+/// Rewrite `config.json`'s `model_type` (or remove it with `None`).
+fn set_model_type(model: &Path, value: Option<&str>) {
+    let path = model.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    match value {
+        Some(v) => config["model_type"] = serde_json::json!(v),
+        None => {
+            config.as_object_mut().unwrap().remove("model_type");
+        }
+    }
+    std::fs::write(&path, config.to_string()).unwrap();
+}
+
+#[test]
+fn model_type_picks_the_family_and_unknown_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    // Without model_type the directory is read as CLIP.
+    set_model_type(&model, None);
+    let ok = common::saeclip()
+        .args(["embed", "--model", s(&model), "--text", "a cat"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    set_model_type(&model, Some("vit_mae"));
+    let err = fails(&["--model", s(&model), "--text", "a cat"]);
+    assert!(
+        err.contains("config.json") && err.contains("model_type \"vit_mae\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_preprocessor_config_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    let img = dir.path().join("a.png");
+    write_png(&img, 40, 30);
+    let prep = model.join("preprocessor_config.json");
+    for (json, field) in [
+        (r#"{"resample": 0}"#, "resample"),
+        (r#"{"crop_size": {"height": 100}}"#, "crop_size"),
+        // tiny-quick's image_size is 224: a 200 px crop does not fit it.
+        (r#"{"crop_size": 200, "size": 200}"#, "image_size"),
+        ("not json", "preprocessor_config.json"),
+    ] {
+        std::fs::write(&prep, json).unwrap();
+        let err = fails(&["--model", s(&model), "--image", s(&img)]);
+        assert!(
+            err.contains("preprocessor_config.json") && err.contains(field),
+            "{json}: {err}"
+        );
+    }
+    // A valid file is used: a different mean changes the pixels.
+    std::fs::write(
+        &prep,
+        r#"{"image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0]}"#,
+    )
+    .unwrap();
+    let out_file = dir.path().join("p.safetensors");
+    let out = common::saeclip()
+        .args([
+            "embed",
+            "--model",
+            s(&model),
+            "--image",
+            s(&img),
+            "--out",
+            s(&out_file),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pixels = read_safetensors(&out_file)
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "pixel_values")
+        .unwrap()
+        .1;
+    let min = pixels.min().double_value(&[]);
+    assert!(min >= 0.0 && pixels.max().double_value(&[]) <= 1.0, "{min}");
+}

@@ -81,7 +81,7 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: Tol) {
 }
 
 fn layers(clip: &Clip) -> Vec<usize> {
-    (0..clip.config().vision.num_hidden_layers).collect()
+    (0..clip.info().num_hidden_layers).collect()
 }
 
 fn splice(x: &Tensor) -> anyhow::Result<Tensor> {
@@ -93,7 +93,7 @@ fn check_native(r: &Reference, clip: &Clip, tol: Tol, label: &str) {
     let Clip::Native { model, .. } = clip else {
         panic!("{label}: expected a native model")
     };
-    let n = clip.config().vision.num_hidden_layers;
+    let n = clip.info().num_hidden_layers;
     let hidden = model.vision.hidden_states(r.pixels()).unwrap();
     assert_eq!(hidden.len(), n + 1);
     for (i, h) in hidden.iter().enumerate() {
@@ -177,8 +177,8 @@ fn check_native(r: &Reference, clip: &Clip, tol: Tol, label: &str) {
 /// The TorchScript module against the native model.
 fn check_script(r: &Reference, script: &Clip, native: &Clip, tol: Tol) {
     assert!(matches!(script, Clip::Script(_)));
-    let sc = script.config();
-    let nc = native.config();
+    let sc = script.clip_config().unwrap();
+    let nc = native.clip_config().unwrap();
     assert_eq!(
         (
             sc.vision.num_hidden_layers,
@@ -302,9 +302,9 @@ fn open_clip_state_dict_without_config_is_inferred_from_shapes() {
     std::fs::copy(r.dir.join("open_clip/open_clip_model.safetensors"), &file).unwrap();
     let clip = Clip::load(&file, &LoadOptions::default()).unwrap();
     let hf = r.model("hf", None);
-    assert_eq!(clip.config().vision.num_hidden_layers, 3);
+    assert_eq!(clip.info().num_hidden_layers, 3);
     assert_eq!(
-        clip.config().vision.num_attention_heads,
+        clip.clip_config().unwrap().vision.num_attention_heads,
         1,
         "heads default to width / 64"
     );

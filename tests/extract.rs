@@ -381,6 +381,10 @@ fn cli_extract_reports_and_refuses_bad_input() {
         (vec!["--tokens", "patches"], "--force"),
         (vec!["--shard", "3/3"], "0 <= I < N"),
         (vec!["--layer", "9"], "layer 9 does not exist"),
+        (
+            vec!["--tokens", "registers"],
+            "token kind `registers` does not exist",
+        ),
     ] {
         let out = run(&extra);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -602,6 +602,16 @@ fn tiny_safetensors() -> Vec<u8> {
 
 /// A hub serving `config` and `weights`, announcing `announced_sha` for the weights.
 fn hub_server(config: Vec<u8>, weights: Vec<u8>, announced_sha: String) -> Server {
+    hub_server_with(config, weights, announced_sha, Vec::new())
+}
+
+/// The same hub, also serving the small files `extra` (name, content).
+fn hub_server_with(
+    config: Vec<u8>,
+    weights: Vec<u8>,
+    announced_sha: String,
+    extra: Vec<(&'static str, Vec<u8>)>,
+) -> Server {
     let resolve = format!("/{REPO}/resolve/main/");
     let cell: Arc<Mutex<Option<String>>> = Arc::default();
     let base = cell.clone();
@@ -628,6 +638,12 @@ fn hub_server(config: Vec<u8>, weights: Vec<u8>, announced_sha: String) -> Serve
             }
             _ if request.path.starts_with("/cdn/") => {
                 serve_bytes(request, stream, &weights, &[], None)
+            }
+            Some(name) if extra.iter().any(|(n, _)| *n == name) => {
+                let (_, bytes) = extra.iter().find(|(n, _)| *n == name).unwrap();
+                let mut headers = repo_headers.to_vec();
+                headers.push(("ETag", format!("\"{}\"", &sha256_hex(bytes)[..40])));
+                serve_bytes(request, stream, bytes, &headers, None);
             }
             _ => not_found(stream),
         }
@@ -769,4 +785,74 @@ fn model_hub_unreachable_is_one_clear_error_line() {
     );
     assert!(stderr.contains(&out.display().to_string()), "{stderr}");
     assert!(entries(&out).is_empty());
+}
+
+#[test]
+fn preprocessor_config_is_fetched_when_the_repository_has_one() {
+    let config = br#"{"model_type": "dinov2", "hidden_size": 8}"#.to_vec();
+    let prep =
+        br#"{"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224}}"#.to_vec();
+    let weights = tiny_safetensors();
+    let server = hub_server_with(
+        config.clone(),
+        weights.clone(),
+        sha256_hex(&weights),
+        vec![("preprocessor_config.json", prep.clone())],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let hf_home = dir.path().join("hf");
+    let (ok, _, stderr) = run_saeclip(
+        &["fetch", "model", REPO, "--out", out.to_str().unwrap()],
+        &[
+            ("HF_ENDPOINT", &server.url()),
+            ("HF_HOME", hf_home.to_str().unwrap()),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        entries(&out),
+        set(&[
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+            MODEL_MARKER
+        ])
+    );
+    assert_eq!(
+        std::fs::read(out.join("preprocessor_config.json")).unwrap(),
+        prep
+    );
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join(MODEL_MARKER)).unwrap()).unwrap();
+    let names: Vec<&str> = marker["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"preprocessor_config.json"), "{names:?}");
+    // A repository without one (the plain hub above answers 404) remembers that in the
+    // cache: a second directory is filled without asking the hub again.
+    let server = hub_server(tiny_config(), weights.clone(), sha256_hex(&weights));
+    let env = [
+        ("HF_ENDPOINT", server.url()),
+        ("HF_HOME", dir.path().join("hf2").display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = dir.path().join("a");
+    let (ok, _, stderr) = run_saeclip(
+        &["fetch", "model", REPO, "--out", a.to_str().unwrap()],
+        &env,
+    );
+    assert!(ok, "{stderr}");
+    assert!(!a.join("preprocessor_config.json").exists());
+    let asked = server.requests().len();
+    let b = dir.path().join("b");
+    let (ok, _, stderr) = run_saeclip(
+        &["fetch", "model", REPO, "--out", b.to_str().unwrap()],
+        &env,
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(server.requests().len(), asked, "{:?}", server.requests());
 }

@@ -616,7 +616,7 @@ fn the_feature_browser_names_imagenet_classes() {
     class_folders(&root, "val", &[TENCH.0, GOLDFISH.0, TOILET_PAPER.0], 4);
     let model = tiny_model();
     let clip = Clip::load(&model, &LoadOptions::default()).unwrap();
-    let d = clip.config().vision.hidden_size;
+    let d = clip.info().hidden_size;
     let x = Tensor::randn([64, d], (Kind::Float, tch::Device::Cpu));
     let config = SaeConfig {
         architecture: Architecture::TopK,

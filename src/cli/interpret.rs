@@ -64,6 +64,12 @@ pub struct InterpretArgs {
     /// directory when the model's is read-only; under `$XDG_CACHE_HOME/saeclip` when set).
     #[arg(long, value_name = "FILE")]
     pub vocab: Option<PathBuf>,
+    /// Label the features with this CLIP (a model directory with a text tower): each
+    /// feature's top images are embedded with it and its text embeddings of the vocabulary
+    /// are ranked against them. For models without a text tower (DINOv2), whose features
+    /// are otherwise left unlabelled.
+    #[arg(long, value_name = "CLIP_DIR")]
+    pub label_model: Option<PathBuf>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub batch_size: usize,
@@ -91,6 +97,7 @@ impl InterpretArgs {
         o.collage_format = self.collage_format;
         o.html = self.html.clone();
         o.vocab = self.vocab.clone();
+        o.label_model = self.label_model.clone();
         o.batch_size = self.batch_size;
         o
     }
@@ -109,8 +116,13 @@ pub fn run(global: &GlobalArgs, args: &InterpretArgs) -> Result<()> {
     if s.skipped.len() > 5 {
         crate::ui::warn(format!("... and {} more skipped", s.skipped.len() - 5));
     }
+    let cached = if s.text_cache.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("; text embeddings cached in {}", s.text_cache.display())
+    };
     crate::ui::info(format!(
-        "interpreted {} features ({} live, {} dead latents) over {} images in {:.1}s ({:.1} images/s); labels by {:?}; text embeddings cached in {}",
+        "interpreted {} features ({} live, {} dead latents) over {} images in {:.1}s ({:.1} images/s); labels by {:?}{cached}",
         s.features.len(),
         s.live,
         s.dead,
@@ -118,7 +130,6 @@ pub fn run(global: &GlobalArgs, args: &InterpretArgs) -> Result<()> {
         s.seconds,
         s.images as f64 / s.seconds.max(1e-9),
         s.label_method,
-        s.text_cache.display()
     ));
     println!("{}", o.output_csv.display());
     if let Some(dir) = &o.html {
@@ -153,6 +164,8 @@ mod tests {
             "freq",
             "--collage-format",
             "jpg",
+            "--label-model",
+            "models/clip",
         ])
         .unwrap();
         let Command::Interpret(a) = cli.command else {
@@ -164,5 +177,11 @@ mod tests {
         assert_eq!(a.features, 300);
         assert_eq!(a.rank_by, crate::interpret::RankBy::Freq);
         assert_eq!(a.collage_format, crate::interpret::CollageFormat::Jpg);
+        let o = a.options(tch::Device::Cpu);
+        assert_eq!(
+            o.label_model.as_deref(),
+            Some(std::path::Path::new("models/clip"))
+        );
+        assert_eq!(o.vocab, None);
     }
 }

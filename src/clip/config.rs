@@ -17,6 +17,8 @@ pub enum Activation {
     QuickGelu,
     /// The exact (erf) GELU, used by most open_clip LAION models.
     Gelu,
+    /// GELU's tanh approximation (transformers' `gelu_pytorch_tanh`), used by SigLIP.
+    GeluTanh,
 }
 
 impl Activation {
@@ -25,8 +27,9 @@ impl Activation {
         match name {
             "quick_gelu" => Ok(Activation::QuickGelu),
             "gelu" => Ok(Activation::Gelu),
+            "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
             other => {
-                bail!("hidden_act {other:?} is not supported (expected \"quick_gelu\" or \"gelu\")")
+                bail!("hidden_act {other:?} is not supported (expected \"quick_gelu\", \"gelu\" or \"gelu_pytorch_tanh\")")
             }
         }
     }
@@ -171,6 +174,7 @@ impl ClipConfig {
         let act = |a: Activation| match a {
             Activation::QuickGelu => "quick_gelu",
             Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
         };
         let v = &self.vision;
         let t = &self.text;

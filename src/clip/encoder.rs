@@ -26,12 +26,38 @@ pub struct Attention {
 
 impl Attention {
     pub fn new(vs: nn::Path, width: i64, num_heads: i64) -> Attention {
-        let linear = |name: &str| nn::linear(&vs / name, width, width, Default::default());
+        Attention::from_paths(
+            [
+                &vs / "q_proj",
+                &vs / "k_proj",
+                &vs / "v_proj",
+                &vs / "out_proj",
+            ],
+            width,
+            num_heads,
+            true,
+        )
+    }
+
+    /// The same attention with the q, k, v and output projections at the paths
+    /// `[q, k, v, out]` (other families name them otherwise); `qkv_bias` false leaves the
+    /// q/k/v projections without bias.
+    pub fn from_paths(
+        paths: [nn::Path; 4],
+        width: i64,
+        num_heads: i64,
+        qkv_bias: bool,
+    ) -> Attention {
+        let [q, k, v, out] = paths;
+        let config = nn::LinearConfig {
+            bias: qkv_bias,
+            ..Default::default()
+        };
         Attention {
-            q_proj: linear("q_proj"),
-            k_proj: linear("k_proj"),
-            v_proj: linear("v_proj"),
-            out_proj: linear("out_proj"),
+            q_proj: nn::linear(q, width, width, config),
+            k_proj: nn::linear(k, width, width, config),
+            v_proj: nn::linear(v, width, width, config),
+            out_proj: nn::linear(out, width, width, Default::default()),
             qkv: None,
             num_heads,
         }
@@ -44,10 +70,14 @@ impl Attention {
     pub fn fuse(&mut self) {
         let parts = [&mut self.q_proj, &mut self.k_proj, &mut self.v_proj];
         let weight = Tensor::cat(&parts.iter().map(|p| &p.ws).collect::<Vec<_>>(), 0);
+        // Projections without bias fuse with a zero bias (same output).
         let bias = Tensor::cat(
             &parts
                 .iter()
-                .map(|p| p.bs.as_ref().expect("q/k/v projections have biases"))
+                .map(|p| match &p.bs {
+                    Some(b) => b.shallow_clone(),
+                    None => p.ws.zeros_like().select(1, 0),
+                })
                 .collect::<Vec<_>>(),
             0,
         );
@@ -132,6 +162,7 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self.activation {
             Activation::Gelu => x.apply(&self.fc1).gelu("none").apply(&self.fc2),
+            Activation::GeluTanh => x.apply(&self.fc1).gelu("tanh").apply(&self.fc2),
             Activation::QuickGelu => {
                 let t = scaled_linear(x, &self.fc1, QUICK_GELU, QUICK_GELU); // 1.702 · fc1(x)
                 let h = if t.requires_grad() {
@@ -213,7 +244,7 @@ impl EncoderLayer {
 
 /// `branch + x`, written into `branch` (a fresh tensor) when no gradient is needed. Never
 /// into `x`: callers keep shallow clones of earlier residuals.
-fn residual_add(branch: Tensor, x: &Tensor) -> Tensor {
+pub(crate) fn residual_add(branch: Tensor, x: &Tensor) -> Tensor {
     if branch.requires_grad() || x.requires_grad() {
         branch + x
     } else {

@@ -121,6 +121,7 @@ pub fn fit_zero_shot(
     model.fuse();
     Ok(Fitted {
         clip: Clip::Native {
+            prep: super::PreprocessConfig::with_size(model.config().vision.image_size as u32),
             vs,
             model: Box::new(model),
         },

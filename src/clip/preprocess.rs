@@ -1,12 +1,14 @@
-//! Image loading and CLIP preprocessing, bit-exact with Pillow.
+//! Image loading and preprocessing, bit-exact with Pillow.
 //!
-//! Mirrors OpenAI CLIP's `_transform` (clip/clip.py) and Hugging Face's PIL-backed
-//! `CLIPImageProcessorPil` (transformers 5.x; `CLIPImageProcessor` in 4.x): convert to RGB,
-//! resize the shortest side with Pillow's BICUBIC, center crop, scale by 1/255, normalize.
+//! Mirrors OpenAI CLIP's `_transform` (clip/clip.py) and Hugging Face's PIL-backed image
+//! processors (transformers 5.x `CLIPImageProcessorPil`, `BitImageProcessorPil`,
+//! `SiglipImageProcessorPil`): convert to RGB, resize (shortest side or fixed size) with one
+//! of Pillow's filters, center crop, rescale, normalize. The settings come from a model's
+//! `preprocessor_config.json` (src/clip/processor.rs).
 //!
 //! The resize follows the algorithm of Pillow's `libImaging/Resample.c` (written anew here):
-//! a separable convolution with the a = -0.5 cubic kernel whose support is widened by the
-//! shrink factor, weights normalised to sum 1 and converted to 22-bit fixed point, one
+//! a separable convolution with the filter's kernel (BICUBIC: the a = -0.5 cubic) whose
+//! support is widened by the shrink factor, weights normalised to sum 1 and converted to 22-bit fixed point, one
 //! horizontal pass then one vertical pass, each rounded and clipped to 8 bits. An axis whose
 //! size does not change is not resampled at all.
 //!
@@ -49,17 +51,119 @@ pub enum CropRounding {
     RoundHalfEven,
 }
 
-/// Preprocessing settings; `Default` is OpenAI CLIP at 224 pixels.
-#[derive(Clone, Debug)]
+/// How an image is resized before the crop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resize {
+    /// The shorter side to this length, the longer scaled and truncated (transformers'
+    /// `size: {"shortest_edge": N}`).
+    ShortestEdge(u32),
+    /// To exactly `width`×`height` (`size: {"height": H, "width": W}`).
+    Exact { width: u32, height: u32 },
+    /// Not resized (`do_resize: false`).
+    Keep,
+}
+
+/// Pillow's resampling filters, numbered as `PIL.Image.Resampling` (and the `resample`
+/// field of a `preprocessor_config.json`). NEAREST (0) is not offered: Pillow computes it
+/// with an affine transform, not the convolution below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    Lanczos = 1,
+    Bilinear = 2,
+    Bicubic = 3,
+    Box = 4,
+    Hamming = 5,
+}
+
+impl Resample {
+    /// The filter of a `PIL.Image.Resampling` number.
+    pub fn from_pil(code: i64) -> Option<Resample> {
+        match code {
+            1 => Some(Resample::Lanczos),
+            2 => Some(Resample::Bilinear),
+            3 => Some(Resample::Bicubic),
+            4 => Some(Resample::Box),
+            5 => Some(Resample::Hamming),
+            _ => None,
+        }
+    }
+
+    /// Half-width of the kernel at scale 1 (Pillow's `filter->support`).
+    fn support(self) -> f64 {
+        match self {
+            Resample::Box => 0.5,
+            Resample::Bilinear | Resample::Hamming => 1.0,
+            Resample::Bicubic => 2.0,
+            Resample::Lanczos => 3.0,
+        }
+    }
+
+    /// The kernel, in Pillow's operation order (libImaging/Resample.c).
+    fn kernel(self, x: f64) -> f64 {
+        match self {
+            Resample::Bicubic => bicubic_kernel(x),
+            Resample::Box => {
+                if x > -0.5 && x <= 0.5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Resample::Bilinear => {
+                let x = x.abs();
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Resample::Hamming => {
+                let x = x.abs();
+                if x == 0.0 {
+                    1.0
+                } else if x >= 1.0 {
+                    0.0
+                } else {
+                    let x = x * std::f64::consts::PI;
+                    x.sin() / x * (0.54 + 0.46 * x.cos())
+                }
+            }
+            Resample::Lanczos => {
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        1.0
+    } else {
+        let x = x * std::f64::consts::PI;
+        x.sin() / x
+    }
+}
+
+/// Preprocessing settings (the fields of a transformers `preprocessor_config.json`);
+/// `Default` is OpenAI CLIP at 224 pixels.
+#[derive(Clone, Debug, PartialEq)]
 pub struct PreprocessConfig {
-    /// Target length of the shorter image side after resizing.
-    pub resize_shortest: u32,
-    /// Side of the square center crop.
-    pub crop: u32,
-    /// Per-channel mean subtracted after scaling to [0, 1].
+    pub resize: Resize,
+    pub resample: Resample,
+    /// Center crop to (width, height); `None` when `do_center_crop` is false.
+    pub crop: Option<(u32, u32)>,
+    /// Multiplier of the 8-bit samples (`rescale_factor`), `None` when `do_rescale` is false.
+    pub rescale_factor: Option<f64>,
+    /// Per-channel mean subtracted after rescaling.
     pub mean: [f32; 3],
     /// Per-channel standard deviation divided by after subtracting the mean.
     pub std: [f32; 3],
+    /// `do_normalize`: whether `mean` and `std` are applied.
+    pub normalize: bool,
     /// Offset rounding of the center crop.
     pub crop_rounding: CropRounding,
 }
@@ -74,11 +178,36 @@ impl PreprocessConfig {
     /// CLIP preprocessing that resizes the shortest side to `size` and crops `size`×`size`.
     pub fn with_size(size: u32) -> Self {
         PreprocessConfig {
-            resize_shortest: size,
-            crop: size,
+            resize: Resize::ShortestEdge(size),
+            resample: Resample::Bicubic,
+            crop: Some((size, size)),
+            rescale_factor: Some(1.0 / 255.0),
             mean: CLIP_MEAN,
             std: CLIP_STD,
+            normalize: true,
             crop_rounding: CropRounding::Floor,
+        }
+    }
+
+    /// Size (width, height) of the output for an input of `width`×`height`.
+    pub fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        if let Some(crop) = self.crop {
+            return crop;
+        }
+        match self.resize {
+            Resize::ShortestEdge(s) => resized_dimensions(width, height, s),
+            Resize::Exact { width, height } => (width, height),
+            Resize::Keep => (width, height),
+        }
+    }
+
+    /// The side of the square every image becomes, when the settings fix one (a square
+    /// crop, or an exact square resize without a crop).
+    pub fn fixed_side(&self) -> Option<u32> {
+        match (self.crop, self.resize) {
+            (Some((w, h)), _) if w == h => Some(w),
+            (None, Resize::Exact { width, height }) if width == height => Some(width),
+            _ => None,
         }
     }
 }
@@ -388,11 +517,11 @@ const PRECISION_BITS: u32 = 22;
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Normalised floating-point weights of one output sample: `(first input index, weights)`.
-fn float_taps(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
+fn float_taps(filter: Resample, in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
     let scale = in_size as f64 / out_size as f64;
     // Shrinking widens the kernel by the shrink factor (antialiasing); enlarging does not.
     let filter_scale = scale.max(1.0);
-    let support = 2.0 * filter_scale;
+    let support = filter.support() * filter_scale;
     let inv_filter_scale = 1.0 / filter_scale;
     (0..out_size)
         .map(|o| {
@@ -401,7 +530,7 @@ fn float_taps(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
             let first = ((center - support + 0.5) as i64).max(0) as usize;
             let end = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let mut weights: Vec<f64> = (first..end)
-                .map(|i| bicubic_kernel((i as f64 - center + 0.5) * inv_filter_scale))
+                .map(|i| filter.kernel((i as f64 - center + 0.5) * inv_filter_scale))
                 .collect();
             let total: f64 = weights.iter().sum();
             if total != 0.0 {
@@ -432,8 +561,8 @@ struct AxisTaps {
 }
 
 impl AxisTaps {
-    fn new(in_size: usize, out_size: usize) -> Self {
-        let taps = float_taps(in_size, out_size);
+    fn new(filter: Resample, in_size: usize, out_size: usize) -> Self {
+        let taps = float_taps(filter, in_size, out_size);
         let stride = taps.iter().map(|(_, w)| w.len()).max().unwrap_or(0);
         let mut weights = vec![0; out_size * stride];
         for (row, (_, w)) in weights.chunks_exact_mut(stride.max(1)).zip(&taps) {
@@ -460,10 +589,10 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// A Pillow-exact BICUBIC resize between two fixed sizes, with its weights computed once;
-/// reuse it for many images of the same size.
+/// A Pillow-exact resize between two fixed sizes, with its weights computed once; reuse it
+/// for many images of the same size.
 #[derive(Debug)]
-pub struct BicubicResampler {
+pub struct Resampler {
     in_size: (u32, u32),
     out_size: (u32, u32),
     /// `None` where the axis keeps its size (Pillow skips that pass).
@@ -471,15 +600,22 @@ pub struct BicubicResampler {
     vertical: Option<AxisTaps>,
 }
 
-impl BicubicResampler {
-    /// Resampler from `in_width`×`in_height` to `out_width`×`out_height` (all non-zero).
-    pub fn new(in_width: u32, in_height: u32, out_width: u32, out_height: u32) -> Self {
+impl Resampler {
+    /// Resampler with `filter` from `in_width`×`in_height` to `out_width`×`out_height` (all
+    /// non-zero).
+    pub fn new(
+        filter: Resample,
+        in_width: u32,
+        in_height: u32,
+        out_width: u32,
+        out_height: u32,
+    ) -> Self {
         assert!(
             in_width > 0 && in_height > 0 && out_width > 0 && out_height > 0,
             "resize {in_width}x{in_height} -> {out_width}x{out_height}: sizes must be positive"
         );
-        let axis = |i: u32, o: u32| (i != o).then(|| AxisTaps::new(i as usize, o as usize));
-        BicubicResampler {
+        let axis = |i: u32, o: u32| (i != o).then(|| AxisTaps::new(filter, i as usize, o as usize));
+        Resampler {
             in_size: (in_width, in_height),
             out_size: (out_width, out_height),
             horizontal: axis(in_width, out_width),
@@ -495,7 +631,7 @@ impl BicubicResampler {
 
     /// The `width`×`height` window at (`x0`, `y0`) of the resized image, computing only the
     /// samples it needs (every output sample depends only on its own taps, so the window
-    /// equals the same crop of [`BicubicResampler::resize`]).
+    /// equals the same crop of [`Resampler::resize`]).
     pub fn resize_window(
         &self,
         img: &RgbImage,
@@ -581,7 +717,7 @@ fn resample_row(in_row: &[u8], out: &mut [u8], taps: &AxisTaps, x0: usize) {
 
 /// Resize to exactly `width`×`height` the way Pillow's `Image.resize(.., BICUBIC)` does.
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    BicubicResampler::new(img.width(), img.height(), width, height).resize(img)
+    Resampler::new(Resample::Bicubic, img.width(), img.height(), width, height).resize(img)
 }
 
 /// Size after resizing the shorter side to `shortest`, the longer side scaled and truncated
@@ -611,38 +747,54 @@ pub fn crop_offset(size: u32, crop: u32, rounding: CropRounding) -> i64 {
     }
 }
 
-/// Resize the shortest side to `cfg.resize_shortest` with Pillow's BICUBIC and center crop to
-/// `cfg.crop`×`cfg.crop` (zero padding where the resized image is smaller): the 8-bit image
-/// before normalisation. Only the cropped samples are computed.
+/// Resize as `cfg.resize` says with `cfg.resample`, then center crop to `cfg.crop` (zero
+/// padding where the resized image is smaller): the 8-bit image before normalisation.
+/// Only the cropped samples are computed.
 pub fn resize_and_crop(img: &RgbImage, cfg: &PreprocessConfig) -> RgbImage {
-    let (rw, rh) = resized_dimensions(img.width(), img.height(), cfg.resize_shortest);
-    let resampler = BicubicResampler::new(img.width(), img.height(), rw, rh);
-    let crop = cfg.crop;
-    let left = crop_offset(rw, crop, cfg.crop_rounding);
-    let top = crop_offset(rh, crop, cfg.crop_rounding);
+    let (rw, rh) = match cfg.resize {
+        Resize::ShortestEdge(s) => resized_dimensions(img.width(), img.height(), s),
+        Resize::Exact { width, height } => (width, height),
+        Resize::Keep => img.dimensions(),
+    };
+    let resampler = Resampler::new(cfg.resample, img.width(), img.height(), rw, rh);
+    let Some((crop_w, crop_h)) = cfg.crop else {
+        return resampler.resize(img);
+    };
+    let left = crop_offset(rw, crop_w, cfg.crop_rounding);
+    let top = crop_offset(rh, crop_h, cfg.crop_rounding);
     // Window of the resized image inside the crop.
-    let span = |offset: i64, size: u32| {
+    let span = |offset: i64, size: u32, crop: u32| {
         let lo = offset.max(0);
         let hi = (offset + i64::from(crop)).min(i64::from(size));
         (lo as u32, (hi - lo).max(0) as u32)
     };
-    let (wx, ww) = span(left, rw);
-    let (wy, wh) = span(top, rh);
+    let (wx, ww) = span(left, rw, crop_w);
+    let (wy, wh) = span(top, rh, crop_h);
     let window = resampler.resize_window(img, wx, wy, ww, wh);
-    if ww == crop && wh == crop {
+    if ww == crop_w && wh == crop_h {
         return window;
     }
-    let mut out = RgbImage::new(crop, crop);
+    let mut out = RgbImage::new(crop_w, crop_h);
     image::imageops::replace(&mut out, &window, i64::from(wx) - left, i64::from(wy) - top);
     out
 }
 
-/// Scale to [0, 1] and normalize, channel-major (C, H, W). Bit-exact with transformers:
-/// `float32(float64(v) * (1/255))`, then `(x - mean) / std` in float32.
+/// Rescale and normalize, channel-major (C, H, W). Bit-exact with transformers:
+/// `float32(float64(v) * rescale_factor)`, then `(x - mean) / std` in float32.
 pub fn normalize(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
     let table: Vec<[f32; 256]> = (0..3)
         .map(|c| {
-            std::array::from_fn(|v| ((v as f64 * (1.0 / 255.0)) as f32 - cfg.mean[c]) / cfg.std[c])
+            std::array::from_fn(|v| {
+                let x = match cfg.rescale_factor {
+                    Some(r) => (v as f64 * r) as f32,
+                    None => v as f32,
+                };
+                if cfg.normalize {
+                    (x - cfg.mean[c]) / cfg.std[c]
+                } else {
+                    x
+                }
+            })
         })
         .collect();
     let plane = img.width() as usize * img.height() as usize;
@@ -657,7 +809,7 @@ pub fn normalize(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
     out
 }
 
-/// The model input for one RGB image: [`resize_and_crop`] then [`normalize`], (3, crop, crop).
+/// The model input for one RGB image: [`resize_and_crop`] then [`normalize`], (3, H, W).
 pub fn preprocess(img: &RgbImage, cfg: &PreprocessConfig) -> Vec<f32> {
     normalize(&resize_and_crop(img, cfg), cfg)
 }
@@ -701,13 +853,13 @@ mod tests {
             (7, 300),
             (225, 224),
         ] {
-            let taps = float_taps(i, o);
+            let taps = float_taps(Resample::Bicubic, i, o);
             assert_eq!(taps.len(), o);
             for (first, w) in &taps {
                 assert!(first + w.len() <= i && !w.is_empty());
                 assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
             }
-            let fixed = AxisTaps::new(i, o);
+            let fixed = AxisTaps::new(Resample::Bicubic, i, o);
             for x in 0..o {
                 let s: i32 = fixed.weights(x).iter().sum();
                 // Each weight rounds by at most half a unit.
@@ -718,7 +870,7 @@ mod tests {
             }
         }
         // Shrinking by 2 widens the support to 4 input samples each side.
-        let taps = float_taps(448, 224);
+        let taps = float_taps(Resample::Bicubic, 448, 224);
         assert_eq!(taps[100].1.len(), 8);
         assert_eq!(fixed_point(-0.25), -(1 << 20));
         assert_eq!(fixed_point(0.5), 1 << 21);
@@ -750,7 +902,7 @@ mod tests {
     fn window_equals_crop_of_full_resize() {
         let img = pattern(97, 61);
         let full = resize_bicubic(&img, 150, 230);
-        let r = BicubicResampler::new(97, 61, 150, 230);
+        let r = Resampler::new(Resample::Bicubic, 97, 61, 150, 230);
         let win = r.resize_window(&img, 11, 40, 100, 77);
         let crop = image::imageops::crop_imm(&full, 11, 40, 100, 77).to_image();
         assert_eq!(win, crop);
@@ -787,8 +939,7 @@ mod tests {
         assert_eq!(crop_offset(221, 224, Floor), -2);
         assert_eq!(crop_offset(221, 224, RoundHalfEven), -1);
         let cfg = PreprocessConfig {
-            resize_shortest: 20,
-            crop: 23,
+            crop: Some((23, 23)),
             ..PreprocessConfig::with_size(20)
         };
         let out = resize_and_crop(&RgbImage::from_pixel(20, 20, Rgb([9, 9, 9])), &cfg);

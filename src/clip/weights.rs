@@ -69,7 +69,9 @@ pub fn resolve(path: &Path, format: Option<ModelFormat>) -> Result<ModelFiles> {
                 let names = safetensors_names(path)?;
                 if names.iter().any(|n| n.starts_with("visual.")) {
                     ModelFormat::OpenClip
-                } else if names.iter().any(|n| n.starts_with("vision_model.")) {
+                } else if names.iter().any(|n| n.starts_with("vision_model."))
+                    || path.with_file_name(HF_CONFIG).is_file()
+                {
                     ModelFormat::Hf
                 } else {
                     bail!(
@@ -278,6 +280,30 @@ fn load_into(vs: &VarStore, tensors: BTreeMap<String, Entry>, file: &Path) -> Re
 /// Load a transformers-named state dict into `vs`.
 pub fn load_hf(vs: &VarStore, path: &Path) -> Result<()> {
     let tensors = read_safetensors(path)?
+        .into_iter()
+        .map(|(name, tensor)| {
+            (
+                name.clone(),
+                Entry {
+                    tensor,
+                    source: name,
+                },
+            )
+        })
+        .collect();
+    load_into(vs, tensors, path)
+}
+
+/// Load a state dict into `vs` after `prepare` has renamed (or joined) its tensors to the
+/// variable names; errors still name what the file holds.
+pub fn load_hf_prepared(
+    vs: &VarStore,
+    path: &Path,
+    prepare: impl Fn(BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>>,
+) -> Result<()> {
+    let tensors: BTreeMap<String, Tensor> = read_safetensors(path)?.into_iter().collect();
+    let tensors = prepare(tensors).with_context(|| format!("{}", path.display()))?;
+    let tensors = tensors
         .into_iter()
         .map(|(name, tensor)| {
             (

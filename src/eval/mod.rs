@@ -46,8 +46,8 @@ impl SplicedSae {
     ) -> Result<SplicedSae> {
         let shown = path.display();
         let (sae, meta) = checkpoint::load_sae(path, device)?;
-        let width = clip.config().vision.hidden_size;
-        let blocks = clip.config().vision.num_hidden_layers;
+        let width = clip.info().hidden_size;
+        let blocks = clip.info().num_hidden_layers;
         ensure!(
             sae.config.d_in == width,
             "SAE {shown} has d_in = {} but the model's vision width is {width}: use an SAE trained on this model",
@@ -67,9 +67,11 @@ impl SplicedSae {
         let tokens = match meta.clip.get("tokens") {
             None | Some(Value::Null) => Tokens::Cls,
             Some(v) => serde_json::from_value(v.clone()).with_context(|| {
-                format!("SAE {shown}: clip.tokens in the header is {v}, expected \"cls\", \"patches\" or \"all\"")
+                format!("SAE {shown}: clip.tokens in the header is {v}, expected \"cls\", \"patches\", \"all\" or \"registers\"")
             })?,
         };
+        clip.token_range(tokens)
+            .with_context(|| format!("SAE {shown}: clip.tokens"))?;
         let model_mismatch = match (model, meta.clip.get("sha256").and_then(Value::as_str)) {
             (Some((model, format)), Some(recorded)) => {
                 let files = weights::resolve(model, format)?;

@@ -98,8 +98,8 @@ pub fn steer(
     check_latents(sae, latents)?;
     let _guard = tch::no_grad_guard();
     let residual = clip.residual(pixels, sae.layer)?; // B, S, D
-    let (b, s, _) = residual.size3()?;
-    let at = sae.tokens.positions(s);
+    let (b, _, _) = residual.size3()?;
+    let at = clip.token_range(sae.tokens)?;
     let k = at.end - at.start;
     let x = token_rows(&residual, &at); // B·K, D
     let (edited, before, after) = edit_rows(sae, &x, latents, edit);
@@ -232,6 +232,12 @@ pub fn run(o: &SteerOptions) -> Result<SteerReport> {
         Labels::Dataset(spec) => class_names(datasets::open(spec, Split::Test)?.as_ref()),
     };
     let clip = Clip::load(&o.model, &o.load)?;
+    ensure!(
+        clip.has_text(),
+        "steer ranks zero-shot labels and needs a model with a text tower, and {} is a {} model (vision only)",
+        o.model.display(),
+        clip.family()
+    );
     let sae = SplicedSae::load(
         &o.sae,
         &clip,
@@ -245,10 +251,9 @@ pub fn run(o: &SteerOptions) -> Result<SteerReport> {
     let text = class_embeddings(&clip, &labels, std::slice::from_ref(&o.template))?;
     let pixels = load_pixels(&clip, &o.images)?.to_device(o.load.device);
     let s = steer(&clip, &sae, &pixels, &o.latents, o.edit)?;
-    let scale = clip.logit_scale().exp();
     let probs = |e: &Tensor| -> Result<Vec<Vec<f64>>> {
         let cos = normalize(&e.to_kind(Kind::Float)).matmul(&text.to_device(e.device()).tr());
-        rows_f64(&(cos * scale).softmax(-1, Kind::Float))
+        rows_f64(&clip.probabilities_from_cosines(&cos))
     };
     let (p0, p1) = (probs(&s.original)?, probs(&s.steered)?);
     let mean_tokens = |t: &Tensor| rows_f64(&t.mean_dim(1, false, Kind::Float));

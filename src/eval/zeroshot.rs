@@ -25,10 +25,8 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use super::{replace_tokens, token_rows, SplicedSae};
-use crate::clip::preprocess::PreprocessConfig;
 use crate::clip::{normalize, Clip, LoadOptions, Precision, Tokens};
 use crate::data::{self as datasets, stream_pixels, Dataset, DatasetKind, DatasetSpec, Split};
-use crate::embed::tokenize_texts;
 use crate::sae::Evr;
 
 /// The single template when none is given: the first of CLIP's CIFAR templates
@@ -150,14 +148,13 @@ pub fn class_embeddings(clip: &Clip, classes: &[String], templates: &[String]) -
         check_template(t)?;
     }
     let _guard = tch::no_grad_guard();
-    let context = clip.config().text.max_position_embeddings as usize;
     let texts: Vec<String> = classes
         .iter()
         .flat_map(|c| templates.iter().map(move |t| fill(t, c)))
         .collect();
     let mut embeds = Vec::new();
     for chunk in texts.chunks(TEXT_BATCH) {
-        let ids = tokenize_texts(chunk, context)?;
+        let ids = clip.tokenize(chunk)?;
         let e = clip.text_embeds(&ids)?; // the model moves the ids to its device
         embeds.push(normalize(&e.to_kind(Kind::Float)));
     }
@@ -422,7 +419,7 @@ pub fn splice_residual(
     error_added: bool,
 ) -> Result<SplicedForward> {
     let _guard = tch::no_grad_guard();
-    let at = splice.positions(residual.size()[1]);
+    let at = clip.token_range(splice)?;
     let x = token_rows(residual, &at); // B·K, D
     let x_hat = sae.sae.reconstruct(&x);
     let original = clip.image_embeds_from(residual, sae.layer)?;
@@ -462,6 +459,12 @@ pub fn evaluate(o: &ZeroshotOptions) -> Result<ZeroshotReport> {
         .map(|spec| datasets::open(spec, o.split))
         .collect::<Result<Vec<_>>>()?;
     let clip = Clip::load(&o.model, &o.load)?;
+    ensure!(
+        clip.has_text(),
+        "eval-zeroshot needs a model with a text tower, and {} is a {} model (vision only)",
+        o.model.display(),
+        clip.family()
+    );
     let sae = match &o.sae {
         None => None,
         Some(path) => {
@@ -563,11 +566,11 @@ pub fn evaluate_dataset(
         }
         _ => (0..dataset.len()).collect(),
     };
-    let config = clip.config();
-    let size = config.vision.image_size;
-    let prep = PreprocessConfig::with_size(size as u32);
+    let info = clip.info();
+    let size = info.image_size;
+    let prep = clip.preprocess();
     let tolerance = noise_tolerance(o.load.precision);
-    let d = config.vision.hidden_size;
+    let d = info.hidden_size;
     let mut evr = Evr::new(d, device);
     let mut tally = Tally::default();
     let mut predictions = Vec::with_capacity(positions.len());

@@ -1,5 +1,6 @@
 //! `fetch model`: download `config.json` and `model.safetensors` of a Hugging Face repo
-//! through the `hf-hub` cache, check them, and place them in a model directory.
+//! (and the [`OPTIONAL`] files it has, such as `preprocessor_config.json`) through the
+//! `hf-hub` cache, check them, and place them in a model directory.
 //!
 //! The hub names each file by its etag; for LFS files such as `model.safetensors` that is
 //! the SHA-256 of the content (`X-Linked-Etag`), and `hf-hub` stores the file in the cache as
@@ -24,6 +25,10 @@ const MARKER_VERSION: u32 = 1;
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const CONFIG: &str = "config.json";
 const WEIGHTS: &str = "model.safetensors";
+/// Files placed beside the model when the repository has them: without them a family
+/// default applies. A repository's answer that one is absent (HTTP 404) is remembered in
+/// the hub cache as `huggingface_hub` does (`.no_exist/<commit>/<file>`).
+pub const OPTIONAL: &[&str] = &["preprocessor_config.json"];
 
 /// What `fetch_model` does.
 #[derive(Debug, Clone)]
@@ -151,6 +156,13 @@ pub fn fetch_model(options: &FetchModelOptions) -> Result<PathBuf> {
     let config = obtain(&api_repo, &cache, &repo, CONFIG, &advice, options.progress)?;
     verify_config(&config, &api_repo.url(CONFIG))?;
     let config_sha = net::sha256_file(&config.blob)?;
+    let mut extras = Vec::new();
+    for &file in OPTIONAL {
+        match obtain_optional(&api_repo, &cache, &repo, file, &weights.commit, &advice)? {
+            Some(cached) => extras.push((file, cached)),
+            None => ui::debug(format!("{repo_id}: has no {file}")),
+        }
+    }
 
     // Replace an earlier fetch so that it never looks complete half-way: marker first out,
     // weights before config (a directory without config.json is no model), marker last in.
@@ -162,7 +174,18 @@ pub fn fetch_model(options: &FetchModelOptions) -> Result<PathBuf> {
         }
     }
     place(&weights.blob, &out.join(WEIGHTS))?;
+    for (file, cached) in &extras {
+        place(&cached.blob, &out.join(file))?;
+    }
     place(&config.blob, &out.join(CONFIG))?;
+    let mut extra_files = Vec::new();
+    for (file, cached) in &extras {
+        extra_files.push(MarkerFile {
+            name: (*file).into(),
+            bytes: file_len(&cached.blob)?,
+            sha256: net::sha256_file(&cached.blob)?,
+        });
+    }
     let marker = Marker {
         format: MARKER_FORMAT.into(),
         version: MARKER_VERSION,
@@ -181,7 +204,10 @@ pub fn fetch_model(options: &FetchModelOptions) -> Result<PathBuf> {
                 bytes: file_len(&config.blob)?,
                 sha256: config_sha,
             },
-        ],
+        ]
+        .into_iter()
+        .chain(extra_files)
+        .collect(),
         fetched_unix: net::unix_now(),
         saeclip_version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -274,6 +300,42 @@ fn obtain(
         .download_with_progress(file, bar)
         .map_err(|e| hub_error(&url, e, advice))?;
     Cached::from_pointer(pointer)
+}
+
+/// An [`OPTIONAL`] file: from the cache, else downloaded; `None` when the repository (at
+/// `commit`) has no such file.
+fn obtain_optional(
+    api_repo: &ApiRepo,
+    cache: &Cache,
+    repo: &Repo,
+    file: &str,
+    commit: &str,
+    advice: &str,
+) -> Result<Option<Cached>> {
+    if let Some(pointer) = cache.repo(repo.clone()).get(file) {
+        return Cached::from_pointer(pointer).map(Some);
+    }
+    let no_exist = cache
+        .path()
+        .join(repo.folder_name())
+        .join(".no_exist")
+        .join(commit)
+        .join(file);
+    if no_exist.is_file() {
+        return Ok(None);
+    }
+    let url = api_repo.url(file);
+    match api_repo.download(file) {
+        Ok(pointer) => Cached::from_pointer(pointer).map(Some),
+        Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(404, _)) => {
+            // Best effort: without the note the next fetch asks again.
+            if let Some(dir) = no_exist.parent() {
+                let _ = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&no_exist, b""));
+            }
+            Ok(None)
+        }
+        Err(e) => Err(hub_error(&url, e, advice)),
+    }
 }
 
 /// One line for a failed hub download.

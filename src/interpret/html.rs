@@ -196,7 +196,7 @@ pub fn write_site(
             "description": format!(
                 "{} · {} ({}) · {} images scored of {} sampled · {} live, {} dead latents · labels: {}",
                 o.sae.display(), o.dataset, o.split, s.images, sample, s.live, s.dead,
-                match s.label_method { super::LabelMethod::Decoder => "decoder direction", super::LabelMethod::TopImages => "top-image embeddings" }
+                match s.label_method { super::LabelMethod::Decoder => "decoder direction", super::LabelMethod::TopImages => "top-image embeddings", super::LabelMethod::LabelModel => "top-image embeddings of the label model", super::LabelMethod::Unlabelled => "none (no text tower)" }
             ),
             "model": o.model.display().to_string(),
             "sae": o.sae.display().to_string(),

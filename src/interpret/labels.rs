@@ -15,7 +15,6 @@ use sha2::Digest;
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::{normalize, Clip};
-use crate::embed::tokenize_texts;
 
 /// The prompt each phrase is put in.
 pub const PROMPT: &str = "a photo of a {}";
@@ -144,12 +143,11 @@ pub fn text_embeddings(clip: &Clip, vocab: &[String], cache: &Path) -> Result<Te
             }
         }
     }
-    let context = clip.config().text.max_position_embeddings as usize;
     let prompts: Vec<String> = vocab.iter().map(|p| PROMPT.replace("{}", p)).collect();
     let device = clip_device(clip);
     let mut parts = Vec::new();
     for chunk in prompts.chunks(256) {
-        let ids = tokenize_texts(chunk, context)?.to_device(device);
+        let ids = clip.tokenize(chunk)?.to_device(device);
         let e = clip.text_embeds(&ids)?;
         parts.push(normalize(&e.to_kind(Kind::Float)).to_device(Device::Cpu));
     }
@@ -167,10 +165,7 @@ pub fn text_embeddings(clip: &Clip, vocab: &[String], cache: &Path) -> Result<Te
 
 /// The device of a model's parameters.
 pub(crate) fn clip_device(clip: &Clip) -> Device {
-    match clip {
-        Clip::Native { vs, .. } => vs.device(),
-        Clip::Script(_) => Device::Cpu,
-    }
+    clip.device()
 }
 
 /// One label with its cosine.

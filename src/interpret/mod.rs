@@ -32,7 +32,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::clip::preprocess::{resize_and_crop, PreprocessConfig};
+use crate::clip::preprocess::resize_and_crop;
 use crate::clip::{normalize, weights, Clip, LoadOptions, Tokens};
 use crate::data::cache::{file_sha256, ActivationCache};
 use crate::data::{
@@ -73,6 +73,9 @@ pub struct InterpretOptions {
     pub html: Option<PathBuf>,
     /// Phrase file replacing the built-in vocabulary.
     pub vocab: Option<PathBuf>,
+    /// A CLIP (any model with a text tower) that labels the features: each feature's top
+    /// images are embedded with it and ranked against its text embeddings of the vocabulary.
+    pub label_model: Option<PathBuf>,
     /// Images per forward pass.
     pub batch_size: usize,
 }
@@ -104,6 +107,7 @@ impl InterpretOptions {
             collage_format: CollageFormat::Png,
             html: None,
             vocab: None,
+            label_model: None,
             batch_size: 64,
         }
     }
@@ -117,6 +121,10 @@ pub enum LabelMethod {
     Decoder,
     /// Mean embedding of the top images minus the sample mean.
     TopImages,
+    /// The same, with the images embedded by `--label-model` (its text ranks the labels).
+    LabelModel,
+    /// No labels: the model has no text tower and no `--label-model` was given.
+    Unlabelled,
 }
 
 /// One of a feature's top images.
@@ -301,9 +309,9 @@ fn scan_with_model(
     batch: usize,
     method: LabelMethod,
 ) -> Result<(TopK, Skips, Baseline)> {
-    let config = clip.config();
-    let size = config.vision.image_size;
-    let prep = PreprocessConfig::with_size(size as u32);
+    let size = clip.info().image_size;
+    let prep = clip.preprocess();
+    let range = clip.token_range(origin.tokens)?;
     let device = sae.device();
     let mut top = TopK::new(sae.config.d_sae, top_k, device);
     let mut skipped = Vec::new();
@@ -325,7 +333,7 @@ fn scan_with_model(
         }
         if let Some(pixels) = pixels {
             let residual = clip.residual(&pixels.to_device(device), origin.layer)?; // B, S, D
-            let scores = score_residual(sae, origin.tokens, &residual)?;
+            let scores = score_range(sae, range.clone(), &residual)?;
             top.update(&scores, &ids)?;
             match method {
                 LabelMethod::Decoder => base.add(&residual.select(1, 0), true),
@@ -333,6 +341,7 @@ fn scan_with_model(
                     let e = clip.image_embeds_from(&residual, origin.layer)?;
                     base.add(&normalize(&e.to_kind(Kind::Float)), false);
                 }
+                LabelMethod::LabelModel | LabelMethod::Unlabelled => {}
             }
             base.count += ids.len();
         }
@@ -343,12 +352,22 @@ fn scan_with_model(
     Ok((top, skipped, base))
 }
 
-/// Scores of the images of a residual [B, S, D] for an SAE on `tokens`.
+/// Scores of the images of a residual [B, S, D] (CLIP's token layout) for an SAE on
+/// `tokens`.
 pub fn score_residual(sae: &Sae, tokens: Tokens, residual: &Tensor) -> Result<topk::BatchScores> {
-    let (b, s, d) = residual.size3()?;
-    let range = tokens.positions(s);
+    let s = residual.size3()?.1;
+    score_range(sae, tokens.positions(s), residual)
+}
+
+/// Scores of the images of a residual [B, S, D] for an SAE on the tokens at `range`.
+pub fn score_range(
+    sae: &Sae,
+    range: std::ops::Range<i64>,
+    residual: &Tensor,
+) -> Result<topk::BatchScores> {
+    let (b, _, d) = residual.size3()?;
     let k = range.end - range.start;
-    let x = tokens.select(residual).reshape([b * k, d]);
+    let x = residual.narrow(1, range.start, k).reshape([b * k, d]);
     let device = residual.device();
     let row_image = Tensor::arange(b, (Kind::Int64, device)).repeat_interleave_self_int(k, 0, None);
     let row_token = Tensor::arange_start(range.start, range.end, (Kind::Int64, device)).repeat([b]);
@@ -482,7 +501,14 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
     let files = weights::resolve(&o.model, o.load.format)?;
     let model_sha = file_sha256(&files.weights)?;
     let clip = Clip::load(&o.model, &o.load)?;
-    let vision = &clip.config().vision;
+    let vision = clip.info();
+    clip.token_range(origin.tokens).with_context(|| {
+        format!(
+            "the SAE {} reads clip.tokens {}",
+            o.sae.display(),
+            origin.tokens.name()
+        )
+    })?;
     ensure!(
         sae.config.d_in == vision.hidden_size,
         "the SAE {} has d_in = {}, but the model {} has width {}: use the SAE trained on this model",
@@ -509,7 +535,39 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
         }
     }
     let last = vision.num_hidden_layers - 1;
-    let method = if origin.tokens == Tokens::Cls && origin.layer == last {
+    let label_clip = match &o.label_model {
+        None => None,
+        Some(path) => {
+            let load = LoadOptions {
+                format: None,
+                ..o.load.clone()
+            };
+            let lm = Clip::load(path, &load)
+                .with_context(|| format!("--label-model {}", path.display()))?;
+            ensure!(
+                lm.has_text(),
+                "--label-model {}: a {} model has no text tower, so it cannot label features: give a CLIP",
+                path.display(),
+                lm.family()
+            );
+            Some((path.as_path(), lm))
+        }
+    };
+    let method = if label_clip.is_some() {
+        LabelMethod::LabelModel
+    } else if !clip.has_text() {
+        ensure!(
+            o.vocab.is_none(),
+            "--vocab: {} is a {} model without a text tower, so it cannot rank phrases: add --label-model CLIP_DIR",
+            o.model.display(),
+            clip.family()
+        );
+        notes.push(format!(
+            "no labels: a {} model has no text tower (give --label-model CLIP_DIR to label the features with a CLIP)",
+            clip.family()
+        ));
+        LabelMethod::Unlabelled
+    } else if origin.tokens == Tokens::Cls && origin.layer == last {
         LabelMethod::Decoder
     } else {
         LabelMethod::TopImages
@@ -599,7 +657,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
                     subset.len()
                 ));
                 let size = vision.image_size;
-                let prep = PreprocessConfig::with_size(size as u32);
+                let prep = clip.preprocess();
                 stream_pixels(dataset.as_ref(), &subset, o.batch_size, &prep, |decoded| {
                     let (_, pixels, _) = stack(decoded, size)?;
                     if let Some(p) = pixels {
@@ -638,18 +696,39 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
     let top_data = gather_top_images(&clip, &sae, &origin, dataset.as_ref(), &chosen, o, method)?;
 
     // Labels.
-    let vocab = labels::load_vocabulary(o.vocab.as_deref())?;
     let out_dir = o
         .output_csv
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let text_cache = labels::cache_path(&files.weights, &out_dir, &model_sha, &vocab);
-    let text = labels::text_embeddings(&clip, &vocab, &text_cache)?;
-    let directions =
-        feature_directions(&clip, &sae, &origin, &chosen, &mut base, &top_data, method)?;
-    let labels_of = labels::rank_labels(&directions, &text, &vocab, 3);
+    let (labels_of, text_cache) = match (method, &label_clip) {
+        (LabelMethod::Unlabelled, _) => (vec![Vec::new(); chosen.len()], PathBuf::new()),
+        (LabelMethod::LabelModel, Some((path, lm))) => {
+            let vocab = labels::load_vocabulary(o.vocab.as_deref())?;
+            label_with_model(
+                lm,
+                path,
+                o,
+                dataset.as_ref(),
+                &chosen,
+                &images,
+                &vocab,
+                &out_dir,
+            )?
+        }
+        _ => {
+            let vocab = labels::load_vocabulary(o.vocab.as_deref())?;
+            let text_cache = labels::cache_path(&files.weights, &out_dir, &model_sha, &vocab);
+            let text = labels::text_embeddings(&clip, &vocab, &text_cache)?;
+            let directions =
+                feature_directions(&clip, &sae, &origin, &chosen, &mut base, &top_data, method)?;
+            (
+                labels::rank_labels(&directions, &text, &vocab, 3),
+                text_cache,
+            )
+        }
+    };
 
     // Collages.
     collage::prepare_dir(&o.collage_dir)?;
@@ -689,7 +768,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
             )),
         })
         .collect();
-    let prep = PreprocessConfig::with_size(vision.image_size as u32);
+    let prep = clip.preprocess();
     let heats: HashMap<(usize, usize), (usize, Vec<f32>)> = top_data
         .iter()
         .flat_map(|(&img, d)| d.heat.iter().map(move |(&l, h)| ((img, l), h.clone())))
@@ -748,7 +827,7 @@ fn gather_top_images(
     o: &InterpretOptions,
     method: LabelMethod,
 ) -> Result<BTreeMap<usize, TopImageData>> {
-    let heat = origin.tokens != Tokens::Cls;
+    let heat = matches!(origin.tokens, Tokens::Patches | Tokens::All);
     let mut wanted: BTreeMap<usize, Vec<usize>> = BTreeMap::new(); // image → latents
     for l in chosen {
         for (i, e) in l.top.iter().enumerate() {
@@ -762,9 +841,11 @@ fn gather_top_images(
     if wanted.is_empty() {
         return Ok(out);
     }
-    let size = clip.config().vision.image_size;
-    let side = (size / clip.config().vision.patch_size) as usize;
-    let prep = PreprocessConfig::with_size(size as u32);
+    let info = clip.info();
+    let size = info.image_size;
+    let side = info.grid_size() as usize;
+    let prefix = info.layout.prefix();
+    let prep = clip.preprocess();
     let device = sae.device();
     let ids: Vec<usize> = wanted.keys().copied().collect();
     stream_pixels(dataset, &ids, o.batch_size.min(16), &prep, |decoded| {
@@ -781,7 +862,9 @@ fn gather_top_images(
             let mut maps = HashMap::new();
             if heat {
                 // Patch tokens of this image, dense codes restricted to its latents.
-                let patches = residual.get(b as i64).narrow(0, 1, (side * side) as i64);
+                let patches = residual
+                    .get(b as i64)
+                    .narrow(0, prefix, (side * side) as i64);
                 let z = sae.encode(&patches); // P, F
                 for &latent in &wanted[&img] {
                     let v =
@@ -833,6 +916,9 @@ fn feature_directions(
             let e0 = clip.image_embeds_from(&mu.view([1, 1, -1]), origin.layer)?;
             Ok((e.to_kind(Kind::Float) - e0.to_kind(Kind::Float)).to_device(Device::Cpu))
         }
+        LabelMethod::LabelModel | LabelMethod::Unlabelled => {
+            bail!("labels of this kind do not come from the model's own directions")
+        }
         LabelMethod::TopImages => {
             let mean = base.embed.take().context("no embedding was accumulated")? / n;
             let mean = mean.to_kind(Kind::Float);
@@ -855,6 +941,64 @@ fn feature_directions(
             Ok(Tensor::stack(&rows, 0))
         }
     }
+}
+
+/// Labels from a separate CLIP (`--label-model`): each chosen feature's direction is the
+/// mean normalised embedding (by `lm`) of its top images minus the mean over a seeded subset
+/// of the sample (at most 512 images), ranked against `lm`'s text embeddings of `vocab`.
+/// Returns the labels and the text-embedding cache file.
+#[allow(clippy::too_many_arguments)]
+fn label_with_model(
+    lm: &Clip,
+    lm_path: &Path,
+    o: &InterpretOptions,
+    dataset: &dyn Dataset,
+    chosen: &[&LatentStats],
+    sample: &[usize],
+    vocab: &[String],
+    out_dir: &Path,
+) -> Result<(Vec<Vec<labels::Label>>, PathBuf)> {
+    let files = weights::resolve(lm_path, None)?;
+    let sha = file_sha256(&files.weights)?;
+    let cache = labels::cache_path(&files.weights, out_dir, &sha, vocab);
+    let text = labels::text_embeddings(lm, vocab, &cache)?;
+    let (subset, _) = sample_indices(sample, Some(512), o.seed ^ 0x5eed);
+    let mut wanted: std::collections::BTreeSet<usize> = subset.iter().copied().collect();
+    for l in chosen {
+        wanted.extend(l.top.iter().map(|e| e.image));
+    }
+    let ids: Vec<usize> = wanted.into_iter().collect();
+    let size = lm.info().image_size;
+    let device = lm.device();
+    let mut embeds: HashMap<usize, Tensor> = HashMap::new();
+    stream_pixels(dataset, &ids, o.batch_size, &lm.preprocess(), |decoded| {
+        let (ids, pixels, _) = stack(decoded, size)?;
+        if let Some(p) = pixels {
+            let e = lm.image_embeds(&p.to_device(device))?;
+            let e = normalize(&e.to_kind(Kind::Float)).to_device(Device::Cpu); // B, E
+            for (b, &i) in ids.iter().enumerate() {
+                embeds.insert(i, e.get(b as i64));
+            }
+        }
+        Ok(())
+    })?;
+    let mean_of = |images: &mut dyn Iterator<Item = usize>| -> Option<Tensor> {
+        let es: Vec<Tensor> = images
+            .filter_map(|i| embeds.get(&i).map(Tensor::shallow_clone))
+            .collect();
+        (!es.is_empty()).then(|| Tensor::stack(&es, 0).mean_dim(0, false, Kind::Float))
+    };
+    let base = mean_of(&mut subset.iter().copied())
+        .context("--label-model: no image of the sample could be read")?;
+    let rows: Vec<Tensor> = chosen
+        .iter()
+        .map(|l| match mean_of(&mut l.top.iter().map(|e| e.image)) {
+            Some(m) => m - &base,
+            None => base.zeros_like(),
+        })
+        .collect();
+    let directions = Tensor::stack(&rows, 0); // N, E
+    Ok((labels::rank_labels(&directions, &text, vocab, 3), cache))
 }
 
 /// The CSV's columns, in order.

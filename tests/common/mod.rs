@@ -66,6 +66,25 @@ pub fn reference_model(name: &str) -> PathBuf {
     dir
 }
 
+/// Directory with a backbone reference of tests/reference/make_backbones.py (a model and
+/// its transformers outputs, or `photos`), generated once per script version:
+/// `<target>/reference-backbones/<name>/`.
+pub fn backbone_reference(name: &str) -> PathBuf {
+    let script = "tests/reference/make_backbones.py";
+    let text = std::fs::read(root().join(script)).expect("tests/reference/make_backbones.py");
+    let stamp_value = format!("{:016x}", fnv1a(&text));
+    let base = root().join("target/reference-backbones");
+    let dir = base.join(name);
+    let stamp = dir.join("STAMP");
+    let _lock = FileLock::acquire(&base.join(format!("{name}.lock")));
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(stamp_value.as_str()) {
+        let _ = std::fs::remove_dir_all(&dir);
+        run_python(script, &["--out", base.to_str().unwrap(), "--name", name]);
+        std::fs::write(&stamp, &stamp_value).unwrap();
+    }
+    dir
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
@@ -216,4 +235,22 @@ pub fn fails_cleanly(out: &std::process::Output, expect: &str) {
         "one line: {stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Directory with the models `script` (a generator taking `--out BASE --name NAME`, like
+/// tests/reference/make_siglip.py) writes, regenerated when the script changes:
+/// `<target>/reference-models/<name>/`.
+pub fn generated_model(script: &str, name: &str) -> PathBuf {
+    let text = std::fs::read(root().join(script)).unwrap_or_else(|e| panic!("{script}: {e}"));
+    let stamp_value = format!("{:016x}", fnv1a(&text));
+    let base = root().join("target/reference-models");
+    let dir = base.join(name);
+    let stamp = dir.join("STAMP");
+    let _lock = FileLock::acquire(&base.join(format!("{name}.lock")));
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(stamp_value.as_str()) {
+        let _ = std::fs::remove_dir_all(&dir);
+        run_python(script, &["--out", base.to_str().unwrap(), "--name", name]);
+        std::fs::write(&stamp, &stamp_value).unwrap();
+    }
+    dir
 }

@@ -45,7 +45,7 @@ pub fn meta_for(model: &Path, layer: usize, tokens: Tokens) -> CheckpointMeta {
 
 pub fn planted_sae_on(clip: &Clip, layer: usize, sample: &[usize]) -> Sae {
     let ds = procedural(Split::Train);
-    let size = clip.config().vision.image_size;
+    let size = clip.info().image_size;
     let x = clip
         .residual(&pixels_sized(ds.as_ref(), sample, size), layer)
         .unwrap()
