@@ -113,9 +113,9 @@ def render(r: dict) -> str:
         "",
         "| what | images/s saeclip | images/s transformers | ratio saeclip/transformers |",
         "|---|---:|---:|---:|",
-        f"| full forward (`image_embeds` / `pooler_output`) | {r['saeclip_full']:.1f} | {r['hf_full']:.1f} "
+        f"| full forward (`image_embeds` / `pooler_output`) | {r['saeclip_full']:.2f} | {r['hf_full']:.2f} "
         f"| {r['ratio']:.2f} |",
-        f"| forward stopped after block {r['layer']} | {r['saeclip_block']:.1f} | — | — |",
+        f"| forward stopped after block {r['layer']} | {r['saeclip_block']:.2f} | — | — |",
         "",
         f"- Full forward, saeclip/transformers ≥ {TARGET_RATIO:.1f}: {verdict} ({r['ratio']:.2f})",
         END,
