@@ -425,3 +425,41 @@ fn a_run_stopped_mid_epoch_resumes_exactly() {
         assert_eq!(metric_lines(&whole), metric_lines(&run), "{load}");
     }
 }
+
+/// A sweep resumed with its members at different points (one member's mid-epoch checkpoint
+/// lost, so it starts again while the other waits for the batch after its own) ends as the
+/// uninterrupted sweep does.
+#[test]
+fn a_sweep_resumes_members_saved_at_different_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = patch_cache(&dir.path().join("cache"), 300, 5, 400, Precision::F32);
+    let sets = [
+        "data.load=stream",
+        "training.epochs=2",
+        "training.log_every=2",
+        "training.checkpoint_every=4",
+        "sweep.sae.k=[4, 8]",
+    ];
+    let whole = train(&options(config(&cache, &dir.path().join("whole"), &sets))).unwrap();
+    let mut o = options(config(&cache, &dir.path().join("run"), &sets));
+    o.stop_after_steps = Some(9);
+    let stopped = train(&o).unwrap();
+    let behind = &stopped.members[0].run_dir;
+    std::fs::remove_file(behind.join("checkpoints/latest.safetensors")).unwrap();
+    let mut o = options(TrainConfig::default());
+    o.resume = Some(stopped.run_dir.clone());
+    let resumed = train(&o).unwrap();
+    for (a, b) in whole.members.iter().zip(&resumed.members) {
+        assert_same_checkpoint(
+            &a.run_dir.join("checkpoints/last.safetensors"),
+            &b.run_dir.join("checkpoints/last.safetensors"),
+            &format!("member {}", a.name),
+        );
+        assert_eq!(
+            metric_lines(&a.run_dir),
+            metric_lines(&b.run_dir),
+            "{}",
+            a.name
+        );
+    }
+}

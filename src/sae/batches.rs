@@ -17,9 +17,9 @@
 //!   once per epoch and an epoch has the same number of steps as in memory.
 //!
 //! Both are pure functions of (seed, epoch): the draws of epoch e never depend on earlier
-//! epochs or on thread timing, so the state a checkpoint must hold at an epoch boundary is
-//! the epoch itself (plus what checks that the stream would replay the same: see
-//! [`Batches::state`]).
+//! epochs or on thread timing, so the state a checkpoint must hold is the epoch and the
+//! batches already drawn from it (plus what checks that the stream would replay the same:
+//! see [`Batches::state`]); [`Batches::epoch_from`] replays the epoch up to that point.
 
 use std::collections::HashSet;
 use std::fs::File;

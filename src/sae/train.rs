@@ -5,13 +5,15 @@
 //! into train and validation rows: see [`super::batches`]), initialise the SAE from a
 //! sample, then for each epoch: its batches, steps of forward/backward/Adam with the
 //! learning-rate, k and L1 schedules, a step line every `log_every` steps, and at the end
-//! of the epoch a validation pass, an epoch line and the checkpoints. Scalars are read off
-//! the device only at log intervals and epoch ends.
+//! of the epoch a validation pass, an epoch line and the checkpoints (with
+//! `training.checkpoint_every`, also a mid-epoch `latest` checkpoint every N steps). Scalars
+//! are read off the device only at log intervals, mid-epoch checkpoints and epoch ends.
 //!
 //! Determinism: the batches of epoch e depend only on (seed, e), and a training
 //! checkpoint holds everything else the loop carries (Adam, dead-latent counters, the
-//! batchtopk threshold, the best score), so on CPU a run resumed at an epoch boundary ends
-//! bit-identical to an uninterrupted one.
+//! batchtopk threshold, the best score, mid-epoch the epoch's statistics and the batches
+//! drawn), so on CPU a run resumed at an epoch boundary or mid-epoch ends bit-identical to
+//! an uninterrupted one.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
