@@ -334,6 +334,7 @@ fn run_train(a: &TrainArgs) -> Result<Value> {
         model_load: Default::default(),
         resume: None,
         stop_after_epochs: None,
+        stop_after_steps: None,
     })?;
     let wall_s = started.elapsed().as_secs_f64();
     let summary = result.summary.context("the run stopped early")?;

@@ -48,6 +48,7 @@ fn run(sets: &[String], resume: Option<&Path>, stop: Option<usize>) -> TrainResu
         model_load: Default::default(),
         resume: resume.map(Path::to_path_buf),
         stop_after_epochs: stop,
+        stop_after_steps: None,
     })
     .unwrap()
 }
@@ -207,6 +208,7 @@ fn sweep_members_equal_solo_runs_and_a_stopped_sweep_resumes_exactly() {
         model_load: Default::default(),
         resume: Some(stopped.clone()),
         stop_after_epochs: None,
+        stop_after_steps: None,
     })
     .unwrap();
     assert!(resumed.members.iter().all(|m| m.summary.is_some()));
@@ -297,6 +299,7 @@ fn an_empty_sweep_is_one_run_and_bad_sweeps_fail_in_one_line_writing_nothing() {
         model_load: Default::default(),
         resume: None,
         stop_after_epochs: None,
+        stop_after_steps: None,
     };
     let err = format!("{:#}", train(&o).unwrap_err());
     assert!(err.contains("--resume"), "{err}");

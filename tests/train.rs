@@ -66,6 +66,7 @@ fn options(config: TrainConfig) -> TrainOptions {
         model_load: Default::default(),
         resume: None,
         stop_after_epochs: None,
+        stop_after_steps: None,
     }
 }
 

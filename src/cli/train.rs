@@ -48,6 +48,7 @@ pub fn run(global: &GlobalArgs, args: &TrainArgs) -> Result<()> {
         model_load,
         resume: args.resume.clone(),
         stop_after_epochs: None,
+        stop_after_steps: None,
     };
     let result = train(&options)?;
     let done = |who: &str, s: &Summary| {

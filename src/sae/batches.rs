@@ -17,9 +17,9 @@
 //!   once per epoch and an epoch has the same number of steps as in memory.
 //!
 //! Both are pure functions of (seed, epoch): the draws of epoch e never depend on earlier
-//! epochs or on thread timing, so the state a checkpoint must hold at an epoch boundary is
-//! the epoch itself (plus what checks that the stream would replay the same: see
-//! [`Batches::state`]).
+//! epochs or on thread timing, so the state a checkpoint must hold is the epoch and the
+//! batches already drawn from it (plus what checks that the stream would replay the same:
+//! see [`Batches::state`]); [`Batches::epoch_from`] replays the epoch up to that point.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -58,13 +58,20 @@ pub trait Batches {
     /// `seed`, f32 on the device. [S, D]
     fn init_sample(&self, seed: i64) -> Result<Tensor>;
     /// The training batches of epoch `epoch` (0-based), in order; the last may be short.
-    fn epoch(&self, epoch: usize) -> Result<BatchIter<'_>>;
+    fn epoch(&self, epoch: usize) -> Result<BatchIter<'_>> {
+        self.epoch_from(epoch, 0)
+    }
+    /// The batches of epoch `epoch` after its first `skip` (a run resumed mid-epoch):
+    /// exactly what [`Batches::epoch`] gives after `skip` batches, without training on
+    /// (or, when streaming, decoding) the skipped ones.
+    fn epoch_from(&self, epoch: usize, skip: usize) -> Result<BatchIter<'_>>;
     /// The rows the end-of-epoch SAE is evaluated on, in batches: the validation rows, or
     /// the training rows when there are none.
     fn held_out(&self) -> Result<BatchIter<'_>>;
-    /// What a training checkpoint records of the data at the start of epoch `epoch`
-    /// (`extra.data`): enough to check on resume that the batches will replay.
-    fn state(&self, epoch: usize) -> Value;
+    /// What a training checkpoint records of the data in epoch `epoch` after `drawn` of
+    /// its batches (`extra.data`; 0 at an epoch boundary): enough to check on resume that
+    /// the batches will replay from there.
+    fn state(&self, epoch: usize, drawn: usize) -> Value;
     /// Check a checkpoint's `extra.data` against this reader before resuming from it.
     fn check_state(&self, recorded: &Value) -> Result<()>;
 }
@@ -254,12 +261,17 @@ impl Batches for MemoryBatches {
         Ok(self.batch(&self.train.index_select(0, &pick)))
     }
 
-    /// The training rows in the seeded order of (seed, epoch).
-    fn epoch(&self, epoch: usize) -> Result<BatchIter<'_>> {
+    /// The training rows in the seeded order of (seed, epoch), after the first `skip`
+    /// batches' rows.
+    fn epoch_from(&self, epoch: usize, skip: usize) -> Result<BatchIter<'_>> {
+        let n = self.n_train() as i64;
         let perm = crate::rng::seeded(epoch_seed(self.seed, epoch), || {
-            Tensor::randperm(self.n_train() as i64, (Kind::Int64, Device::Cpu))
-        })
-        .to_device(self.train.device());
+            Tensor::randperm(n, (Kind::Int64, Device::Cpu))
+        });
+        let start = (skip * self.batch_size).min(n as usize) as i64;
+        let perm = perm
+            .narrow(0, start, n - start)
+            .to_device(self.train.device());
         Ok(self.batches_of(self.train.index_select(0, &perm)))
     }
 
@@ -272,8 +284,12 @@ impl Batches for MemoryBatches {
         Ok(self.batches_of(rows.shallow_clone()))
     }
 
-    fn state(&self, epoch: usize) -> Value {
-        json!({"load": "memory", "epoch": epoch})
+    fn state(&self, epoch: usize, drawn: usize) -> Value {
+        let mut state = json!({"load": "memory", "epoch": epoch});
+        if drawn > 0 {
+            state["batches_drawn"] = json!(drawn);
+        }
+        state
     }
 
     fn check_state(&self, _recorded: &Value) -> Result<()> {
@@ -397,7 +413,7 @@ impl StreamBatches {
         let source = Arc::clone(&self.source);
         let handle = std::thread::spawn(move || {
             let result = match job {
-                Job::Train { epoch } => source.train_epoch(epoch, &tx),
+                Job::Train { epoch, skip } => source.train_epoch(epoch, skip, &tx),
                 Job::HeldOut { val } => source.in_order(val, &tx),
             };
             if let Err(e) = result {
@@ -414,13 +430,10 @@ impl StreamBatches {
 }
 
 enum Job {
-    Train {
-        epoch: usize,
-    },
+    /// Epoch `epoch`'s batches after the first `skip`.
+    Train { epoch: usize, skip: usize },
     /// The validation rows (or, when false, the training rows) in cache order.
-    HeldOut {
-        val: bool,
-    },
+    HeldOut { val: bool },
 }
 
 type Sender = mpsc::SyncSender<Result<Vec<f32>>>;
@@ -432,9 +445,10 @@ impl Source {
 
     /// One epoch of training batches: shards in a seeded order, each read window by
     /// window into the shuffle buffer; whenever the buffer is full a batch is drawn from
-    /// it, and at the end of the shards it is drained. Ends early (Ok) when the receiver
-    /// has gone.
-    fn train_epoch(&self, epoch: usize, tx: &Sender) -> Result<()> {
+    /// it, and at the end of the shards it is drained. The first `skip` batches are drawn
+    /// (the same draws, so the buffer ends where it would) but neither decoded nor sent.
+    /// Ends early (Ok) when the receiver has gone.
+    fn train_epoch(&self, epoch: usize, skip: usize, tx: &Sender) -> Result<()> {
         let mut rng = SplitMix64::new(epoch_seed(self.seed, epoch) as u64);
         let mut order: Vec<usize> = (0..self.shards.len()).collect();
         for i in (1..order.len()).rev() {
@@ -443,6 +457,7 @@ impl Source {
         let rb = self.row_bytes;
         let mut buffer = vec![0u8; self.buffer_rows * rb];
         let mut filled = 0usize;
+        let mut drawn = 0usize;
         let mut incoming = Vec::new();
         for &s in &order {
             let shard = &self.shards[s];
@@ -451,8 +466,11 @@ impl Source {
                 shard.read_rows(window, rb, |img| self.is_train(img), &mut incoming)?;
                 for row in incoming.chunks_exact(rb) {
                     if filled == self.buffer_rows {
-                        let batch = self.draw(&mut buffer, &mut filled, self.batch_size, &mut rng);
-                        if tx.send(Ok(batch)).is_err() {
+                        let send = drawn >= skip;
+                        let batch =
+                            self.draw(&mut buffer, &mut filled, self.batch_size, &mut rng, send);
+                        drawn += 1;
+                        if send && tx.send(Ok(batch)).is_err() {
                             return Ok(());
                         }
                     }
@@ -463,8 +481,10 @@ impl Source {
         }
         while filled > 0 {
             let len = self.batch_size.min(filled);
-            let batch = self.draw(&mut buffer, &mut filled, len, &mut rng);
-            if tx.send(Ok(batch)).is_err() {
+            let send = drawn >= skip;
+            let batch = self.draw(&mut buffer, &mut filled, len, &mut rng, send);
+            drawn += 1;
+            if send && tx.send(Ok(batch)).is_err() {
                 return Ok(());
             }
         }
@@ -472,19 +492,22 @@ impl Source {
     }
 
     /// Draw `len` rows uniformly from the first `filled` rows of `buffer` (each drawn row's
-    /// slot takes the last row), decoded to f32.
+    /// slot takes the last row), decoded to f32 (or, without `keep`, only drawn: empty).
     fn draw(
         &self,
         buffer: &mut [u8],
         filled: &mut usize,
         len: usize,
         rng: &mut SplitMix64,
+        keep: bool,
     ) -> Vec<f32> {
         let rb = self.row_bytes;
-        let mut out = Vec::with_capacity(len * self.d);
+        let mut out = Vec::with_capacity(if keep { len * self.d } else { 0 });
         for _ in 0..len {
             let j = rng.below(*filled);
-            decode(&buffer[j * rb..(j + 1) * rb], self.dtype, &mut out);
+            if keep {
+                decode(&buffer[j * rb..(j + 1) * rb], self.dtype, &mut out);
+            }
             let last = *filled - 1;
             buffer.copy_within(last * rb..(last + 1) * rb, j * rb);
             *filled = last;
@@ -742,8 +765,8 @@ impl Batches for StreamBatches {
             .to_device(self.device))
     }
 
-    fn epoch(&self, epoch: usize) -> Result<BatchIter<'_>> {
-        Ok(self.spawn(Job::Train { epoch }))
+    fn epoch_from(&self, epoch: usize, skip: usize) -> Result<BatchIter<'_>> {
+        Ok(self.spawn(Job::Train { epoch, skip }))
     }
 
     fn held_out(&self) -> Result<BatchIter<'_>> {
@@ -752,18 +775,25 @@ impl Batches for StreamBatches {
         }))
     }
 
-    /// The epoch about to start, with what fixes its draws besides the seed: the buffer's
-    /// rows, the batch size and the shards (their number and total rows). At an epoch
-    /// boundary the buffer is empty, and epoch e's stream is a function of these alone.
-    fn state(&self, epoch: usize) -> Value {
+    /// The epoch and the batches already drawn from it, with what fixes its draws besides
+    /// the seed: the buffer's rows, the batch size and the shards (their number and total
+    /// rows). Epoch e's stream is a function of these alone, so a position is replayed by
+    /// drawing again up to it; the buffer's contents are never saved (`buffered`, its rows,
+    /// is written at epoch boundaries only, where it is 0).
+    fn state(&self, epoch: usize, drawn: usize) -> Value {
         let s = &self.source;
-        json!({"load": "stream", "epoch": epoch, "seed": s.seed, "buffer_rows": s.buffer_rows,
-               "batch_size": s.batch_size, "shards": s.shards.len(),
-               "rows": s.shards.iter().map(|x| x.rows).sum::<usize>(), "buffered": 0})
+        let mut state = json!({"load": "stream", "epoch": epoch, "seed": s.seed,
+               "buffer_rows": s.buffer_rows, "batch_size": s.batch_size, "shards": s.shards.len(),
+               "rows": s.shards.iter().map(|x| x.rows).sum::<usize>(), "buffered": 0});
+        if drawn > 0 {
+            state["batches_drawn"] = json!(drawn);
+            state.as_object_mut().expect("an object").remove("buffered");
+        }
+        state
     }
 
     fn check_state(&self, recorded: &Value) -> Result<()> {
-        let now = self.state(0);
+        let now = self.state(0, 0);
         for key in ["buffer_rows", "batch_size", "shards", "rows"] {
             if let Some(v) = recorded.get(key) {
                 if v != &now[key] {

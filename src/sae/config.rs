@@ -270,6 +270,10 @@ pub struct TrainingSection {
     /// activation that becomes the inference threshold θ; the average starts after the k
     /// warm-up.
     pub threshold_decay: f64,
+    /// Write a mid-epoch training checkpoint (`checkpoints/latest.safetensors`) every N
+    /// steps; None (the default): checkpoints at epoch ends only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
 }
 
 impl Default for TrainingSection {
@@ -298,6 +302,7 @@ impl Default for TrainingSection {
             log_every: 50,
             dead_window: 1_000_000,
             threshold_decay: 0.99,
+            checkpoint_every: None,
         }
     }
 }
@@ -445,6 +450,10 @@ impl TrainConfig {
         ensure!(t.steps != Some(0), "training.steps must be at least 1");
         ensure!(t.log_every > 0, "training.log_every must be at least 1");
         ensure!(t.dead_window > 0, "training.dead_window must be at least 1");
+        ensure!(
+            t.checkpoint_every != Some(0),
+            "training.checkpoint_every must be at least 1 (or left out)"
+        );
         ensure!(
             (0.0..1.0).contains(&t.threshold_decay),
             "training.threshold_decay = {}: must lie in [0, 1)",

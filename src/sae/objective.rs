@@ -682,12 +682,14 @@ impl DeadTracker {
 ///   default), averaged over batches; batches of one row are left out.
 #[derive(Debug)]
 pub struct Evr {
-    sq_err: Tensor,
-    sum: Tensor,
-    sum_sq: Tensor,
-    rows: i64,
-    seed_sum: Tensor,
-    seed_batches: i64,
+    /// Per-column Σ(x − x̂)², Σx and Σx². [D] f64
+    pub sq_err: Tensor,
+    pub sum: Tensor,
+    pub sum_sq: Tensor,
+    pub rows: i64,
+    /// Σ over batches of the per-batch `evr_seed`. [] f64
+    pub seed_sum: Tensor,
+    pub seed_batches: i64,
 }
 
 impl Evr {

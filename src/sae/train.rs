@@ -5,13 +5,15 @@
 //! into train and validation rows: see [`super::batches`]), initialise the SAE from a
 //! sample, then for each epoch: its batches, steps of forward/backward/Adam with the
 //! learning-rate, k and L1 schedules, a step line every `log_every` steps, and at the end
-//! of the epoch a validation pass, an epoch line and the checkpoints. Scalars are read off
-//! the device only at log intervals and epoch ends.
+//! of the epoch a validation pass, an epoch line and the checkpoints (with
+//! `training.checkpoint_every`, also a mid-epoch `latest` checkpoint every N steps). Scalars
+//! are read off the device only at log intervals, mid-epoch checkpoints and epoch ends.
 //!
 //! Determinism: the batches of epoch e depend only on (seed, e), and a training
 //! checkpoint holds everything else the loop carries (Adam, dead-latent counters, the
-//! batchtopk threshold, the best score), so on CPU a run resumed at an epoch boundary ends
-//! bit-identical to an uninterrupted one.
+//! batchtopk threshold, the best score, mid-epoch the epoch's statistics and the batches
+//! drawn), so on CPU a run resumed at an epoch boundary or mid-epoch ends bit-identical to
+//! an uninterrupted one.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,8 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Stop (as if interrupted) after this many epochs of this invocation.
     pub stop_after_epochs: Option<usize>,
+    /// Stop (as if killed) after this many steps of this invocation, mid-epoch or not.
+    pub stop_after_steps: Option<usize>,
 }
 
 /// `summary.json`.
@@ -115,6 +119,31 @@ impl RunDir {
     }
     pub fn best(&self) -> PathBuf {
         self.0.join("checkpoints/best.safetensors")
+    }
+    /// The newest mid-epoch training checkpoint (`training.checkpoint_every`), removed once
+    /// its epoch's `last.safetensors` is written.
+    pub fn latest(&self) -> PathBuf {
+        self.0.join("checkpoints/latest.safetensors")
+    }
+
+    /// The training checkpoint to resume from: the further along of `last` and `latest`
+    /// by their data position (epoch, batches drawn); None when there is neither.
+    pub fn resume_point(&self) -> Result<Option<PathBuf>> {
+        let mut found: Option<((u64, u64), PathBuf)> = None;
+        for path in [self.last(), self.latest()] {
+            if !path.exists() {
+                continue;
+            }
+            let data = &checkpoint::read_extra(&path)?["data"];
+            let at = (
+                data["epoch"].as_u64().unwrap_or(0),
+                data["batches_drawn"].as_u64().unwrap_or(0),
+            );
+            if found.as_ref().is_none_or(|(best, _)| at > *best) {
+                found = Some((at, path));
+            }
+        }
+        Ok(found.map(|(_, path)| path))
     }
     pub fn summary(&self) -> PathBuf {
         self.0.join("summary.json")
@@ -557,19 +586,25 @@ fn adam_config(t: &TrainingSection) -> AdamConfig {
     }
 }
 
-/// Where a run stands between epochs: what a training checkpoint records besides the
-/// trainer.
+/// Where a run stands: what a training checkpoint records besides the trainer (and, mid-epoch,
+/// the epoch's statistics so far).
 #[derive(Debug, Clone, Copy)]
 struct Progress {
     step: usize,
-    /// Epochs completed.
+    /// Epochs completed (mid-epoch: the epoch under way).
     epoch: usize,
     best_val_evr: f64,
     best_epoch: usize,
 }
 
-/// The trainer and progress of a training checkpoint (a run's `checkpoints/last.safetensors`).
-fn load_trainer(path: &Path, plan: &Plan, device: Device) -> Result<(Trainer, Progress)> {
+/// The trainer and progress of a training checkpoint (a run's `checkpoints/last.safetensors`
+/// or `latest.safetensors`), with the statistics of the epoch in flight when it is one of
+/// `latest`'s.
+fn load_trainer(
+    path: &Path,
+    plan: &Plan,
+    device: Device,
+) -> Result<(Trainer, Progress, Option<EpochStats>)> {
     let c = checkpoint::load(path, device)?;
     let st = c
         .training
@@ -594,6 +629,13 @@ fn load_trainer(path: &Path, plan: &Plan, device: Device) -> Result<(Trainer, Pr
             .unwrap_or(f64::NEG_INFINITY),
         best_epoch: st.extra["best_epoch"].as_u64().unwrap_or(0) as usize,
     };
+    let stats = match &st.extra["epoch_stats"] {
+        Value::Null => None,
+        saved => Some(
+            EpochStats::restore(saved, &st.tensors)
+                .with_context(|| format!("{}: the epoch's statistics", path.display()))?,
+        ),
+    };
     let trainer = Trainer {
         sae: c.sae,
         adam: st.adam,
@@ -603,7 +645,7 @@ fn load_trainer(path: &Path, plan: &Plan, device: Device) -> Result<(Trainer, Pr
         data_variance: st.extra["data_variance"].as_f64().unwrap_or(1.0),
         workspace: Workspace::new(),
     };
-    Ok((trainer, progress))
+    Ok((trainer, progress, stats))
 }
 
 impl Trainer {
@@ -614,6 +656,7 @@ impl Trainer {
 }
 
 /// Per-epoch sums of the training steps' metrics (on the device).
+#[derive(Debug)]
 struct EpochStats {
     evr: Evr,
     /// matryoshka: one per prefix (empty otherwise).
@@ -669,6 +712,67 @@ impl EpochStats {
     /// The mean of a per-step sum (reading it waits for the device).
     fn mean(&self, sum: &Tensor) -> f64 {
         sum.double_value(&[]) / self.steps.max(1) as f64
+    }
+
+    /// The sums as a mid-epoch checkpoint stores them, exactly: tensors saved as
+    /// `train.epoch.<name>` and the scalars of `extra.epoch_stats`.
+    fn saved(&self) -> (Vec<(String, &Tensor)>, Value) {
+        let tensors = [
+            ("sq_err", &self.evr.sq_err),
+            ("sum", &self.evr.sum),
+            ("sum_sq", &self.evr.sum_sq),
+            ("seed_sum", &self.evr.seed_sum),
+            ("fired", &self.firing.counts),
+            ("loss", &self.loss),
+            ("mse", &self.mse),
+            ("aux", &self.aux),
+        ]
+        .into_iter()
+        .map(|(n, t)| (format!("epoch.{n}"), t))
+        .collect();
+        let scalars = json!({"steps": self.steps, "rows": self.evr.rows, "seed_batches": self.evr.seed_batches,
+                             "last_lr": self.last_lr, "last_k": self.last_k});
+        (tensors, scalars)
+    }
+
+    /// The sums [`EpochStats::saved`] stored.
+    fn restore(scalars: &Value, tensors: &[(String, Tensor)]) -> Result<EpochStats> {
+        let t = |name: &str| -> Result<Tensor> {
+            let full = format!("epoch.{name}");
+            tensors
+                .iter()
+                .find(|(n, _)| *n == full)
+                .map(|(_, t)| t.shallow_clone())
+                .with_context(|| format!("tensor train.{full} is missing"))
+        };
+        let int = |key: &str| -> Result<i64> {
+            scalars[key]
+                .as_i64()
+                .with_context(|| format!("extra.epoch_stats.{key} is missing"))
+        };
+        let rows = int("rows")?;
+        Ok(EpochStats {
+            evr: Evr {
+                sq_err: t("sq_err")?,
+                sum: t("sum")?,
+                sum_sq: t("sum_sq")?,
+                rows,
+                seed_sum: t("seed_sum")?,
+                seed_batches: int("seed_batches")?,
+            },
+            firing: Firing {
+                counts: t("fired")?,
+                rows,
+            },
+            loss: t("loss")?,
+            mse: t("mse")?,
+            aux: t("aux")?,
+            steps: int("steps")?,
+            last_lr: scalars["last_lr"]
+                .as_f64()
+                .context("extra.epoch_stats.last_lr is missing")?,
+            last_k: int("last_k")?,
+        })
     }
 }
 
@@ -755,28 +859,62 @@ fn end_epoch(
             Kind::Float,
         )?;
     }
+    save_training(
+        &files.dir.last(),
+        trainer,
+        files,
+        progress,
+        batches.state(epoch, 0),
+        None,
+        metrics,
+    )?;
+    let latest = files.dir.latest();
+    if latest.exists() {
+        std::fs::remove_file(&latest)
+            .with_context(|| format!("cannot remove {}", latest.display()))?;
+    }
+    files.log(&epoch_line)?;
+    Ok((val, dead_frac))
+}
+
+/// Write a training checkpoint to `path`: the trainer, the progress, the data position
+/// `data` (`extra.data`) and, mid-epoch, the epoch's statistics so far.
+fn save_training(
+    path: &Path,
+    trainer: &Trainer,
+    files: &RunFiles,
+    progress: &Progress,
+    data: Value,
+    stats: Option<&EpochStats>,
+    metrics: Value,
+) -> Result<()> {
+    let mut tensors = vec![(
+        "rows_since_fired".to_string(),
+        &trainer.dead.rows_since_fired,
+    )];
+    let mut extra = json!({"best_val_evr": progress.best_val_evr, "best_epoch": progress.best_epoch,
+                           "rows_seen": trainer.dead.rows_seen, "data_variance": trainer.data_variance,
+                           "data": data});
+    if let Some(stats) = stats {
+        let (t, scalars) = stats.saved();
+        tensors.extend(t);
+        extra["epoch_stats"] = scalars;
+    }
     let state = TrainingStateRef {
-        step: step as u64,
-        epoch: epoch as u64,
+        step: progress.step as u64,
+        epoch: progress.epoch as u64,
         adam: &trainer.adam,
         threshold: trainer.threshold.as_ref(),
-        tensors: vec![(
-            "rows_since_fired".to_string(),
-            &trainer.dead.rows_since_fired,
-        )],
-        extra: json!({"best_val_evr": progress.best_val_evr, "best_epoch": progress.best_epoch,
-                      "rows_seen": trainer.dead.rows_seen, "data_variance": trainer.data_variance,
-                      "data": batches.state(epoch)}),
+        tensors,
+        extra,
     };
     checkpoint::save(
-        &files.dir.last(),
+        path,
         &trainer.sae,
         &files.meta(metrics),
         Some(&state),
         Kind::Float,
-    )?;
-    files.log(&epoch_line)?;
-    Ok((val, dead_frac))
+    )
 }
 
 /// The SAE a config asks for on inputs of width `d_in`.
@@ -812,13 +950,15 @@ struct Member {
     plan: Plan,
     trainer: Trainer,
     progress: Progress,
+    /// The statistics of the epoch in flight, resumed from a mid-epoch checkpoint.
+    stats: Option<EpochStats>,
     files: RunFiles,
     last_eval: Option<(EvalMetrics, f64)>,
 }
 
 impl Member {
     /// Open a member in `dir`: a fresh trainer, or (when `resume` and the directory holds
-    /// a last checkpoint) the one saved there.
+    /// a training checkpoint) the one saved in the further along of `last` and `latest`.
     fn open(
         name: Option<String>,
         dir: RunDir,
@@ -836,10 +976,11 @@ impl Member {
         let sae_config = sae_config(&config, d_in);
         sae_config.validate()?;
         let plan = Plan::new(&config, batches.n_train(), d_in);
-        let (trainer, progress) = if resume && dir.last().exists() {
-            let (trainer, progress) = load_trainer(&dir.last(), &plan, device)?;
+        let saved = if resume { dir.resume_point()? } else { None };
+        let (trainer, progress, stats) = if let Some(path) = saved {
+            let (trainer, progress, stats) = load_trainer(&path, &plan, device)?;
             batches
-                .check_state(&checkpoint::read_extra(&dir.last())?["data"])
+                .check_state(&checkpoint::read_extra(&path)?["data"])
                 .with_context(|| format!("cannot resume {}", dir.0.display()))?;
             let found = trainer.sae.config;
             if sae_config.architecture == Architecture::Matryoshka {
@@ -854,7 +995,7 @@ impl Member {
             ensure!(
                 found == sae_config,
                 "{} holds a {} SAE {}→{} (k={}), but its config.yaml asks for {} {}→{} (k={})",
-                dir.last().display(),
+                path.display(),
                 found.architecture,
                 found.d_in,
                 found.d_sae,
@@ -865,13 +1006,21 @@ impl Member {
                 sae_config.k
             );
             truncate_metrics(&dir.metrics(), progress.step)?;
-            crate::ui::info(format!(
-                "resuming {} after epoch {} (step {})",
-                dir.0.display(),
-                progress.epoch,
-                progress.step
-            ));
-            (trainer, progress)
+            crate::ui::info(match stats {
+                None => format!(
+                    "resuming {} after epoch {} (step {})",
+                    dir.0.display(),
+                    progress.epoch,
+                    progress.step
+                ),
+                Some(_) => format!(
+                    "resuming {} in epoch {} at step {}",
+                    dir.0.display(),
+                    progress.epoch + 1,
+                    progress.step
+                ),
+            });
+            (trainer, progress, stats)
         } else {
             if resume {
                 // A sweep member stopped before its first checkpoint: it starts again.
@@ -889,7 +1038,7 @@ impl Member {
                 best_val_evr: f64::NEG_INFINITY,
                 best_epoch: 0,
             };
-            (trainer, progress)
+            (trainer, progress, None)
         };
         let files = RunFiles::open(dir, clip.clone(), &config)?;
         Ok(Member {
@@ -899,6 +1048,7 @@ impl Member {
             plan,
             trainer,
             progress,
+            stats,
             files,
             last_eval: None,
         })
@@ -942,13 +1092,13 @@ struct Layout {
     members: Vec<(Option<String>, RunDir, TrainConfig)>,
 }
 
-/// How a resumed run read its rows: the `data.load` its members' last checkpoints record
-/// (memory for checkpoints written before streaming existed); None when no member has a
-/// checkpoint yet.
+/// How a resumed run read its rows: the `data.load` its members' training checkpoints
+/// record (memory for checkpoints written before streaming existed); None when no member
+/// has a checkpoint yet.
 fn recorded_load(layout: &Layout) -> Result<Option<DataLoad>> {
     for (_, run, _) in &layout.members {
-        if run.last().exists() {
-            let extra = checkpoint::read_extra(&run.last())?;
+        if let Some(path) = run.resume_point()? {
+            let extra = checkpoint::read_extra(&path)?;
             return Ok(Some(match extra["data"]["load"].as_str() {
                 Some("stream") => DataLoad::Stream,
                 _ => DataLoad::Memory,
@@ -963,8 +1113,8 @@ fn resumed_layout(dir: &Path) -> Result<(TrainConfig, Layout)> {
     if !dir.join(SWEEP_FILE).exists() {
         let run = RunDir(dir.to_path_buf());
         ensure!(
-            run.last().exists(),
-            "{} has no checkpoints/last.safetensors to resume from",
+            run.last().exists() || run.latest().exists(),
+            "{} has no checkpoints/last.safetensors (or latest.safetensors) to resume from",
             dir.display()
         );
         let config = TrainConfig::load(&run.config(), &[])?;
@@ -1121,8 +1271,9 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
         )),
     }
 
-    // The epochs: each batch is drawn once and fed to every member that has not yet done
-    // this epoch (after a resume, a member may be one checkpoint ahead of the others).
+    // The epochs: each batch is drawn once and fed to every member that has not yet trained
+    // on it (after a resume, a member may be a checkpoint ahead of the others: it waits,
+    // within its epoch, for the batch after its checkpoint).
     let bar = crate::ui::progress_bar(
         shared.total_steps as u64,
         "{spinner} train [{elapsed_precise}] {bar:30} {pos}/{len} steps {msg}",
@@ -1146,25 +1297,53 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
         let active: Vec<usize> = (0..members.len())
             .filter(|&i| members[i].progress.epoch == epoch)
             .collect();
-        let step = members[active[0]].progress.step;
+        // Where this epoch's batches start, and where the members behind stand in it.
+        let (epoch_start, epoch_end) = (
+            epoch * shared.steps_per_epoch,
+            ((epoch + 1) * shared.steps_per_epoch).min(shared.total_steps),
+        );
+        let step = active
+            .iter()
+            .map(|&i| members[i].progress.step)
+            .min()
+            .expect("an epoch has members");
         for &i in &active {
+            let at = members[i].progress.step;
             ensure!(
-                members[i].progress.step == step,
-                "{}: the members' checkpoints of epoch {epoch} disagree on the step ({} vs {step})",
-                layout.root.display(),
-                members[i].progress.step
+                (epoch_start..epoch_end).contains(&at),
+                "{}: a checkpoint of epoch {} is at step {at}, outside the epoch's steps {}..{epoch_end}",
+                members[i].files.dir.0.display(),
+                epoch + 1,
+                epoch_start + 1
             );
         }
         let mut stats: Vec<EpochStats> = active
             .iter()
-            .map(|&i| EpochStats::new(d_in, members[i].sae_config.d_sae, device))
+            .map(|&i| {
+                let m = &mut members[i];
+                m.stats
+                    .take()
+                    .unwrap_or_else(|| EpochStats::new(d_in, m.sae_config.d_sae, device))
+            })
             .collect();
         let epoch_started = Instant::now();
-        for x in batches.epoch(epoch)?.take(shared.total_steps - step) {
+        let epoch_batches = batches.epoch_from(epoch, step - epoch_start)?;
+        for (at, x) in (step..epoch_end).zip(epoch_batches) {
+            if o.stop_after_steps.is_some_and(|n| at - first_step >= n) {
+                bar.finish_and_clear();
+                return Ok(TrainResult {
+                    run_dir: layout.root,
+                    summary: None,
+                    members: member_results(&members, |_| None),
+                });
+            }
             let x = x?;
             rows_done += x.size()[0] as usize;
             for (&i, stats) in active.iter().zip(stats.iter_mut()) {
                 let m = &mut members[i];
+                if m.progress.step != at {
+                    continue; // this batch is in the member's checkpoint already
+                }
                 let report = m.trainer.step(&x, &m.plan, m.progress.step);
                 stats.add(&x, &report);
                 m.progress.step += 1;
@@ -1188,6 +1367,25 @@ pub fn train(o: &TrainOptions) -> Result<TrainResult> {
                         line["evr"].as_f64().unwrap_or(f64::NAN),
                         line["l0"].as_f64().unwrap_or(f64::NAN),
                     ));
+                }
+                // After the step line, so that a resume from it keeps that line.
+                let step = m.progress.step;
+                if step < epoch_end
+                    && m.plan
+                        .training
+                        .checkpoint_every
+                        .is_some_and(|n| step % n == 0)
+                {
+                    finite("the loss", stats.mean(&stats.loss), step)?;
+                    save_training(
+                        &m.files.dir.latest(),
+                        &m.trainer,
+                        &m.files,
+                        &m.progress,
+                        batches.state(epoch, step - epoch_start),
+                        Some(&*stats),
+                        json!({"epoch": epoch, "step": step}),
+                    )?;
                 }
             }
             bar.inc(1);

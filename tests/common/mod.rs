@@ -220,6 +220,7 @@ pub fn train_run(sets: &[String], stop_after_epochs: Option<usize>) -> PathBuf {
         model_load: Default::default(),
         resume: None,
         stop_after_epochs,
+        stop_after_steps: None,
     };
     train(&o).unwrap().run_dir
 }
