@@ -83,8 +83,8 @@ pub struct ClassStats {
 /// Per latent, its entries (image, value) sorted by value ascending.
 fn columns(s: &SparseScores, classes: &[i64], d_sae: usize) -> (Vec<usize>, Vec<(u32, f32)>) {
     let mut count = vec![0usize; d_sae + 1];
-    for i in 0..s.images() {
-        if classes[i] < 0 {
+    for (i, &class) in classes.iter().enumerate() {
+        if class < 0 {
             continue;
         }
         for (l, _) in s.row(i) {
@@ -96,8 +96,8 @@ fn columns(s: &SparseScores, classes: &[i64], d_sae: usize) -> (Vec<usize>, Vec<
     }
     let mut fill = count.clone();
     let mut entries = vec![(0u32, 0f32); count[d_sae]];
-    for i in 0..s.images() {
-        if classes[i] < 0 {
+    for (i, &class) in classes.iter().enumerate() {
+        if class < 0 {
             continue;
         }
         for (l, v) in s.row(i) {
@@ -289,6 +289,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn auroc_matches_pairs_with_ties_and_zeros() {
         // 3 latents, 9 images, 3 classes; ties and zeros on purpose.
         let dense: [[f32; 3]; 9] = [

@@ -185,7 +185,7 @@ fn random_like(m: &Member, seed: u64) -> Result<Member> {
     });
     let w_dec = normalize(&w_dec).to_device(device);
     let sae = Sae::from_tensors(
-        c.clone(),
+        *c,
         &w_dec.tr().contiguous(),
         &Tensor::zeros([c.d_sae], (Kind::Float, device)),
         &w_dec,
@@ -258,8 +258,8 @@ impl Accum {
         }
     }
 
-    /// Rows `x` [R, D] of `b` images (`row_image` [R] in 0..b); `first` is the eval index
-    /// of the batch's first image; `probe` says which of the b images are probe images.
+    /// Rows `x` [R, D] of b images (`row_image` [R] in 0..b); `first` is the eval index
+    /// of the batch's first image; `probe` [b] says which of them are probe images.
     /// Returns x̂.
     fn update(
         &mut self,
@@ -267,13 +267,12 @@ impl Accum {
         x: &Tensor,
         row_image: &Tensor,
         first: usize,
-        images: &[usize],
         probe: &[bool],
         max_entries: usize,
     ) -> Result<Tensor> {
         let sae = &m.sae;
         let f = sae.config.d_sae;
-        let b = images.len() as i64;
+        let b = probe.len() as i64;
         let x = x.to_device(sae.device()).to_kind(Kind::Float);
         let codes = sae.encode_sparse(&x, sae.inference_selection());
         let x_hat = sae.decode_sparse(&codes);
@@ -303,14 +302,14 @@ impl Accum {
                     scores: scores.shallow_clone(),
                     token,
                 },
-                &(first..first + images.len()).collect::<Vec<_>>(),
+                &(first..first + probe.len()).collect::<Vec<_>>(),
             )?;
         }
         let nz = scores.gt(0.0).nonzero().to_device(Device::Cpu); // n, 2
         let vals = scores.masked_select(&scores.gt(0.0)).to_device(Device::Cpu);
         let pairs = Vec::<i64>::try_from(nz.reshape([-1]))?;
         let vals = Vec::<f32>::try_from(vals)?;
-        let mut per_image: Vec<Vec<(u32, f32)>> = vec![Vec::new(); images.len()];
+        let mut per_image: Vec<Vec<(u32, f32)>> = vec![Vec::new(); probe.len()];
         for (p, v) in pairs.chunks(2).zip(vals) {
             per_image[p[0] as usize].push((p[1] as u32, v));
         }
@@ -502,7 +501,7 @@ fn evaluate_cache(
                 images.factors.push(factors_of(&source));
             }
             for (s, a) in members.iter().zip(&mut accums) {
-                let _ = a.update(s, &x, &row_image, first, &ids, &probe, o.max_entries)?;
+                let _ = a.update(s, &x, &row_image, first, &probe, o.max_entries)?;
             }
             bar.inc(ids.len() as u64);
         }
@@ -634,6 +633,10 @@ fn evaluate_model(
         Vec::new()
     };
 
+    crate::ui::debug(format!(
+        "mean-ablation pass done at {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
     let mut accums: Vec<Accum> = members.iter().map(|s| Accum::new(&s.sae, true)).collect();
     let mut images = Images::default();
     // Label baseline: Σ normalised image embeddings, and the distractors' embeddings.
@@ -680,7 +683,9 @@ fn evaluate_model(
                 distractors.insert(i, plain_n.get(r as i64).to_device(Device::Cpu));
             }
         }
-        let plain_logits = text.as_ref().map(|t| plain_n.matmul(&t.tr()) * scale);
+        let plain_logits = text
+            .as_ref()
+            .map(|t| (plain_n.matmul(&t.tr()) * scale).nan_to_num(0.0, None, None));
         for (k, (s, a)) in members.iter().zip(&mut accums).enumerate() {
             let li = layers.iter().position(|&l| l == s.layer).expect("a layer");
             let residual = &residuals[li];
@@ -689,12 +694,15 @@ fn evaluate_model(
             let x = token_rows(residual, &at);
             let row_image =
                 Tensor::arange(b, (Kind::Int64, device)).repeat_interleave_self_int(per, 0, None);
-            let x_hat = a.update(s, &x, &row_image, first, &ids, &probe, o.max_entries)?;
+            let x_hat = a.update(s, &x, &row_image, first, &probe, o.max_entries)?;
             if let (Some(t), Some(pl)) = (&text, &plain_logits) {
                 let logits_of = |rows: &Tensor| -> Result<Tensor> {
                     let e =
                         clip.image_embeds_from(&replace_tokens(residual, &at, rows), s.layer)?;
-                    Ok(normalize(&e.to_kind(Kind::Float)).matmul(&t.tr()) * scale)
+                    // A zero embedding (e.g. the last block's CLS zero-ablated before a bias-free
+                    // layer norm) has no direction: uniform class probabilities.
+                    Ok((normalize(&e.to_kind(Kind::Float)).matmul(&t.tr()) * scale)
+                        .nan_to_num(0.0, None, None))
                 };
                 let spliced = logits_of(&x_hat)?;
                 let zero = logits_of(&x.zeros_like())?;
@@ -752,6 +760,10 @@ fn evaluate_model(
         "no image of dataset {spec} could be read"
     );
 
+    crate::ui::debug(format!(
+        "streaming pass done at {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
     // Labels: a second look at the top images of the best-ranked features.
     let label_sections: Vec<(Value, Option<String>)> = {
         let files = weights::resolve(model, load.format)?;
@@ -779,6 +791,10 @@ fn evaluate_model(
         }
         out
     };
+    crate::ui::debug(format!(
+        "labels done at {:.1}s",
+        start.elapsed().as_secs_f64()
+    ));
     let source = json!({"model": model.display().to_string(), "dataset": spec.to_string(), "split": split, "skipped": skipped});
     let zeroshot_reason = if classes.len() < 2 {
         format!("dataset {spec} has no class list (zero-shot needs at least two classes)")
@@ -977,8 +993,20 @@ fn finish(
             "dense_frac": dense as f64 / f as f64,
         });
         let kept = a.store.images();
+        let t = Instant::now();
         let (probing, probing_reason) = probing(o, a, images, classes, f)?;
+        crate::ui::debug(format!(
+            "{}: probing took {:.1}s",
+            m.name,
+            t.elapsed().as_secs_f64()
+        ));
+        let t = Instant::now();
         let (factors, factors_reason) = factors(a, images, f);
+        crate::ui::debug(format!(
+            "{}: factors took {:.1}s",
+            m.name,
+            t.elapsed().as_secs_f64()
+        ));
         let (zeroshot, zeroshot_reason) = if a.zs.n > 0 {
             let z = &a.zs;
             let pct = |h: usize| 100.0 * h as f64 / z.n as f64;
@@ -1076,7 +1104,12 @@ fn probing(
         .len()
         .max(*distinct.last().expect("a class") as usize + 1);
     let top = *PROBE_KS.last().expect("a k");
+    let t = Instant::now();
     let stats = class_statistics(&a.store, labels, c, f, top);
+    crate::ui::debug(format!(
+        "class statistics took {:.2}s",
+        t.elapsed().as_secs_f64()
+    ));
     let mut per_class = Vec::new();
     let mut sum = 0.0;
     for (ci, best) in stats.best.iter().enumerate() {
