@@ -12,7 +12,7 @@ BIN    := target/release/saeclip
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo chromium slurm bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-step bench-sweep clean
+.PHONY: setup build test lint demo chromium slurm bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-eval-sae bench-step bench-sweep clean
 
 ## setup: create .venv with torch 2.11.0 and the pinned reference packages
 setup: $(STAMP)
@@ -100,6 +100,11 @@ bench-eval: setup
 	cargo build --release --bench eval_zeroshot
 	$(PY) bench/eval.py
 
+## bench-eval-sae: `saeclip evaluate` images/s and peak memory on CPU (ViT-B/32, 64x SAE), 500 vs 2,000 images
+bench-eval-sae: setup
+	cargo build --release
+	$(PY) bench/evaluate.py --threads 1
+
 ## bench-interpret: `saeclip interpret` images/s and peak memory on CPU, 500 vs 2,000 images
 bench-interpret: setup
 	cargo build --release
@@ -120,7 +125,7 @@ bench-train-stream: setup
 	cargo build --release
 	$(PY) bench/train_stream.py
 
-bench: bench-clip bench-extract bench-train bench-eval bench-interpret bench-step bench-sweep
+bench: bench-clip bench-extract bench-train bench-eval bench-interpret bench-eval-sae bench-step bench-sweep bench-train-stream
 
 clean:
 	cargo clean

@@ -23,6 +23,7 @@ fn demo_runs_the_pipeline_and_its_outputs_agree() {
     );
     assert!(stdout.contains("random-weight model"), "{stdout}");
     assert!(stdout.contains("browser/index.html"), "{stdout}");
+    assert!(stdout.contains("random-decoder baseline: evr"), "{stdout}");
     for f in [
         "model/config.json",
         "model/model.safetensors",
@@ -37,6 +38,9 @@ fn demo_runs_the_pipeline_and_its_outputs_agree() {
         "features.csv",
         "browser/index.html",
         "run/plots/evr.png",
+        "evaluate.md",
+        "evaluate.json",
+        "evaluate-plots/latent_density.png",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }

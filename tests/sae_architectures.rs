@@ -396,6 +396,7 @@ fn run(config: TrainConfig, resume: Option<PathBuf>, stop: Option<usize>) -> Pat
         model_load: Default::default(),
         resume,
         stop_after_epochs: stop,
+        stop_after_steps: None,
     };
     train(&o).unwrap().run_dir
 }
@@ -584,6 +585,7 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
         model_load: Default::default(),
         resume: None,
         stop_after_epochs: None,
+        stop_after_steps: None,
     };
     let result = train(&o).unwrap();
     assert_eq!(result.members.len(), 4);

@@ -2,7 +2,8 @@
 //!
 //! The demo writes a small CLIP-architecture model with fixed-seed random weights (it is
 //! *not* a trained CLIP), then runs the real commands on the procedural dataset, exactly
-//! as a user would type them: extract → train → eval-zeroshot → interpret (with the HTML
+//! as a user would type them: extract → train → eval-zeroshot → evaluate (against a
+//! random-decoder baseline) → interpret (with the HTML
 //! browser) → analyze-logs. Everything lands under `--out` (default `demo-out/`).
 
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ struct Plan {
 }
 
 /// The demo's own outputs inside `out` (removed before a run; nothing else is touched).
-const OUTPUTS: [&str; 11] = [
+const OUTPUTS: [&str; 14] = [
     "model",
     "cache",
     "run",
@@ -45,6 +46,9 @@ const OUTPUTS: [&str; 11] = [
     "collages",
     "browser",
     "training.md",
+    "evaluate.md",
+    "evaluate.json",
+    "evaluate-plots",
 ];
 
 /// Run one saeclip command line, with the demo's global flags.
@@ -174,6 +178,32 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
             s(&out.join("predictions.csv")),
         ],
     )?;
+    let evaluate_json = out.join("evaluate.json");
+    step(
+        global,
+        "evaluate",
+        &[
+            "evaluate".into(),
+            "--model".into(),
+            s(&model),
+            "--sae".into(),
+            s(&sae),
+            "--random-baseline".into(),
+            "--dataset".into(),
+            "procedural:0".into(),
+            "--split".into(),
+            "test".into(),
+            "--samples".into(),
+            plan.test_images.to_string(),
+            "--output".into(),
+            s(&out.join("evaluate.md")),
+            "--json".into(),
+            s(&evaluate_json),
+            "--plots".into(),
+            s(&out.join("evaluate-plots")),
+        ],
+    )?;
+    let headline = evaluate_headline(&evaluate_json)?;
     step(
         global,
         "interpret",
@@ -219,6 +249,8 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
          \n  {}  the SAE run: metrics.jsonl, checkpoints/, summary.json, plots/\
          \n  {}  per-epoch training table\
          \n  {}  zero-shot accuracy with and without the SAE (also .json, predictions.csv)\
+         \n  {}  evaluate: the SAE against a random-decoder baseline (also .json, evaluate-plots/)\
+         \n{headline}\
          \n  {}  top features with labels; collages in {}\
          \n\nOpen {} in a browser to explore the features.",
         started.elapsed().as_secs_f64(),
@@ -228,11 +260,42 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
         s(&run_dir),
         s(&out.join("training.md")),
         s(&out.join("zeroshot.md")),
+        s(&out.join("evaluate.md")),
         s(&out.join("features.csv")),
         s(&out.join("collages")),
         s(&out.join("browser/index.html")),
     );
     Ok(())
+}
+
+/// The headline figures of `evaluate.json` (the SAE, then its random-decoder baseline), one
+/// indented line each.
+fn evaluate_headline(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let num = |x: &serde_json::Value| x.as_f64().map_or("—".to_string(), |f| format!("{f:.3}"));
+    let lines: Vec<String> = v["saes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "      {}: evr {}, mean best AUROC {}, accuracy recovered {}, factors AUROC {}",
+                if m["sae"]["random_baseline"] == true {
+                    "random-decoder baseline"
+                } else {
+                    "SAE"
+                },
+                num(&m["reconstruction"]["evr"]),
+                num(&m["probing"]["mean_best_auroc"]),
+                num(&m["zeroshot"]["accuracy_recovered"]),
+                num(&m["factors"]["mean_auroc"]),
+            )
+        })
+        .collect();
+    Ok(lines.join("\n"))
 }
 
 #[cfg(test)]

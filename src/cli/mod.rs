@@ -6,6 +6,7 @@ pub mod demo;
 pub mod dev;
 pub mod embed;
 pub mod eval_zeroshot;
+pub mod evaluate;
 pub mod export;
 pub mod extract;
 pub mod fetch;
@@ -96,6 +97,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Zero-shot accuracy with and without the SAE spliced in.
     EvalZeroshot(eval_zeroshot::EvalZeroshotArgs),
+    /// How good an SAE is: reconstruction, probing, zero-shot, labels, factors (one report).
+    Evaluate(evaluate::EvaluateArgs),
     /// Edit SAE latents inside CLIP and see what changes.
     Steer(steer::SteerArgs),
     /// Download a model or dataset (needs network).
@@ -167,6 +170,7 @@ pub fn run_command(cli: &Cli) -> Result<()> {
         Command::Extract(args) => extract::run(&cli.global, args),
         Command::Train(args) => train::run(&cli.global, args),
         Command::EvalZeroshot(args) => eval_zeroshot::run(&cli.global, args),
+        Command::Evaluate(args) => evaluate::run(&cli.global, args),
         Command::Steer(args) => steer::run(&cli.global, args),
         Command::Fetch(args) => fetch::run(&cli.global, args),
         Command::Interpret(args) => interpret::run(&cli.global, args),

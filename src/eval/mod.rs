@@ -6,6 +6,9 @@
 //! blocks run from there with [`Clip::image_embeds_from`]. Shapes: B images, S tokens,
 //! K spliced tokens, D width, F latents.
 
+pub mod auroc;
+pub mod evaluate;
+pub mod probe;
 pub mod steer;
 pub mod zeroshot;
 

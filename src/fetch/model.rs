@@ -28,7 +28,11 @@ const WEIGHTS: &str = "model.safetensors";
 /// Files placed beside the model when the repository has them: without them a family
 /// default applies. A repository's answer that one is absent (HTTP 404) is remembered in
 /// the hub cache as `huggingface_hub` does (`.no_exist/<commit>/<file>`).
-pub const OPTIONAL: &[&str] = &["preprocessor_config.json"];
+pub const OPTIONAL: &[&str] = &[
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
 
 /// What `fetch_model` does.
 #[derive(Debug, Clone)]

@@ -728,10 +728,20 @@ impl EpochStats {
             ("aux", &self.aux),
         ]
         .into_iter()
-        .map(|(n, t)| (format!("epoch.{n}"), t))
-        .collect();
+        .map(|(n, t)| (format!("epoch.{n}"), t));
+        // matryoshka: each prefix's sums (their row counts equal the epoch's).
+        let prefixes = self.prefix_evr.iter().enumerate().flat_map(|(i, e)| {
+            [
+                ("sq_err", &e.sq_err),
+                ("sum", &e.sum),
+                ("sum_sq", &e.sum_sq),
+                ("seed_sum", &e.seed_sum),
+            ]
+            .map(|(n, t)| (format!("epoch.prefix{i}.{n}"), t))
+        });
+        let tensors = tensors.chain(prefixes).collect();
         let scalars = json!({"steps": self.steps, "rows": self.evr.rows, "seed_batches": self.evr.seed_batches,
-                             "last_lr": self.last_lr, "last_k": self.last_k});
+                             "last_lr": self.last_lr, "last_k": self.last_k, "prefixes": self.prefix_evr.len()});
         (tensors, scalars)
     }
 
@@ -751,6 +761,20 @@ impl EpochStats {
                 .with_context(|| format!("extra.epoch_stats.{key} is missing"))
         };
         let rows = int("rows")?;
+        let seed_batches = int("seed_batches")?;
+        let prefixes = scalars["prefixes"].as_u64().unwrap_or(0) as usize;
+        let prefix_evr = (0..prefixes)
+            .map(|i| -> Result<Evr> {
+                Ok(Evr {
+                    sq_err: t(&format!("prefix{i}.sq_err"))?,
+                    sum: t(&format!("prefix{i}.sum"))?,
+                    sum_sq: t(&format!("prefix{i}.sum_sq"))?,
+                    rows,
+                    seed_sum: t(&format!("prefix{i}.seed_sum"))?,
+                    seed_batches,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(EpochStats {
             evr: Evr {
                 sq_err: t("sq_err")?,
@@ -758,8 +782,9 @@ impl EpochStats {
                 sum_sq: t("sum_sq")?,
                 rows,
                 seed_sum: t("seed_sum")?,
-                seed_batches: int("seed_batches")?,
+                seed_batches,
             },
+            prefix_evr,
             firing: Firing {
                 counts: t("fired")?,
                 rows,
