@@ -200,6 +200,69 @@ fn planted_red_feature_top_images_labels_csv_and_collages() {
     assert!(js.contains("\"collage\":\"../collages/feature_000000.png\""));
     assert!(js.contains("generated: red "));
     assert!(dir.path().join("site/index.html").is_file());
+
+    // Density and AUROC-best class, against a brute-force computation over the sample:
+    // the red latent's per-image scores, and for every class the AUROC over all pairs.
+    let (sae, _) = saeclip::sae::checkpoint::load_sae(
+        &dir.path().join("planted.safetensors"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let residual = clip.residual(&pixels(ds.as_ref(), &sample), 1).unwrap();
+    let scores = score_residual(&sae, Tokens::Cls, &residual).unwrap();
+    let red_scores: Vec<f32> = Vec::<f32>::try_from(scores.scores.select(1, 0)).unwrap();
+    let fired = red_scores.iter().filter(|&&v| v > 0.0).count();
+    assert!((red.frequency - fired as f64 / SAMPLE as f64).abs() < 1e-12);
+    let labels: Vec<i64> = sample.iter().map(|&i| ds.item(i).label).collect();
+    let mut want = (usize::MAX, f64::NEG_INFINITY);
+    for c in 0..ds.classes().len() {
+        let (mut wins, mut pairs) = (0.0, 0.0);
+        for (a, &la) in red_scores.iter().zip(&labels) {
+            for (b, &lb) in red_scores.iter().zip(&labels) {
+                if la == c as i64 && lb != c as i64 {
+                    pairs += 1.0;
+                    wins += if a > b {
+                        1.0
+                    } else if a == b {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        if pairs > 0.0 && wins / pairs > want.1 {
+            want = (c, wins / pairs);
+        }
+    }
+    let (class, auroc) = red
+        .best_class
+        .clone()
+        .expect("the red latent has a best class");
+    assert_eq!(class, ds.classes()[want.0]);
+    assert!(class.contains("red"), "{class}");
+    assert!((auroc - want.1).abs() < 1e-6, "{auroc} vs {}", want.1);
+    assert!(auroc > 0.75, "{auroc}");
+    let data: serde_json::Value = serde_json::from_str(
+        js["window.SAECLIP_DATA = ".len()..]
+            .trim_end()
+            .trim_end_matches(';'),
+    )
+    .unwrap();
+    assert_eq!(data["meta"]["labelled"], true);
+    let card = data["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == 0)
+        .unwrap();
+    assert_eq!(card["best_class"]["class"], class.as_str());
+    assert!((card["best_class"]["auroc"].as_f64().unwrap() - auroc).abs() < 1e-12);
+    assert!((card["frequency"].as_f64().unwrap() - red.frequency).abs() < 1e-12);
+    let page = std::fs::read_to_string(dir.path().join("site/index.html")).unwrap();
+    assert!(page.contains("\"fires on \"") && page.contains("best class: no labels"));
+    assert_eq!(&red_row[13], class.as_str());
+    assert_eq!(&red_row[14], format!("{auroc:.6}").as_str());
 }
 
 #[test]

@@ -78,6 +78,27 @@ pub struct ClassStats {
     /// Per class, up to `top` latents with the largest positive mean difference
     /// (class mean − rest mean), best first.
     pub by_mean_difference: Vec<Vec<usize>>,
+    /// Per latent, the class it detects best and that AUROC (None for a latent that never
+    /// fired on an image with a class, or when no class has images both in and out).
+    pub best_class: Vec<Option<(usize, f64)>>,
+}
+
+/// Each image's non-zero scores of a [B, F] score tensor (one host read per call).
+pub fn sparse_rows(scores: &tch::Tensor) -> anyhow::Result<Vec<Vec<(u32, f32)>>> {
+    let b = scores.size2()?.0 as usize;
+    let live = scores.gt(0.0);
+    let nz = live.nonzero().to_device(tch::Device::Cpu); // n, 2
+    let vals = scores
+        .masked_select(&live)
+        .to_device(tch::Device::Cpu)
+        .to_kind(tch::Kind::Float);
+    let pairs = Vec::<i64>::try_from(nz.reshape([-1]))?;
+    let vals = Vec::<f32>::try_from(vals)?;
+    let mut per_image: Vec<Vec<(u32, f32)>> = vec![Vec::new(); b];
+    for (p, v) in pairs.chunks(2).zip(vals) {
+        per_image[p[0] as usize].push((p[1] as u32, v));
+    }
+    Ok(per_image)
 }
 
 /// Per latent, its entries (image, value) sorted by value ascending.
@@ -150,6 +171,7 @@ pub fn class_statistics(
     let n: usize = count.iter().sum();
     let (offsets, entries) = columns(s, classes, d_sae);
     let mut best: Vec<Option<(f64, usize)>> = vec![None; n_classes];
+    let mut best_class: Vec<Option<(usize, f64)>> = vec![None; d_sae];
     let mut heaps: Vec<BinaryHeap<Ranked>> = (0..n_classes).map(|_| BinaryHeap::new()).collect();
     let mut rank_sum = vec![0f64; n_classes];
     let mut value_sum = vec![0f64; n_classes];
@@ -193,6 +215,9 @@ pub fn class_statistics(
             let auroc = (r - nc * (nc + 1.0) / 2.0) / (nc * rest);
             if best[c].is_none_or(|(b, _)| auroc > b) {
                 best[c] = Some((auroc, j));
+            }
+            if best_class[j].is_none_or(|(_, b)| auroc > b) {
+                best_class[j] = Some((c, auroc));
             }
             let diff = value_sum[c] / nc - (total - value_sum[c]) / rest;
             if diff > 0.0 && top > 0 {
@@ -240,6 +265,7 @@ pub fn class_statistics(
         count,
         best,
         by_mean_difference,
+        best_class,
     }
 }
 
@@ -326,6 +352,24 @@ mod tests {
                 "class {c}: {got:?} vs {want:?}"
             );
             assert_eq!(got.latent, want.1);
+        }
+        // Per latent: the class it detects best.
+        for j in 0..3 {
+            let v: Vec<f32> = kept.iter().map(|&i| dense[i][j]).collect();
+            let mut want = (0, f64::NEG_INFINITY);
+            for c in 0..3 {
+                let pos: Vec<bool> = kept.iter().map(|&i| classes[i] == c as i64).collect();
+                let a = brute(&v, &pos);
+                if a > want.1 {
+                    want = (c, a);
+                }
+            }
+            let got = stats.best_class[j].unwrap();
+            assert_eq!(got.0, want.0, "latent {j}");
+            assert!(
+                (got.1 - want.1).abs() < 1e-12,
+                "latent {j}: {got:?} vs {want:?}"
+            );
         }
         assert_eq!(stats.count, vec![3, 3, 2]);
         assert_eq!(stats.by_mean_difference[0][0], 0);

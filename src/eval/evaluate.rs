@@ -21,7 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use super::auroc::{class_statistics, SparseScores};
+use super::auroc::{class_statistics, sparse_rows, SparseScores};
 use super::probe::{balanced_accuracy, Features, ProbeConfig};
 use super::zeroshot::{class_embeddings, class_names, stratified_sample, DEFAULT_TEMPLATE};
 use super::{replace_tokens, token_rows};
@@ -305,15 +305,7 @@ impl Accum {
                 &(first..first + probe.len()).collect::<Vec<_>>(),
             )?;
         }
-        let nz = scores.gt(0.0).nonzero().to_device(Device::Cpu); // n, 2
-        let vals = scores.masked_select(&scores.gt(0.0)).to_device(Device::Cpu);
-        let pairs = Vec::<i64>::try_from(nz.reshape([-1]))?;
-        let vals = Vec::<f32>::try_from(vals)?;
-        let mut per_image: Vec<Vec<(u32, f32)>> = vec![Vec::new(); probe.len()];
-        for (p, v) in pairs.chunks(2).zip(vals) {
-            per_image[p[0] as usize].push((p[1] as u32, v));
-        }
-        for entries in per_image {
+        for entries in sparse_rows(&scores)? {
             if self.dropped == 0 && self.store.entries() + entries.len() <= max_entries {
                 self.store.push(entries);
             } else {

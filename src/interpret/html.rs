@@ -4,7 +4,9 @@
 //! `window.SAECLIP_DATA` (a script element, not `fetch()`, so `file://` works). The index
 //! searches by label or id and sorts by rank, frequency, max activation or label score;
 //! the URL fragment `#q=TEXT&sort=KEY` sets both on load (used by the browser test).
-//! Each card shows the collage, the statistics, the labels and the top images' sources:
+//! Each card shows the collage, the statistics, the density (share of the scored images
+//! the feature fires on) with the feature's AUROC-best class (or "no labels" for a dataset
+//! without classes), the labels and the top images' sources:
 //! a link to the file for file-based datasets, the factors for procedural images.
 
 use std::path::Path;
@@ -30,7 +32,7 @@ input, select { font-size: 14px; padding: 4px 6px; }
 .card { background: #202228; border-radius: 8px; padding: 10px; }
 .card img { width: 100%; border-radius: 4px; }
 .card h2 { font-size: 15px; margin: 4px 0; }
-.stats { font-size: 12px; color: #bbb; }
+.stats, .density { font-size: 12px; color: #bbb; }
 .labels span { display: inline-block; background: #33363f; border-radius: 4px; padding: 1px 6px; margin: 2px; font-size: 12px; }
 details { font-size: 12px; margin-top: 6px; }
 details li { margin: 2px 0; word-break: break-all; }
@@ -81,6 +83,10 @@ window.addEventListener("error", function (e) {
     c.appendChild(el("div", { "class": "stats" },
       "mean " + f.mean.toFixed(4) + " · max " + f.max.toFixed(4) + " · frequency " +
       (100 * f.frequency).toFixed(2) + "% · " + f.top.length + " top images"));
+    var best = f.best_class ? "best class " + f.best_class["class"] + " (AUROC " + f.best_class.auroc.toFixed(3) + ")"
+      : (window.SAECLIP_DATA.meta.labelled ? "best class: none (never fires on a labelled image)" : "best class: no labels");
+    c.appendChild(el("div", { "class": "density" },
+      "fires on " + (100 * f.frequency).toFixed(1) + "% of images · " + best));
     var labels = el("div", { "class": "labels" });
     f.labels.forEach(function (l) { labels.appendChild(el("span", {}, l.phrase + " " + l.score.toFixed(3))); });
     c.appendChild(labels);
@@ -186,6 +192,7 @@ pub fn write_site(
                 "mean": f.mean,
                 "max": f.max,
                 "frequency": f.frequency,
+                "best_class": f.best_class.as_ref().map(|(class, auroc)| json!({"class": class, "auroc": auroc})),
                 "labels": f.labels.iter().map(|l| json!({"phrase": l.phrase, "score": l.score})).collect::<Vec<_>>(),
                 "top": top,
             }))
@@ -200,6 +207,7 @@ pub fn write_site(
             ),
             "model": o.model.display().to_string(),
             "sae": o.sae.display().to_string(),
+            "labelled": s.labelled,
         },
         "features": features,
     });

@@ -38,6 +38,7 @@ use crate::data::cache::{file_sha256, ActivationCache};
 use crate::data::{
     self as datasets, stream_pixels, Dataset, DatasetKind, DatasetSpec, DecodedBatch, Split,
 };
+use crate::eval::auroc::{class_statistics, sparse_rows, SparseScores};
 use crate::sae::{checkpoint::load_sae, Sae};
 
 pub use collage::{CollageFormat, Grid};
@@ -148,6 +149,9 @@ pub struct FeatureReport {
     pub mean: f64,
     pub max: f64,
     pub frequency: f64,
+    /// The class this latent's score detects best over the scored images (name, AUROC);
+    /// None when the dataset has no labels or the latent never fired on a labelled image.
+    pub best_class: Option<(String, f64)>,
     pub top: Vec<TopImage>,
     pub labels: Vec<Label>,
     /// Collage file (as written, i.e. under `collage_dir`).
@@ -164,6 +168,8 @@ pub struct InterpretSummary {
     pub live: usize,
     pub dead: usize,
     pub features: Vec<FeatureReport>,
+    /// Whether the dataset has class labels (and so `best_class` was computed).
+    pub labelled: bool,
     pub label_method: LabelMethod,
     /// Text-embedding cache file.
     pub text_cache: PathBuf,
@@ -296,6 +302,64 @@ impl Baseline {
     }
 }
 
+/// Most sparse score entries held for the per-latent best class (as `evaluate`'s default
+/// `--max-entries`); images beyond it are left out of the AUROC, with a note.
+const MAX_CLASS_ENTRIES: usize = 32 << 20;
+
+/// Per-image sparse scores and classes of the scored images, for each latent's AUROC-best
+/// class ([`class_statistics`]). Disabled (holds nothing) for a dataset without labels.
+struct ClassTally {
+    enabled: bool,
+    store: SparseScores,
+    classes: Vec<i64>,
+    dropped: usize,
+}
+
+impl ClassTally {
+    fn new(dataset: &dyn Dataset) -> ClassTally {
+        ClassTally {
+            enabled: !dataset.classes().is_empty(),
+            store: SparseScores::new(),
+            classes: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    fn add(&mut self, dataset: &dyn Dataset, scores: &Tensor, ids: &[usize]) -> Result<()> {
+        if !self.enabled || ids.is_empty() {
+            return Ok(());
+        }
+        let n_classes = dataset.classes().len() as i64;
+        for (entries, &id) in sparse_rows(scores)?.into_iter().zip(ids) {
+            if self.dropped == 0 && self.store.entries() + entries.len() <= MAX_CLASS_ENTRIES {
+                self.store.push(entries);
+                let label = dataset.item(id).label;
+                self.classes.push(if (0..n_classes).contains(&label) {
+                    label
+                } else {
+                    -1
+                });
+            } else {
+                self.dropped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per latent, its best class (name, AUROC).
+    fn best_classes(&self, dataset: &dyn Dataset, d_sae: usize) -> Vec<Option<(String, f64)>> {
+        if !self.enabled {
+            return vec![None; d_sae];
+        }
+        let names = dataset.classes();
+        class_statistics(&self.store, &self.classes, names.len(), d_sae, 0)
+            .best_class
+            .into_iter()
+            .map(|b| b.map(|(c, auroc)| (names[c].clone(), auroc)))
+            .collect()
+    }
+}
+
 /// Score every image of `sample` with CLIP + the SAE. Returns the stats buffer, the
 /// skipped images and the label baseline sums.
 #[allow(clippy::too_many_arguments)]
@@ -308,6 +372,7 @@ fn scan_with_model(
     top_k: usize,
     batch: usize,
     method: LabelMethod,
+    tally: &mut ClassTally,
 ) -> Result<(TopK, Skips, Baseline)> {
     let size = clip.info().image_size;
     let prep = clip.preprocess();
@@ -335,6 +400,7 @@ fn scan_with_model(
             let residual = clip.residual(&pixels.to_device(device), origin.layer)?; // B, S, D
             let scores = score_range(sae, range.clone(), &residual)?;
             top.update(&scores, &ids)?;
+            tally.add(dataset, &scores.scores, &ids)?;
             match method {
                 LabelMethod::Decoder => base.add(&residual.select(1, 0), true),
                 LabelMethod::TopImages => {
@@ -382,6 +448,8 @@ fn scan_cache(
     top_k: usize,
     batch: usize,
     method: LabelMethod,
+    dataset: &dyn Dataset,
+    tally: &mut ClassTally,
 ) -> Result<(TopK, Baseline)> {
     let device = sae.device();
     let mut top = TopK::new(sae.config.d_sae, top_k, device);
@@ -425,6 +493,7 @@ fn scan_cache(
             );
             let ids: Vec<usize> = group.iter().map(|g| g.0).collect();
             top.update(&scores, &ids)?;
+            tally.add(dataset, &scores.scores, &ids)?;
             if method == LabelMethod::Decoder {
                 let cls = x.index_select(0, &tok.eq(0).nonzero().squeeze_dim(1));
                 base.add(&cls, true);
@@ -575,6 +644,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
     let dataset = datasets::limited(datasets::open(&o.dataset, o.split)?, o.limit);
 
     // Scan.
+    let mut tally = ClassTally::new(dataset.as_ref());
     let (top, skipped, mut base, images) = match &o.cache {
         None => {
             let all: Vec<usize> = (0..dataset.len()).collect();
@@ -589,6 +659,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
                 o.top_k,
                 o.batch_size,
                 method,
+                &mut tally,
             )?;
             (top, skipped, base, sample)
         }
@@ -648,7 +719,16 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
             available.dedup();
             let (sample, note) = sample_indices(&available, o.sample_size, o.seed);
             notes.extend(note);
-            let (top, mut base) = scan_cache(&cache, &sae, &sample, o.top_k, o.batch_size, method)?;
+            let (top, mut base) = scan_cache(
+                &cache,
+                &sae,
+                &sample,
+                o.top_k,
+                o.batch_size,
+                method,
+                dataset.as_ref(),
+                &mut tally,
+            )?;
             if method == LabelMethod::TopImages {
                 // The cache has no embeddings: embed a seeded subset of the sample.
                 let (subset, _) = sample_indices(&sample, Some(512), o.seed ^ 0x5eed);
@@ -691,6 +771,15 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
         ));
     }
     let chosen: Vec<&LatentStats> = ranked.iter().take(o.features).copied().collect();
+    let mut best_classes = tally.best_classes(dataset.as_ref(), sae.config.d_sae as usize);
+    if tally.dropped > 0 {
+        notes.push(format!(
+            "best classes use the first {} images: the sparse scores reached {MAX_CLASS_ENTRIES} entries ({} images left out)",
+            tally.store.images(),
+            tally.dropped
+        ));
+    }
+    drop(tally);
 
     // Second look at the top images: embeddings and heatmaps.
     let top_data = gather_top_images(&clip, &sae, &origin, dataset.as_ref(), &chosen, o, method)?;
@@ -743,6 +832,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
             mean: l.mean,
             max: l.max,
             frequency: l.frequency,
+            best_class: best_classes[l.latent].take(),
             top: l
                 .top
                 .iter()
@@ -805,6 +895,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
         live: ranked.len(),
         dead,
         features,
+        labelled: !dataset.classes().is_empty(),
         label_method: method,
         text_cache,
         notes,
@@ -1002,7 +1093,7 @@ fn label_with_model(
 }
 
 /// The CSV's columns, in order.
-pub const CSV_COLUMNS: [&str; 13] = [
+pub const CSV_COLUMNS: [&str; 15] = [
     "feature_rank",
     "feature_id",
     "collage_path",
@@ -1016,6 +1107,8 @@ pub const CSV_COLUMNS: [&str; 13] = [
     "auto_label_score",
     "auto_label_2",
     "auto_label_3",
+    "best_class",
+    "best_class_auroc",
 ];
 
 fn write_csv(path: &Path, features: &[FeatureReport]) -> Result<()> {
@@ -1052,6 +1145,14 @@ fn write_csv(path: &Path, features: &[FeatureReport]) -> Result<()> {
                     .unwrap_or_default(),
                 label(1),
                 label(2),
+                f.best_class
+                    .as_ref()
+                    .map(|b| b.0.clone())
+                    .unwrap_or_default(),
+                f.best_class
+                    .as_ref()
+                    .map(|b| format!("{:.6}", b.1))
+                    .unwrap_or_default(),
             ])?;
         }
         w.flush()?;
