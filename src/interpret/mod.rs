@@ -441,6 +441,7 @@ pub fn score_range(
 }
 
 /// Score the sample's rows of an activation cache.
+#[allow(clippy::too_many_arguments)]
 fn scan_cache(
     cache: &ActivationCache,
     sae: &Sae,
