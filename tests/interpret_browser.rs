@@ -151,6 +151,15 @@ fn feature_browser_loads_searches_and_sorts() {
     let by_rank: Vec<usize> = s.features.iter().map(|f| f.latent).collect();
     assert_eq!(ids, by_rank);
     assert!(dom.contains(&format!("{n} of {n} features")));
+    // Each card states its density and its AUROC-best class (procedural data has labels).
+    for f in &s.features {
+        let (class, auroc) = f.best_class.clone().expect("a best class");
+        let line = format!(
+            "fires on {:.1}% of images · best class {class} (AUROC {auroc:.3})",
+            100.0 * f.frequency
+        );
+        assert!(dom.contains(&line), "{line}");
+    }
 
     // Search by id: one card.
     let target = s.features[n / 2].latent;
