@@ -273,4 +273,37 @@ impl Encoder {
             layer.fuse();
         }
     }
+
+    /// The residual stream after each of `layers` (any order, repeats allowed; each below
+    /// `self.layers.len()`), from the embeddings `x` in one pass that stops after the
+    /// deepest, without a causal mask (the vision towers).
+    pub fn residuals(&self, mut x: Tensor, layers: &[usize]) -> Vec<Tensor> {
+        let Some(&deepest) = layers.iter().max() else {
+            return Vec::new();
+        };
+        let mut outputs: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
+        for (i, block) in self.layers[..=deepest].iter().enumerate() {
+            x = block.forward(&x, false);
+            for (slot, &l) in outputs.iter_mut().zip(layers) {
+                if l == i {
+                    *slot = Some(x.shallow_clone());
+                }
+            }
+        }
+        outputs
+            .into_iter()
+            .map(|t| t.expect("every requested layer was reached"))
+            .collect()
+    }
+
+    /// The embeddings `x`, then each block's output (`layers.len() + 1` tensors), without a
+    /// causal mask.
+    pub fn hidden_states(&self, mut x: Tensor) -> Vec<Tensor> {
+        let mut states = vec![x.shallow_clone()];
+        for block in &self.layers {
+            x = block.forward(&x, false);
+            states.push(x.shallow_clone());
+        }
+        states
+    }
 }

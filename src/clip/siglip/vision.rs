@@ -214,20 +214,7 @@ impl SiglipVisionTransformer {
             return Ok(Vec::new());
         };
         self.check_layer(deepest)?;
-        let mut x = self.embed(pixels)?;
-        let mut outputs: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
-        for (i, block) in self.encoder.layers[..=deepest].iter().enumerate() {
-            x = block.forward(&x, false);
-            for (slot, &l) in outputs.iter_mut().zip(layers) {
-                if l == i {
-                    *slot = Some(x.shallow_clone());
-                }
-            }
-        }
-        Ok(outputs
-            .into_iter()
-            .map(|t| t.expect("every requested layer was reached"))
-            .collect())
+        Ok(self.encoder.residuals(self.embed(pixels)?, layers))
     }
 
     /// The residual stream after block `layer`, [B, N, D].
@@ -237,13 +224,7 @@ impl SiglipVisionTransformer {
 
     /// The embeddings, then each block's output (`num_hidden_layers + 1` tensors).
     pub fn hidden_states(&self, pixels: &Tensor) -> Result<Vec<Tensor>> {
-        let mut x = self.embed(pixels)?;
-        let mut states = vec![x.shallow_clone()];
-        for block in &self.encoder.layers {
-            x = block.forward(&x, false);
-            states.push(x.shallow_clone());
-        }
-        Ok(states)
+        Ok(self.encoder.hidden_states(self.embed(pixels)?))
     }
 
     /// Continue from the output of block `layer` through the remaining blocks, the
