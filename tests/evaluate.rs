@@ -152,6 +152,23 @@ fn run_json(args: &[&str]) -> Value {
     serde_json::from_str(&std::fs::read_to_string(args[at + 1]).unwrap()).unwrap()
 }
 
+/// `saeclip evaluate` of one checkpoint on a cache, with `extra` flags: the JSON it writes.
+fn evaluate_cache(ckpt: &Path, cache: &Path, json: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--device",
+        "cpu",
+        "evaluate",
+        "--sae",
+        ckpt.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_json(&args)
+}
+
 #[test]
 fn planted_directions_are_the_best_latents() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,19 +285,7 @@ fn reconstruction_equals_plain_python() {
     let sae = Sae::from_tensors(config, &w_enc, &b_enc, &w_dec, &b_dec, 0.37, None).unwrap();
     let ckpt = save(&dir.path().join("sae.safetensors"), &sae);
     let json_path = dir.path().join("eval.json");
-    let v = run_json(&[
-        "--device",
-        "cpu",
-        "evaluate",
-        "--sae",
-        ckpt.to_str().unwrap(),
-        "--cache",
-        cache.to_str().unwrap(),
-        "--json",
-        json_path.to_str().unwrap(),
-        "--batch-size",
-        "37",
-    ]);
+    let v = evaluate_cache(&ckpt, &cache, &json_path, &["--batch-size", "37"]);
     let reference = dir.path().join("reference.json");
     common::run_python(
         "tests/reference/evaluate_reference.py",
@@ -314,17 +319,7 @@ fn missing_labels_and_bad_input() {
     let cache = write_cache(&dir.path().join("cache"), &p.x, &unlabelled, &plain);
     let ckpt = save(&dir.path().join("sae.safetensors"), &tied_sae(&p.random, 4));
     let json_path = dir.path().join("eval.json");
-    let v = run_json(&[
-        "--device",
-        "cpu",
-        "evaluate",
-        "--sae",
-        ckpt.to_str().unwrap(),
-        "--cache",
-        cache.to_str().unwrap(),
-        "--json",
-        json_path.to_str().unwrap(),
-    ]);
+    let v = evaluate_cache(&ckpt, &cache, &json_path, &[]);
     assert!(v["probing"].is_null());
     assert!(
         v["probing_reason"].as_str().unwrap().contains("labels"),
