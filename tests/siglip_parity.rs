@@ -405,3 +405,93 @@ fn random_model_round_trips_through_a_transformers_directory() {
         .unwrap()
         .equal(&b.image_embeds(pixels).unwrap()));
 }
+
+/// `interpret` labels features of a SigLIP SAE with SigLIP's own text tower (tokenizer.json
+/// and the sigmoid model's embeddings): the vocabulary ranked against each feature's mean
+/// normalised top-image embedding minus the sample's, exactly as computed here directly.
+/// (Random weights: the labels mean nothing; that the ranking is the documented one does.)
+#[test]
+fn interpret_labels_siglip_features_with_its_own_text_tower() {
+    use common::planted::*;
+    use saeclip::clip::normalize;
+    use saeclip::data::Split;
+    use saeclip::interpret::{interpret, InterpretOptions, LabelMethod};
+
+    let r = Reference::load("siglip-tiny");
+    let model = r.dir.join("hf");
+    let clip = Clip::load(&model, &LoadOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sample = the_sample();
+    let layer = 1;
+    let sae = planted_sae_on(&clip, layer, &sample);
+    let sae_path = dir.path().join("sae.safetensors");
+    saeclip::sae::checkpoint::save(
+        &sae_path,
+        &sae,
+        &meta_for(&model, layer, Tokens::Patches),
+        None,
+        Kind::Float,
+    )
+    .unwrap();
+    let vocab = ["red", "green", "blue", "striped", "sky", "circle", "dog"];
+    let vocab_path = dir.path().join("vocab.txt");
+    std::fs::write(&vocab_path, vocab.join("\n")).unwrap();
+    let out = dir.path().join("out");
+    let mut o = InterpretOptions::new(
+        model.clone(),
+        sae_path,
+        DATASET.parse().unwrap(),
+        out.join("features.csv"),
+        out.join("collages"),
+    );
+    o.batch_size = 16;
+    o.top_k = 6;
+    o.sample_size = Some(SAMPLE);
+    o.seed = SEED;
+    o.vocab = Some(vocab_path);
+    let s = interpret(&o).unwrap();
+    assert_eq!(s.label_method, LabelMethod::TopImages);
+    assert!(!s.features.is_empty());
+
+    // The images as interpret reads them: SigLIP's own preprocessing (the tiny model's
+    // preprocessor_config.json), not CLIP's.
+    let ds = procedural(Split::Train);
+    let (prep, size) = (clip.preprocess(), clip.info().image_size);
+    let embed = |idx: &[usize]| {
+        let flat: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| saeclip::clip::preprocess::preprocess(&ds.image(i).unwrap(), &prep))
+            .collect();
+        let pixels = Tensor::from_slice(&flat).view([idx.len() as i64, 3, size, size]);
+        normalize(&clip.image_embeds(&pixels).unwrap())
+    };
+    let sample_mean = embed(&sample).mean_dim(0, false, Kind::Float);
+    let prompts: Vec<String> = vocab.iter().map(|v| format!("a photo of a {v}")).collect();
+    let texts = normalize(&clip.text_embeds(&clip.tokenize(&prompts).unwrap()).unwrap());
+    for f in &s.features {
+        let top: Vec<usize> = f.top.iter().map(|t| t.image_index).collect();
+        let direction = embed(&top).mean_dim(0, false, Kind::Float) - &sample_mean;
+        let cos = Vec::<f32>::try_from(
+            normalize(&direction.view([1, -1]))
+                .matmul(&texts.tr())
+                .view([-1]),
+        )
+        .unwrap();
+        let mut want: Vec<(&str, f64)> = vocab
+            .iter()
+            .copied()
+            .zip(cos.iter().map(|&c| f64::from(c)))
+            .collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1));
+        assert_eq!(f.labels.len(), 3, "feature {}", f.latent);
+        for (got, (phrase, score)) in f.labels.iter().zip(&want) {
+            assert_eq!(&got.phrase, phrase, "feature {}", f.latent);
+            assert!(
+                (got.score - score).abs() < 1e-4,
+                "feature {}: {} vs {score}",
+                f.latent,
+                got.score
+            );
+        }
+    }
+}

@@ -278,9 +278,16 @@ impl LayerScale {
     }
 }
 
-impl Module for LayerScale {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x * &self.lambda1
+impl LayerScale {
+    /// `λ ⊙ branch`, written into the branch (a fresh tensor) when nothing needs a
+    /// gradient: the same bits, one [B, S, D] allocation less per call.
+    fn scale(&self, branch: Tensor) -> Tensor {
+        if branch.requires_grad() || self.lambda1.requires_grad() {
+            branch * &self.lambda1
+        } else {
+            let mut branch = branch;
+            branch.g_mul_(&self.lambda1)
+        }
     }
 }
 
@@ -350,17 +357,14 @@ impl Layer {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let a = self
-            .attention
-            .forward(&x.apply(&self.norm1), false)
-            .apply(&self.layer_scale1);
-        let x = residual_add(a, x);
+        let a = self.attention.forward(&x.apply(&self.norm1), false);
+        let x = residual_add(self.layer_scale1.scale(a), x);
         let h = x.apply(&self.norm2);
         let m = match &self.mlp {
             FeedForward::Mlp(m) => m.forward(&h),
             FeedForward::SwiGlu(s) => s.forward(&h),
         };
-        residual_add(m.apply(&self.layer_scale2), &x)
+        residual_add(self.layer_scale2.scale(m), &x)
     }
 }
 

@@ -161,8 +161,8 @@ impl Mlp {
     /// gradient.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self.activation {
-            Activation::Gelu => x.apply(&self.fc1).gelu("none").apply(&self.fc2),
-            Activation::GeluTanh => x.apply(&self.fc1).gelu("tanh").apply(&self.fc2),
+            Activation::Gelu => gelu(x.apply(&self.fc1), "none").apply(&self.fc2),
+            Activation::GeluTanh => gelu(x.apply(&self.fc1), "tanh").apply(&self.fc2),
             Activation::QuickGelu => {
                 let t = scaled_linear(x, &self.fc1, QUICK_GELU, QUICK_GELU); // 1.702 · fc1(x)
                 let h = if t.requires_grad() {
@@ -174,6 +174,16 @@ impl Mlp {
                 scaled_linear(&h, &self.fc2, 1.0 / QUICK_GELU, 1.0) // fc2(h / 1.702)
             }
         }
+    }
+}
+
+/// GELU of a fresh tensor, in place when nothing needs a gradient (the same bits).
+fn gelu(h: Tensor, approximate: &str) -> Tensor {
+    if h.requires_grad() {
+        h.gelu(approximate)
+    } else {
+        let mut h = h;
+        h.gelu_(approximate)
     }
 }
 

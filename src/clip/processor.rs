@@ -39,7 +39,9 @@ pub fn family_default(family: Family, image_size: u32) -> Option<PreprocessConfi
             std: IMAGENET_STD,
             ..PreprocessConfig::with_size(224)
         }),
-        // google/siglip-*: a square resize with BILINEAR, no crop, mean = std = 0.5.
+        // google/siglip-*: a square resize with BILINEAR, no crop, mean = std = 0.5 (what
+        // the published preprocessor_config.json files say; transformers' class default
+        // would be BICUBIC, but a directory that lost its file holds a published model).
         Family::Siglip => Some(PreprocessConfig {
             resize: Resize::Exact {
                 width: image_size,
@@ -291,6 +293,11 @@ mod tests {
             err.contains(PREPROCESSOR_CONFIG) && err.contains("siglip2"),
             "{err}"
         );
+        // SigLIP: the published checkpoints' preprocessing (see family_default).
+        let siglip = load(&dir, Family::Siglip, 384).unwrap();
+        assert_eq!(siglip.resample, Resample::Bilinear);
+        assert_eq!((siglip.mean, siglip.std), ([0.5; 3], [0.5; 3]));
+        assert_eq!(siglip.fixed_side(), Some(384));
         std::fs::write(dir.join(PREPROCESSOR_CONFIG), r#"{"resample": 9}"#).unwrap();
         let err = format!("{:#}", load(&dir, Family::Clip, 224).unwrap_err());
         assert!(

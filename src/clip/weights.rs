@@ -411,8 +411,9 @@ fn block_to_hf(prefix: &str, name: &str, rest: &str, t: Tensor) -> Result<Vec<(S
 }
 
 /// Dimensions of an open_clip state dict without a config file, read from tensor
-/// shapes as open_clip does for OpenAI checkpoints. The activation cannot be read from
-/// shapes: OpenAI's QuickGELU is assumed.
+/// shapes as open_clip does for OpenAI checkpoints. The activation and the head width
+/// cannot be read from shapes: OpenAI's QuickGELU and 64-wide heads are assumed (right for
+/// every OpenAI model; LAION's H/14, with 80-wide heads, needs its open_clip_config.json).
 pub fn infer_open_clip_config(path: &Path) -> Result<ClipConfig> {
     let tensors: BTreeMap<String, Vec<i64>> = read_safetensors_shapes(path)?.into_iter().collect();
     let shape = |name: &str| -> Result<&Vec<i64>> {

@@ -249,6 +249,9 @@ pub struct TrainingSection {
     pub lr_warmup_steps: usize,
     /// Final learning rate as a fraction of `lr` (cosine and linear decay).
     pub lr_end_fraction: f64,
+    /// Cosine and linear: the decay runs over this last fraction of the steps after the
+    /// warm-up, the rate held at its peak before it (1: decay over the whole run).
+    pub lr_decay_fraction: f64,
     pub adam_betas: [f64; 2],
     pub adam_eps: f64,
     /// k at step 0, raised linearly to `sae.k` over `k_warmup_steps` (a real warm-up).
@@ -291,6 +294,7 @@ impl Default for TrainingSection {
             lr_warmup_steps: 0,
             // Used when a decaying schedule is chosen: decay to 0.1 beat decay to 0.
             lr_end_fraction: 0.1,
+            lr_decay_fraction: 1.0,
             adam_betas: [0.9, 0.999],
             adam_eps: 1e-8,
             k_start: None,
@@ -472,6 +476,11 @@ impl TrainConfig {
         ensure!(
             (0.0..=1.0).contains(&t.lr_end_fraction),
             "training.lr_end_fraction must lie in [0, 1]"
+        );
+        ensure!(
+            t.lr_decay_fraction > 0.0 && t.lr_decay_fraction <= 1.0,
+            "training.lr_decay_fraction = {}: must lie in (0, 1]",
+            t.lr_decay_fraction
         );
         ensure!(
             (0.0..1.0).contains(&self.data.val_fraction),

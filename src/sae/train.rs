@@ -208,13 +208,16 @@ fn utc_stamp(t: std::time::SystemTime) -> String {
 }
 
 /// The learning rate at `step` (0-based) of `total` for a peak rate `lr`: linear warm-up
-/// from lr/warmup to lr, then the configured decay towards `lr · lr_end_fraction`.
+/// from lr/warmup to lr, the peak held, then the configured decay towards
+/// `lr · lr_end_fraction` over the last `lr_decay_fraction` of the steps after the warm-up.
 pub fn learning_rate(t: &TrainingSection, lr: f64, step: usize, total: usize) -> f64 {
     if step < t.lr_warmup_steps {
         return lr * (step + 1) as f64 / t.lr_warmup_steps as f64;
     }
-    let span = total.saturating_sub(t.lr_warmup_steps).max(1) as f64;
-    let progress = ((step - t.lr_warmup_steps) as f64 / span).min(1.0);
+    let after_warmup = total.saturating_sub(t.lr_warmup_steps) as f64;
+    let span = (after_warmup * t.lr_decay_fraction).round().max(1.0);
+    let decay_start = t.lr_warmup_steps as f64 + (after_warmup - span).max(0.0);
+    let progress = ((step as f64 - decay_start) / span).clamp(0.0, 1.0);
     let end = t.lr_end_fraction;
     let shape = match t.lr_schedule {
         LrSchedule::Constant => return lr,
