@@ -1539,6 +1539,37 @@ mod tests {
         assert_eq!(learning_rate(&t, 80, 104), 1.0);
     }
 
+    /// `lr_decay_fraction`: the peak held, then the decay over the last part of the steps
+    /// after the warm-up (here 100 steps after a 4-step warm-up, the last 20 decaying).
+    #[test]
+    fn decay_over_the_last_fraction() {
+        let t = TrainingSection {
+            lr_warmup_steps: 4,
+            lr_schedule: LrSchedule::Linear,
+            lr_end_fraction: 0.0,
+            lr_decay_fraction: 0.2,
+            ..Default::default()
+        };
+        let lr = |step| learning_rate(&t, 1.0, step, 104);
+        assert_eq!(lr(0), 0.25);
+        assert_eq!(lr(4), 1.0);
+        assert_eq!(lr(84), 1.0, "held until the decay starts");
+        assert!((lr(94) - 0.5).abs() < 1e-12);
+        assert!((lr(103) - 0.05).abs() < 1e-12);
+        let full = TrainingSection {
+            lr_decay_fraction: 1.0,
+            ..t.clone()
+        };
+        assert!((learning_rate(&full, 1.0, 54, 104) - 0.5).abs() < 1e-12);
+        // A fraction too small for one step still ends at the end rate.
+        let tiny = TrainingSection {
+            lr_decay_fraction: 1e-6,
+            ..t
+        };
+        assert_eq!(learning_rate(&tiny, 1.0, 102, 104), 1.0);
+        assert_eq!(learning_rate(&tiny, 1.0, 104, 104), 0.0);
+    }
+
     /// The plan's edges: fewer rows than one batch, a dead window longer than the data, a
     /// k warm-up longer than the run, and `lr: auto` resolved for the width.
     #[test]
