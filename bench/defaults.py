@@ -117,11 +117,14 @@ def run_saeclip(exe: Path, data: Path, size: dict, steps: int, sets: dict, name:
 
 
 @torch.no_grad()
-def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads: int, seed: int = SEED) -> dict:
+def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads: int, seed: int = SEED,
+               project: bool = False) -> dict:  # fmt: skip
     """A plain PyTorch top-k SAE trainer: inputs times saeclip's input scale (so that one
     learning rate means the same to both), b_dec = the mean, unit random decoder rows,
     W_enc = W_decᵀ, b_enc = 0; per step a batch of a per-epoch shuffle, z = TopK(ReLU(
-    (x − b_dec)·W_enc + b_enc)), MSE, Adam at a constant rate, decoder rows renormalised."""
+    (x − b_dec)·W_enc + b_enc)), MSE, Adam at a constant rate, decoder rows renormalised.
+    `project`: remove from each decoder row's gradient its component along the row before
+    the step (as saeclip and OpenAI's trainer do)."""
     torch.set_num_threads(threads)
     from safetensors import safe_open
 
@@ -155,6 +158,9 @@ def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads
             loss = (z @ params["W_dec"] + params["b_dec"] - x).square().mean()
             opt.zero_grad()
             loss.backward()
+        if project:
+            w, g = params["W_dec"].detach(), params["W_dec"].grad
+            g -= (g * w).sum(1, keepdim=True) * w
         opt.step()
         params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
     seconds = time.perf_counter() - started
