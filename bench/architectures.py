@@ -14,8 +14,11 @@ run, and trains one after the other with the same threads:
   over d, saeclip divides its mean by σ², so sae-lens gets λ·d·σ² (the same objective up to
   one factor, to which Adam is invariant);
 - matryoshka with batch top-k, widths W, k, equal weights, no AuxK: saeclip's `train`
-  (`sae.architecture=matryoshka`) and sae-lens's `MatryoshkaBatchTopKTrainingSAE`
-  (`rescale_acts_by_decoder_norm=false`, `decoder_init_norm=1`, `aux_loss_coefficient=0`);
+  (`sae.architecture=matryoshka`, decoder rows at unit norm, and with
+  `sae.matryoshka_decoder_norm=free`) and sae-lens's `MatryoshkaBatchTopKTrainingSAE`
+  (`rescale_acts_by_decoder_norm=false`, free rows like saeclip's `free`, and `true`, its
+  default; `decoder_init_norm=1`, `aux_loss_coefficient=0`); `--only matryoshka` runs these
+  and the narrow SAE alone and prints the table without writing it;
 - a narrow saeclip batchtopk SAE of width W[0] trained alone, against which the matryoshka
   SAEs' first prefix alone is compared (the feature absorption matryoshka is meant to reduce
   shows as a gap between the two).
@@ -138,9 +141,10 @@ def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
         sae = JumpReLUTrainingSAE(cfg)
         coefficients = {"l0": cfg.l0_coefficient}
     else:
+        # "matryoshka-rescale": sae-lens's own default, pre-activations times ‖W_dec[j]‖.
         cfg = MatryoshkaBatchTopKTrainingSAEConfig(
             k=args.k, matryoshka_widths=list(args.widths), aux_loss_coefficient=0.0,
-            rescale_acts_by_decoder_norm=False, **common,
+            rescale_acts_by_decoder_norm=kind == "matryoshka-rescale", **common,
         )  # fmt: skip
         sae = MatryoshkaBatchTopKTrainingSAE(cfg)
         coefficients = {}
@@ -171,6 +175,9 @@ def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
         norms = sae.W_dec.norm(dim=1)
         if kind == "jumprelu":
             theta = sae.threshold.detach().clamp_min(0.0) * norms
+        elif kind == "matryoshka-rescale":
+            # θ is in units of pre·‖W_dec[j]‖, which the fold below makes the pre-activations.
+            theta = torch.full((args.width,), float(sae.topk_threshold))
         else:
             theta = torch.full((args.width,), float(sae.topk_threshold)) * norms
         folded = {
@@ -230,6 +237,8 @@ def main() -> int:
     p.add_argument("--init-threshold", type=float, default=0.5, help="jumprelu θ at init (scaled space)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--only", choices=["all", "matryoshka"], default="all",
+                   help="matryoshka: only the matryoshka rows and the narrow SAE (implies --no-write)")
     args = p.parse_args()
     args.widths = [int(w) for w in args.widths.split(",")]
     if args.widths[-1] != args.width:
@@ -256,11 +265,23 @@ def main() -> int:
         f"sae.jumprelu_bandwidth={args.bandwidth}", f"sae.jumprelu_init_threshold={args.init_threshold}",
     ]  # fmt: skip
     nest_sets = ["sae.architecture=matryoshka", f"sae.matryoshka_widths=[{','.join(map(str, args.widths))}]"]
-    runs = {
-        "saeclip jumprelu": (saeclip_run("jumprelu", args, jump_sets), None),
-        "sae-lens jumprelu": (saelens_run("jumprelu", args, rows, order, scale, b_dec, sigma2), None),
+    runs = {}
+    if args.only == "all":
+        runs["saeclip jumprelu"] = (saeclip_run("jumprelu", args, jump_sets), None)
+        runs["sae-lens jumprelu"] = (saelens_run("jumprelu", args, rows, order, scale, b_dec, sigma2), None)
+    else:
+        args.no_write = True
+    runs |= {
         "saeclip matryoshka": (saeclip_run("matryoshka", args, nest_sets), w0),
+        "saeclip matryoshka, decoder_norm free": (
+            saeclip_run("matryoshka-free", args, nest_sets + ["sae.matryoshka_decoder_norm=free"]),
+            w0,
+        ),
         "sae-lens matryoshka": (saelens_run("matryoshka", args, rows, order, scale, b_dec, sigma2), w0),
+        "sae-lens matryoshka, rescale_acts_by_decoder_norm": (
+            saelens_run("matryoshka-rescale", args, rows, order, scale, b_dec, sigma2),
+            w0,
+        ),
         f"saeclip batchtopk, width {w0} alone": (
             saeclip_run("narrow", args, ["sae.architecture=batchtopk", f"sae.d_sae={w0}"]),
             None,
@@ -299,7 +320,10 @@ def main() -> int:
             "",
             f"jumprelu: λ = {args.l0_coef:g} (saeclip units; sae-lens gets λ·d·σ², the same "
             f"objective), bandwidth {args.bandwidth:g}, initial θ {args.init_threshold:g}. "
-            f"matryoshka: batch top-k, k = {args.k}, widths {args.widths}, equal weights. "
+            f"matryoshka: batch top-k, k = {args.k}, widths {args.widths}, equal weights; saeclip "
+            "with unit-norm decoder rows (its default) and with `sae.matryoshka_decoder_norm=free`; "
+            "sae-lens with `rescale_acts_by_decoder_norm=false` (free rows, the like of saeclip's "
+            "`free`) and `true` (its default). "
             f"First prefix: the evr of the first {w0} latents alone; gap = evr of a "
             f"saeclip batchtopk SAE of width {w0}, k = {args.k}, trained alone − first-prefix evr "
             "(smaller is what matryoshka is for). evr, l0, dead (never fires) and MMCS on the "

@@ -515,6 +515,109 @@ fn both_train_and_resume_bit_identical() {
     }
 }
 
+/// The tensors of a checkpoint, by name.
+fn checkpoint_tensors(p: &Path) -> Vec<(String, Tensor)> {
+    let mut t = saeclip::clip::weights::read_safetensors(p).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// Metric lines without the wall-clock fields.
+fn timeless_lines(run: &Path) -> Vec<Value> {
+    lines(run)
+        .into_iter()
+        .map(|mut l| {
+            l.as_object_mut()
+                .unwrap()
+                .retain(|k, _| k != "time" && k != "rows_per_s");
+            l
+        })
+        .collect()
+}
+
+/// Matryoshka with `training.checkpoint_every`: stopped mid-epoch (step lines past the
+/// checkpoint), resumed, stopped mid-epoch again, resumed to the end: the same tensors and
+/// metric lines as an uninterrupted run without the key, for both decoder norms. `free`
+/// leaves the decoder rows off unit norm and says so in the header; `unit` keeps them.
+#[test]
+fn matryoshka_resumes_mid_epoch_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = planted_cache(&dir.path().join("cache"), 700);
+    for norm in ["unit", "free"] {
+        let set = format!("sae.matryoshka_decoder_norm={norm}");
+        let mut base: Vec<&str> = MATRYOSHKA.to_vec();
+        base.extend([set.as_str(), "training.epochs=3"]);
+        let whole = run(
+            train_config(&cache, &dir.path().join(format!("{norm}-whole")), &base),
+            None,
+            None,
+        );
+        base.push("training.checkpoint_every=3");
+        let mut o = TrainOptions {
+            config: train_config(&cache, &dir.path().join(format!("{norm}-cut")), &base),
+            device: CPU,
+            model_load: Default::default(),
+            resume: None,
+            stop_after_epochs: None,
+            // An epoch is 6 steps (665 training rows, batches of 128).
+            stop_after_steps: Some(5),
+        };
+        let cut = train(&o).unwrap().run_dir;
+        let latest = cut.join("checkpoints/latest.safetensors");
+        assert!(latest.exists() && !cut.join("checkpoints/last.safetensors").exists());
+        assert!(
+            lines(&cut).iter().any(|l| l["step"] == 4),
+            "{norm}: a step past the checkpoint"
+        );
+        o.config = TrainConfig::default();
+        o.resume = Some(cut.clone());
+        o.stop_after_steps = Some(7);
+        assert!(
+            train(&o).unwrap().summary.is_none(),
+            "{norm}: stopped again"
+        );
+        let data = &checkpoint::read_extra(&latest).unwrap()["data"];
+        assert_eq!(
+            data["epoch"], 1,
+            "{norm}: the second stop falls in epoch 1: {data}"
+        );
+        o.stop_after_steps = None;
+        assert!(train(&o).unwrap().summary.is_some());
+        let a = checkpoint_tensors(&whole.join("checkpoints/last.safetensors"));
+        let b = checkpoint_tensors(&cut.join("checkpoints/last.safetensors"));
+        assert_eq!(a.len(), b.len());
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            assert!(
+                ta.equal(tb),
+                "{norm}: {na} differs after the mid-epoch resumes"
+            );
+        }
+        assert_eq!(
+            timeless_lines(&whole),
+            timeless_lines(&cut),
+            "{norm}: metric lines"
+        );
+        let (sae, _) =
+            checkpoint::load_sae(&whole.join("checkpoints/last.safetensors"), CPU).unwrap();
+        let m = sae.matryoshka.as_ref().unwrap();
+        let norms = sae
+            .w_dec
+            .square()
+            .sum_dim_intlist(1, false, Kind::Float)
+            .sqrt();
+        let off = scalar(&(norms - 1.0).abs().max());
+        if norm == "free" {
+            assert_eq!(m.decoder_norm, DecoderNorm::Free);
+            assert!(!sae.unit_norm_decoder());
+            assert!(off > 1e-2, "free rows move off unit norm: {off}");
+        } else {
+            assert_eq!(m.decoder_norm, DecoderNorm::Unit);
+            assert!(off < 1e-5, "unit rows stay at unit norm: {off}");
+        }
+    }
+}
+
 /// Bad architecture keys fail `train` in one line naming the key; sweeps may vary them.
 #[test]
 fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
@@ -529,7 +632,15 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
         ),
     )
     .unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &[
+                "sae.architecture=matryoshka",
+                "sae.matryoshka_widths=[16,64]",
+                "sae.matryoshka_decoder_norm=loose",
+            ],
+            "sae.matryoshka_decoder_norm",
+        ),
         (
             &[
                 "sae.architecture=matryoshka",

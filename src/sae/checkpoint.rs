@@ -14,7 +14,7 @@
 //! `optimizer` {`beta1`, `beta2`, `eps`, `steps`}, `threshold` {`decay`} or null, `tensors`
 //! (names of the `train.*` tensors), `extra` (the loop's scalars)}; jumprelu adds `jumprelu`
 //! {`bandwidth`, `sparsity_loss`, `tanh_scale`} (optional on read), matryoshka `matryoshka`
-//! {`widths`, `weights`, `selection`} (required). On read, `threshold`,
+//! {`widths`, `weights`, `selection`, `decoder_norm` (optional on read: `unit`)} (required). On read, `threshold`,
 //! `saeclip_version`, `clip`, `training` and `metrics` may be absent (a file written by
 //! another program from DESIGN.md's description); everything is always written.
 //!

@@ -7,8 +7,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Architecture, BdecInit, JumpReluParams, MatryoshkaParams, MatryoshkaSelection, SparsityLoss,
-    WEncInit,
+    Architecture, BdecInit, DecoderNorm, JumpReluParams, MatryoshkaParams, MatryoshkaSelection,
+    SparsityLoss, WEncInit,
 };
 use crate::clip::{Precision, Tokens};
 use crate::data::Split;
@@ -129,6 +129,8 @@ pub struct SaeSection {
     pub matryoshka_weights: Option<Vec<f64>>,
     /// matryoshka: `batchtopk` (default) or `topk` selection of the codes.
     pub matryoshka_selection: MatryoshkaSelection,
+    /// matryoshka: `unit` (decoder rows kept at unit norm) or `free` (SAE-Lens's free rows).
+    pub matryoshka_decoder_norm: DecoderNorm,
     /// jumprelu: bandwidth ε of the straight-through estimator's rectangle kernel.
     pub jumprelu_bandwidth: f64,
     /// jumprelu: θ of every latent at initialisation (scaled space).
@@ -159,6 +161,7 @@ impl Default for SaeSection {
             matryoshka_widths: None,
             matryoshka_weights: None,
             matryoshka_selection: MatryoshkaSelection::BatchTopK,
+            matryoshka_decoder_norm: DecoderNorm::Unit,
             // Rajamanoharan et al. 2024 (inputs normalised to E‖x‖² = D, as saeclip's scaled
             // space is).
             jumprelu_bandwidth: 0.001,
@@ -518,6 +521,7 @@ impl TrainConfig {
             s.matryoshka_selection,
             d_sae,
         )
+        .map(|p| p.with_decoder_norm(s.matryoshka_decoder_norm))
     }
 }
 

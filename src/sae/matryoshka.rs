@@ -9,8 +9,16 @@
 //! and the loss is Σ_m λ_m·mse_m + aux, with λ_m = `sae.matryoshka_weights` (default 1 each:
 //! SAE-Lens adds every inner loss to the outer one unweighted, and so does Bussmann et al.'s
 //! reference code). AuxK acts on the residual of the whole dictionary (SAE-Lens's default,
-//! `use_matryoshka_aux_loss: false`). SAE-Lens's `rescale_acts_by_decoder_norm` has no
-//! counterpart: saeclip keeps decoder rows at unit norm, which it makes a no-op.
+//! `use_matryoshka_aux_loss: false`).
+//!
+//! # Decoder rows
+//! `sae.matryoshka_decoder_norm: unit` (default) keeps them at unit norm, as for every
+//! architecture and in Bussmann et al.'s reference trainer (with unit rows SAE-Lens's
+//! `rescale_acts_by_decoder_norm` is a no-op). `free` trains W_dec as a plain parameter:
+//! SAE-Lens with `rescale_acts_by_decoder_norm: false`. Same loss, same gradients; only
+//! [`super::optim::Adam::step`]'s projection and renormalisation are skipped. On the
+//! ground-truth data of `make bench-architectures` this parameterisation, not the loss, is
+//! what separated saeclip from that SAE-Lens configuration (bench/RESULTS.md).
 //!
 //! # Gradients, sparse
 //! An entry (i, j) of latent j in block b (w_{b−1} ≤ j < w_b) feeds x̂_m for every m ≥ b, so
@@ -44,6 +52,22 @@ pub enum MatryoshkaSelection {
     TopK,
 }
 
+/// How a matryoshka SAE's decoder rows are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderNorm {
+    /// Rows kept at unit norm (the gradient's component along each row removed, rows
+    /// renormalised after each step), as for every other architecture and in Bussmann et
+    /// al.'s reference trainer. A header without the field reads as this.
+    #[default]
+    #[value(name = "unit")]
+    Unit,
+    /// Rows left free, a plain Adam parameter: SAE-Lens's `MatryoshkaBatchTopKTrainingSAE`
+    /// with `rescale_acts_by_decoder_norm: false` (codes selected on the raw pre-activations).
+    #[value(name = "free")]
+    Free,
+}
+
 /// The nested prefixes of a matryoshka SAE (recorded in the checkpoint header).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MatryoshkaParams {
@@ -52,6 +76,9 @@ pub struct MatryoshkaParams {
     /// λ_m, the weight of each prefix's reconstruction loss.
     pub weights: Vec<f64>,
     pub selection: MatryoshkaSelection,
+    /// Whether training keeps the decoder rows at unit norm (`sae.matryoshka_decoder_norm`).
+    #[serde(default)]
+    pub decoder_norm: DecoderNorm,
 }
 
 impl MatryoshkaParams {
@@ -61,10 +88,12 @@ impl MatryoshkaParams {
             widths: vec![d_sae],
             weights: vec![1.0],
             selection: MatryoshkaSelection::BatchTopK,
+            decoder_norm: DecoderNorm::Unit,
         }
     }
 
-    /// Widths (weights default to 1 each) checked against `d_sae`; errors name the key.
+    /// Widths (weights default to 1 each) checked against `d_sae`, unit-norm decoder rows
+    /// ([`MatryoshkaParams::with_decoder_norm`] changes that); errors name the key.
     pub fn new(
         widths: Vec<i64>,
         weights: Option<Vec<f64>>,
@@ -76,9 +105,16 @@ impl MatryoshkaParams {
             widths,
             weights,
             selection,
+            decoder_norm: DecoderNorm::Unit,
         };
         p.validate(d_sae)?;
         Ok(p)
+    }
+
+    /// The same prefixes with decoder rows trained as `decoder_norm` says.
+    pub fn with_decoder_norm(mut self, decoder_norm: DecoderNorm) -> MatryoshkaParams {
+        self.decoder_norm = decoder_norm;
+        self
     }
 
     /// Errors name the config key.
@@ -128,6 +164,15 @@ impl Sae {
         params.validate(self.config.d_sae)?;
         self.matryoshka = Some(params);
         Ok(())
+    }
+
+    /// Whether training keeps the decoder rows at unit norm: every SAE but a matryoshka one
+    /// with `decoder_norm: free`.
+    pub fn unit_norm_decoder(&self) -> bool {
+        !matches!(
+            (&self.matryoshka, self.config.architecture),
+            (Some(m), Architecture::Matryoshka) if m.decoder_norm == DecoderNorm::Free
+        )
     }
 
     /// The prefix widths: the matryoshka widths, or [d_sae] for any other SAE.

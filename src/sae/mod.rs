@@ -35,7 +35,8 @@ pub mod train;
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
 pub use jumprelu::{JumpReluParams, SparsityLoss};
 pub use matryoshka::{
-    prefix_evr, prefix_reconstructions, MatryoshkaParams, MatryoshkaSelection, PrefixEvr,
+    prefix_evr, prefix_reconstructions, DecoderNorm, MatryoshkaParams, MatryoshkaSelection,
+    PrefixEvr,
 };
 pub use model::{Architecture, BdecInit, Codes, Sae, SaeConfig, Selection, WEncInit};
 pub use objective::{

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 pub use super::jumprelu::{JumpReluParams, SparsityLoss};
-pub use super::matryoshka::{MatryoshkaParams, MatryoshkaSelection};
+pub use super::matryoshka::{DecoderNorm, MatryoshkaParams, MatryoshkaSelection};
 use super::sync::{host_read, SyncFree};
 
 /// How latents are selected. The names are the checkpoint's and the config's.

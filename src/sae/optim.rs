@@ -249,7 +249,7 @@ impl Adam {
     /// One training step in this order: remove from each decoder row's gradient its
     /// component along the row, clip all gradients to `max_grad_norm` (global norm, like
     /// `clip_grad_norm_`), the Adam update at learning rate `lr`, renormalise the decoder
-    /// rows. Returns the global gradient norm before clipping (0-dim f32, not read).
+    /// rows (a matryoshka SAE with `decoder_norm: free` skips the first and last). Returns the global gradient norm before clipping (0-dim f32, not read).
     pub fn step(
         &mut self,
         sae: &mut Sae,
@@ -259,13 +259,19 @@ impl Adam {
     ) -> Tensor {
         let _guard = tch::no_grad_guard();
         let scratch = view_like(&self.scratch[0], &sae.w_dec);
-        grads.remove_parallel_with(&sae.w_dec, Some(&scratch));
+        // A matryoshka SAE with free decoder rows skips both projections.
+        let unit = sae.unit_norm_decoder();
+        if unit {
+            grads.remove_parallel_with(&sae.w_dec, Some(&scratch));
+        }
         let norm = match max_grad_norm {
             Some(max) => grads.clip_norm(max),
             None => grads.global_norm(),
         };
         self.update(sae, &grads, lr);
-        normalize_rows(&mut sae.w_dec, Some(&scratch));
+        if unit {
+            normalize_rows(&mut sae.w_dec, Some(&scratch));
+        }
         norm
     }
 
