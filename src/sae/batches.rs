@@ -516,18 +516,45 @@ impl Source {
     }
 
     /// The validation rows (`val`) or the training rows in cache order, in batches.
+    ///
+    /// The validation rows (a few percent of the cache, whole images) are read run by run
+    /// with positioned reads, so that an end-of-epoch evaluation reads about their bytes
+    /// and not every shard's; the training rows (no validation split) stream window by
+    /// window as in an epoch.
     fn in_order(&self, val: bool, tx: &Sender) -> Result<()> {
         let rb = self.row_bytes;
         let mut rows = Vec::with_capacity(self.batch_size * rb);
+        // Send every full batch; false when the receiver has gone.
+        let mut flush = |rows: &mut Vec<u8>| -> bool {
+            while rows.len() >= self.batch_size * rb {
+                let rest = rows.split_off(self.batch_size * rb);
+                if tx.send(Ok(self.decode_all(rows))).is_err() {
+                    return false;
+                }
+                *rows = rest;
+            }
+            true
+        };
         for shard in &self.shards {
-            for window in shard.windows(rb) {
-                shard.read_rows(window, rb, |img| self.is_train(img) != val, &mut rows)?;
-                while rows.len() >= self.batch_size * rb {
-                    let rest = rows.split_off(self.batch_size * rb);
-                    if tx.send(Ok(self.decode_all(&rows))).is_err() {
+            if val {
+                let file = shard.open_unchanged()?;
+                let index = shard.image_index()?;
+                let max_run = shard.windows(rb).next().map_or(1, |w| w.len());
+                for run in runs(&index, |img| !self.is_train(img), max_run) {
+                    let at = rows.len();
+                    rows.resize(at + run.len() * rb, 0);
+                    file.read_exact_at(&mut rows[at..], shard.acts_at + (run.start * rb) as u64)
+                        .with_context(|| format!("cannot read {}", shard.path.display()))?;
+                    if !flush(&mut rows) {
                         return Ok(());
                     }
-                    rows = rest;
+                }
+            } else {
+                for window in shard.windows(rb) {
+                    shard.read_rows(window, rb, |img| self.is_train(img), &mut rows)?;
+                    if !flush(&mut rows) {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -542,6 +569,32 @@ impl Source {
         decode(rows, self.dtype, &mut out);
         out
     }
+}
+
+/// The maximal runs of consecutive rows whose image passes `keep`, each cut into pieces of
+/// at most `max_len` rows, in order.
+fn runs(index: &[i64], keep: impl Fn(i64) -> bool, max_len: usize) -> Vec<std::ops::Range<usize>> {
+    let max_len = max_len.max(1);
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    for (r, &img) in index.iter().enumerate() {
+        match (keep(img), start) {
+            (true, None) => start = Some(r),
+            (true, Some(s)) if r - s == max_len => {
+                out.push(s..r);
+                start = Some(r);
+            }
+            (false, Some(s)) => {
+                out.push(s..r);
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push(s..index.len());
+    }
+    out
 }
 
 /// Stored little-endian values of `dtype` to f32 (exact for all three).
@@ -899,6 +952,21 @@ mod tests {
             seen[r.below(7)] += 1;
         }
         assert!(seen.iter().all(|&c| c > 800), "{seen:?}");
+    }
+
+    #[test]
+    fn runs_cover_exactly_the_kept_rows() {
+        let index = [0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 3, 4];
+        let keep = |img: i64| img == 1 || img == 3 || img == 4;
+        assert_eq!(runs(&index, keep, 100), vec![2..5, 6..12]);
+        // Long runs are cut at max_len, with nothing lost or repeated.
+        assert_eq!(runs(&index, keep, 2), vec![2..4, 4..5, 6..8, 8..10, 10..12]);
+        assert_eq!(
+            runs(&index, |_| false, 3),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        assert_eq!(runs(&index, |_| true, 5), vec![0..5, 5..10, 10..12]);
+        assert_eq!(runs(&[], |_| true, 5), Vec::<std::ops::Range<usize>>::new());
     }
 
     #[test]
