@@ -224,7 +224,7 @@ def jumprelu_sets(args, l0_coef: float, threshold_param: str | None) -> list[str
     ]  # fmt: skip
     if threshold_param is not None:
         sets.append(f"sae.jumprelu_threshold_param={threshold_param}")
-    return sets
+    return sets + list(args.saeclip_set)
 
 
 def table_row(name: str, r: dict, e: dict) -> str:
@@ -254,13 +254,13 @@ def l0_sweep(args, rows, heldout, atoms, order, scale, b_dec, sigma2, load_start
     """jumprelu at each λ of --l0-sweep for each peer: held-out evr and MMCS against L0."""
     lambdas = [float(v) for v in args.l0_sweep.split(",")]
     peers = args.sweep_peers.split(",")
-    cache = OUT / "sweep"
+    cache = OUT / "sweep-results"  # not OUT / "sweep": saeclip_run("sweep") empties that
     cache.mkdir(parents=True, exist_ok=True)
-    key = {k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "bandwidth", "init_threshold")}
+    key = {k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "bandwidth", "init_threshold", "saeclip_set")}
     results = []
     for peer in peers:
         for lam in lambdas:
-            path = cache / f"{peer.replace(':', '-')}-{lam:g}.json"
+            path = cache / f"{peer.replace(':', '-')}-{lam:g}-theta{args.init_threshold:g}-eps{args.bandwidth:g}.json"
             if args.reuse and path.is_file():
                 got = json.loads(path.read_text())
                 if got["key"] == key:
@@ -331,6 +331,8 @@ def main() -> int:
                    "write the jumprelu_sweep section of bench/RESULTS.md (evr/MMCS against L0)")
     p.add_argument("--sweep-peers", default="saeclip:linear,saeclip:log,sae-lens",
                    help="peers of --l0-sweep: saeclip:linear, saeclip:log, sae-lens")
+    p.add_argument("--saeclip-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="jumprelu: one more --set for saeclip's train (e.g. training.seed=1)")
     p.add_argument("--reuse", action="store_true",
                    help="--l0-sweep: reuse the runs already evaluated with the same settings")
     p.add_argument("--threads", type=int, default=1)

@@ -354,7 +354,11 @@ fn checkpoints_keep_the_new_state_exactly() {
             assert_eq!(h["architecture"], "jumprelu");
             assert_eq!(h["jumprelu"]["bandwidth"], 0.02);
             assert_eq!(h["jumprelu"]["sparsity_loss"], "tanh");
-            let want = if param == ThresholdParam::Log { "log" } else { "linear" };
+            let want = if param == ThresholdParam::Log {
+                "log"
+            } else {
+                "linear"
+            };
             assert_eq!(h["jumprelu"]["threshold_param"], want);
             assert!(h.get("matryoshka").is_none());
         } else {
@@ -503,7 +507,11 @@ fn both_train_and_resume_bit_identical() {
         assert!(val > 0.3, "{name}: val_evr {val}");
         if name.starts_with("jumprelu") {
             // θ itself (the default) or log θ, by name.
-            let want = if name == "jumprelu" { "threshold" } else { "log_threshold" };
+            let want = if name == "jumprelu" {
+                "threshold"
+            } else {
+                "log_threshold"
+            };
             assert!(a.iter().any(|(n, _)| n == want), "{name}: {want}");
             let theta = sae.jumprelu_threshold().unwrap();
             let spread = scalar(&(theta.max() - theta.min()));

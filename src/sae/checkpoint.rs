@@ -34,9 +34,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use super::jumprelu::ThresholdParam;
 use super::model::{Architecture, JumpReluParams, MatryoshkaParams, Sae, SaeConfig};
 use super::objective::ThresholdEstimator;
-use super::jumprelu::ThresholdParam;
 use super::optim::{param_names, Adam, AdamConfig, PARAMS};
 use crate::disk::write_atomic;
 
@@ -237,7 +237,11 @@ pub fn save(
     if let Some(t) = &sae.threshold_param {
         // θ's parameter stays f32 whatever `dtype`: θ = exp(log θ) amplifies rounding, and
         // a linear θ is compared with pre-activations to the last bit.
-        let name = sae.jumprelu.unwrap_or_default().threshold_param.tensor_name();
+        let name = sae
+            .jumprelu
+            .unwrap_or_default()
+            .threshold_param
+            .tensor_name();
         entries.push((name.to_string(), entry(t, Kind::Float)?));
     }
     let state = match training {
