@@ -120,7 +120,11 @@ def epoch_order_at(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n)
 
 
-def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
+def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2, variant: str = "") -> dict:
+    """`variant` (jumprelu ablations of --l0-sweep): "unit" keeps the decoder rows at unit norm as
+    saeclip does (gradient component along each row removed before Adam, rows renormalised
+    after); "unit-randn" also draws W_dec from saeclip's distribution (normalised N(0, 1) rows,
+    W_enc = W_decᵀ) instead of sae-lens's normalised Kaiming-uniform ones."""
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.saes.matryoshka_batchtopk_sae import (
         MatryoshkaBatchTopKTrainingSAE,
@@ -145,8 +149,14 @@ def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
         )  # fmt: skip
         sae = MatryoshkaBatchTopKTrainingSAE(cfg)
         coefficients = {}
+    unit = variant in ("unit", "unit-randn")
     with torch.no_grad():
         sae.b_dec.copy_(b_dec)
+        if variant == "unit-randn":
+            w = torch.randn(sae.W_dec.shape)
+            w /= w.norm(dim=1, keepdim=True)
+            sae.W_dec.copy_(w)
+            sae.W_enc.copy_(w.T)
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     sae.train()
     before = os.getloadavg()
@@ -164,8 +174,14 @@ def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
             )
         )  # fmt: skip
         out.loss.backward()
+        if unit:
+            with torch.no_grad():
+                sae.W_dec.grad -= (sae.W_dec.grad * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
         opt.step()
         opt.zero_grad()
+        if unit:
+            with torch.no_grad():
+                sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
         clock.append(time.perf_counter() - start)
     after = os.getloadavg()
     with torch.no_grad():
@@ -266,9 +282,10 @@ def l0_sweep(args, rows, heldout, atoms, order, scale, b_dec, sigma2, load_start
                 if got["key"] == key:
                     results.append(got)
                     continue
-            if peer == "sae-lens":
+            if peer == "sae-lens" or peer.startswith("sae-lens:"):
                 sub = argparse.Namespace(**{**vars(args), "l0_coef": lam})
-                r = saelens_run("jumprelu", sub, rows, order, scale, b_dec, sigma2)
+                variant = peer.split(":", 1)[1] if ":" in peer else ""
+                r = saelens_run("jumprelu", sub, rows, order, scale, b_dec, sigma2, variant)
             elif peer.startswith("saeclip:"):
                 r = saeclip_run("sweep", args, jumprelu_sets(args, lam, peer.split(":", 1)[1]))
             else:
@@ -330,7 +347,8 @@ def main() -> int:
                    help="comma-separated λ values: train jumprelu at each with every --sweep-peers peer, "
                    "write the jumprelu_sweep section of bench/RESULTS.md (evr/MMCS against L0)")
     p.add_argument("--sweep-peers", default="saeclip:linear,saeclip:log,sae-lens",
-                   help="peers of --l0-sweep: saeclip:linear, saeclip:log, sae-lens")
+                   help="peers of --l0-sweep: saeclip:linear, saeclip:log, sae-lens, sae-lens:unit, "
+                   "sae-lens:unit-randn (see saelens_run)")
     p.add_argument("--saeclip-set", action="append", default=[], metavar="KEY=VALUE",
                    help="jumprelu: one more --set for saeclip's train (e.g. training.seed=1)")
     p.add_argument("--reuse", action="store_true",

@@ -167,8 +167,11 @@ impl Default for SaeSection {
             jumprelu_init_threshold: 0.001,
             jumprelu_sparsity_loss: SparsityLoss::Step,
             jumprelu_tanh_scale: 4.0,
+            // θ itself and λ = 0.01, from the λ sweep against SAE-Lens (bench/RESULTS.md
+            // `jumprelu_sweep`, report.md "JumpReLU defaults"): log θ barely leaves a small
+            // initial θ within a run; λ = 0.001 hardly sparsified.
             jumprelu_threshold_param: ThresholdParam::Linear,
-            l0_coef: 1e-3,
+            l0_coef: 1e-2,
         }
     }
 }
