@@ -8,7 +8,8 @@ saeclip cache and 8,192 held-out rows), a reduced budget that a loaded 2-core ma
 run, and trains one after the other with the same threads:
 
 - jumprelu, width F, L0 penalty λ, bandwidth ε, initial θ, same batches: saeclip's `train`
-  (`sae.architecture=jumprelu`, log θ parameter, decoder rows kept at unit norm) and sae-lens's
+  (`sae.architecture=jumprelu`, θ trained as saeclip's default `sae.jumprelu_threshold_param`
+  or `--threshold-param`, decoder rows kept at unit norm) and sae-lens's
   `JumpReLUTrainingSAE.training_forward_pass` in a plain Adam loop (threshold parameter
   clamped at 0, free decoder, `decoder_init_norm=1`); sae-lens's loss sums the squared error
   over d, saeclip divides its mean by σ², so sae-lens gets λ·d·σ² (the same objective up to
@@ -27,7 +28,10 @@ pre-activations and θ_j each latent's threshold (jumprelu: learned; batch top-k
 inference threshold for every latent), x̂ = z·W_dec + b_dec; evr, l0, dead (never fires),
 MMCS (mean over the atoms of the best cosine with a decoder row), and for matryoshka the evr
 of the first prefix alone (codes of later latents dropped). Writes the `<!-- architectures -->`
-section of bench/RESULTS.md.
+section of bench/RESULTS.md. `--only jumprelu` prints the two jumprelu rows alone;
+`--l0-sweep λ,… --sweep-peers …` trains jumprelu at each λ with each peer (saeclip with either
+threshold parameter, sae-lens as it is or with saeclip's decoder constraint and init) and
+writes the `<!-- jumprelu_sweep -->` section (evr and MMCS against L0).
 """
 
 from __future__ import annotations

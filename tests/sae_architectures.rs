@@ -569,7 +569,7 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
         ),
     )
     .unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &[
                 "sae.architecture=matryoshka",
@@ -592,6 +592,13 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
         (
             &["sae.architecture=jumprelu", "sae.jumprelu_bandwidth=-1e-3"],
             "sae.jumprelu_bandwidth",
+        ),
+        (
+            &[
+                "sae.architecture=jumprelu",
+                "sae.jumprelu_threshold_param=exp",
+            ],
+            "sae.jumprelu_threshold_param",
         ),
     ];
     for (sets, expect) in cases {
