@@ -8,7 +8,8 @@ saeclip cache and 8,192 held-out rows), a reduced budget that a loaded 2-core ma
 run, and trains one after the other with the same threads:
 
 - jumprelu, width F, L0 penalty λ, bandwidth ε, initial θ, same batches: saeclip's `train`
-  (`sae.architecture=jumprelu`, log θ parameter, decoder rows kept at unit norm) and sae-lens's
+  (`sae.architecture=jumprelu`, θ trained as saeclip's default `sae.jumprelu_threshold_param`
+  or `--threshold-param`, decoder rows kept at unit norm) and sae-lens's
   `JumpReLUTrainingSAE.training_forward_pass` in a plain Adam loop (threshold parameter
   clamped at 0, free decoder, `decoder_init_norm=1`); sae-lens's loss sums the squared error
   over d, saeclip divides its mean by σ², so sae-lens gets λ·d·σ² (the same objective up to
@@ -30,7 +31,10 @@ pre-activations and θ_j each latent's threshold (jumprelu: learned; batch top-k
 inference threshold for every latent), x̂ = z·W_dec + b_dec; evr, l0, dead (never fires),
 MMCS (mean over the atoms of the best cosine with a decoder row), and for matryoshka the evr
 of the first prefix alone (codes of later latents dropped). Writes the `<!-- architectures -->`
-section of bench/RESULTS.md.
+section of bench/RESULTS.md. `--only jumprelu` prints the two jumprelu rows alone;
+`--l0-sweep λ,… --sweep-peers …` trains jumprelu at each λ with each peer (saeclip with either
+threshold parameter, sae-lens as it is or with saeclip's decoder constraint and init) and
+writes the `<!-- jumprelu_sweep -->` section (evr and MMCS against L0).
 """
 
 from __future__ import annotations
@@ -98,7 +102,8 @@ def saeclip_run(name: str, args, sets: list[str]) -> dict:
     s = header["input_scale"]
     f_ = t["W_dec"].shape[0]
     if header["architecture"] == "jumprelu":
-        theta = t["log_threshold"].exp()
+        # θ itself (threshold_param linear) or log θ (log, and checkpoints older than the key).
+        theta = t["threshold"] if "threshold" in t else t["log_threshold"].exp()
     else:
         theta = torch.full((f_,), float(header["threshold"] or 0.0))
     # In the scaled space, as the peers: pre = (x·s − b_dec)·W_enc + b_enc.
@@ -122,7 +127,11 @@ def epoch_order_at(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n)
 
 
-def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
+def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2, variant: str = "") -> dict:
+    """`variant` (jumprelu ablations of --l0-sweep): "unit" keeps the decoder rows at unit norm as
+    saeclip does (gradient component along each row removed before Adam, rows renormalised
+    after); "unit-randn" also draws W_dec from saeclip's distribution (normalised N(0, 1) rows,
+    W_enc = W_decᵀ) instead of sae-lens's normalised Kaiming-uniform ones."""
     from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.saes.matryoshka_batchtopk_sae import (
         MatryoshkaBatchTopKTrainingSAE,
@@ -148,8 +157,14 @@ def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
         )  # fmt: skip
         sae = MatryoshkaBatchTopKTrainingSAE(cfg)
         coefficients = {}
+    unit = variant in ("unit", "unit-randn")
     with torch.no_grad():
         sae.b_dec.copy_(b_dec)
+        if variant == "unit-randn":
+            w = torch.randn(sae.W_dec.shape)
+            w /= w.norm(dim=1, keepdim=True)
+            sae.W_dec.copy_(w)
+            sae.W_enc.copy_(w.T)
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     sae.train()
     before = os.getloadavg()
@@ -167,8 +182,14 @@ def saelens_run(kind: str, args, rows, order, scale, b_dec, sigma2) -> dict:
             )
         )  # fmt: skip
         out.loss.backward()
+        if unit:
+            with torch.no_grad():
+                sae.W_dec.grad -= (sae.W_dec.grad * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
         opt.step()
         opt.zero_grad()
+        if unit:
+            with torch.no_grad():
+                sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
         clock.append(time.perf_counter() - start)
     after = os.getloadavg()
     with torch.no_grad():
@@ -223,6 +244,100 @@ def evaluate(r: dict, heldout: torch.Tensor, atoms: torch.Tensor, prefix: int | 
     return out
 
 
+def jumprelu_sets(args, l0_coef: float, threshold_param: str | None) -> list[str]:
+    sets = [
+        "sae.architecture=jumprelu", f"sae.l0_coef={l0_coef}",
+        f"sae.jumprelu_bandwidth={args.bandwidth}", f"sae.jumprelu_init_threshold={args.init_threshold}",
+    ]  # fmt: skip
+    if threshold_param is not None:
+        sets.append(f"sae.jumprelu_threshold_param={threshold_param}")
+    return sets + list(args.saeclip_set)
+
+
+def table_row(name: str, r: dict, e: dict) -> str:
+    return (
+        f"| {name} | {r['version']} | {r['steps_per_s']:.2f} | {e['evr']:.4f} | {e['l0']:.2f} "
+        f"| {e['dead']:.4f} | {e['mmcs']:.4f} | — | — | {r['load'][0]:.2f} → {r['load'][1]:.2f} |"
+    )
+
+
+def jumprelu_only(args, jump_sets, rows, heldout, atoms, order, scale, b_dec, sigma2) -> int:
+    """The two jumprelu rows of the architectures table, printed (to paste by hand)."""
+    runs = {
+        "saeclip jumprelu": saeclip_run("jumprelu", args, jump_sets),
+        "sae-lens jumprelu": saelens_run("jumprelu", args, rows, order, scale, b_dec, sigma2),
+    }
+    for name, r in runs.items():
+        e = evaluate(r, heldout, atoms, None)
+        log(f"{name}: {r['steps_per_s']:.2f} steps/s, " + ", ".join(f"{k} {v:.4f}" for k, v in e.items()))
+        print(table_row(name, r, e))
+    return 0
+
+
+SWEEP_BEGIN, SWEEP_END = "<!-- jumprelu_sweep -->", "<!-- /jumprelu_sweep -->"
+
+
+def l0_sweep(args, rows, heldout, atoms, order, scale, b_dec, sigma2, load_start) -> int:
+    """jumprelu at each λ of --l0-sweep for each peer: held-out evr and MMCS against L0."""
+    lambdas = [float(v) for v in args.l0_sweep.split(",")]
+    peers = args.sweep_peers.split(",")
+    cache = OUT / "sweep-results"  # not OUT / "sweep": saeclip_run("sweep") empties that
+    cache.mkdir(parents=True, exist_ok=True)
+    key = {k: getattr(args, k) for k in ("steps", "batch", "width", "lr", "bandwidth", "init_threshold", "saeclip_set")}
+    results = []
+    for peer in peers:
+        for lam in lambdas:
+            path = cache / f"{peer.replace(':', '-')}-{lam:g}-theta{args.init_threshold:g}-eps{args.bandwidth:g}.json"
+            if args.reuse and path.is_file():
+                got = json.loads(path.read_text())
+                if got["key"] == key:
+                    results.append(got)
+                    continue
+            if peer == "sae-lens" or peer.startswith("sae-lens:"):
+                sub = argparse.Namespace(**{**vars(args), "l0_coef": lam})
+                variant = peer.split(":", 1)[1] if ":" in peer else ""
+                r = saelens_run("jumprelu", sub, rows, order, scale, b_dec, sigma2, variant)
+            elif peer.startswith("saeclip:"):
+                r = saeclip_run("sweep", args, jumprelu_sets(args, lam, peer.split(":", 1)[1]))
+            else:
+                raise SystemExit(f"unknown sweep peer {peer!r}")
+            e = evaluate(r, heldout, atoms, None)
+            log(f"{peer} λ={lam:g}: {r['steps_per_s']:.2f} steps/s, " + ", ".join(f"{k} {v:.4f}" for k, v in e.items()))
+            got = {"key": key, "peer": peer, "lambda": lam, "version": r["version"],
+                   "steps_per_s": r["steps_per_s"], "load": r["load"], "eval": e}  # fmt: skip
+            path.write_text(json.dumps(got, indent=2))
+            results.append(got)
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        SWEEP_BEGIN,
+        "## JumpReLU: held-out evr and MMCS against L0 (λ sweep, saeclip vs sae-lens)",
+        "",
+        f"Written {date} by `python bench/architectures.py --l0-sweep {args.l0_sweep} "
+        f"--sweep-peers {args.sweep_peers}` on {cpu_model()} ({os.cpu_count()} cores, shared), "
+        f"{args.threads} thread(s); load average (1 min) {load_start[0]:.2f} at the start. The setting "
+        "of the architectures section above (same data, batches, input scale, b_dec; "
+        f"width {args.width}, batch {args.batch}, {args.steps} steps, Adam lr {args.lr:g} constant, no "
+        f"clipping), bandwidth {args.bandwidth:g}, initial θ {args.init_threshold:g}; λ in saeclip's "
+        "units (sae-lens gets λ·d·σ²). `saeclip:linear` trains θ itself (clamped at 0 after each "
+        "step, as sae-lens 6.54), `saeclip:log` trains log θ (the paper's parameterisation).",
+        "",
+        "| peer | λ | held-out evr | l0 | dead | MMCS | steps/s | load during run |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for g in results:
+        e = g["eval"]
+        lines.append(
+            f"| {g['peer']} | {g['lambda']:g} | {e['evr']:.4f} | {e['l0']:.2f} | {e['dead']:.4f} "
+            f"| {e['mmcs']:.4f} | {g['steps_per_s']:.2f} | {g['load'][0]:.2f} → {g['load'][1]:.2f} |"
+        )
+    lines.append(SWEEP_END)
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(SWEEP_BEGIN, SWEEP_END, text)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=1000, help="training steps (an epoch is 128 at batch 1024)")
@@ -235,6 +350,20 @@ def main() -> int:
     p.add_argument("--l0-coef", type=float, default=1e-2, help="jumprelu λ in saeclip's units")
     p.add_argument("--bandwidth", type=float, default=0.001)
     p.add_argument("--init-threshold", type=float, default=0.5, help="jumprelu θ at init (scaled space)")
+    p.add_argument("--threshold-param", choices=["log", "linear"], default=None,
+                   help="saeclip's sae.jumprelu_threshold_param (default: saeclip's default)")
+    p.add_argument("--only", choices=["all", "jumprelu"], default="all",
+                   help="jumprelu: the two jumprelu runs alone (prints their rows, writes nothing)")
+    p.add_argument("--l0-sweep", default=None,
+                   help="comma-separated λ values: train jumprelu at each with every --sweep-peers peer, "
+                   "write the jumprelu_sweep section of bench/RESULTS.md (evr/MMCS against L0)")
+    p.add_argument("--sweep-peers", default="saeclip:linear,saeclip:log,sae-lens",
+                   help="peers of --l0-sweep: saeclip:linear, saeclip:log, sae-lens, sae-lens:unit, "
+                   "sae-lens:unit-randn (see saelens_run)")
+    p.add_argument("--saeclip-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="jumprelu: one more --set for saeclip's train (e.g. training.seed=1)")
+    p.add_argument("--reuse", action="store_true",
+                   help="--l0-sweep: reuse the runs already evaluated with the same settings")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--only", choices=["all", "matryoshka"], default="all",
@@ -260,10 +389,11 @@ def main() -> int:
     del sample
 
     w0 = args.widths[0]
-    jump_sets = [
-        "sae.architecture=jumprelu", f"sae.l0_coef={args.l0_coef}",
-        f"sae.jumprelu_bandwidth={args.bandwidth}", f"sae.jumprelu_init_threshold={args.init_threshold}",
-    ]  # fmt: skip
+    jump_sets = jumprelu_sets(args, args.l0_coef, args.threshold_param)
+    if args.l0_sweep is not None:
+        return l0_sweep(args, rows, heldout, atoms, order, scale, b_dec, sigma2, load_start)
+    if args.only == "jumprelu":
+        return jumprelu_only(args, jump_sets, rows, heldout, atoms, order, scale, b_dec, sigma2)
     nest_sets = ["sae.architecture=matryoshka", f"sae.matryoshka_widths=[{','.join(map(str, args.widths))}]"]
     runs = {}
     if args.only == "all":

@@ -96,7 +96,7 @@ fn main() {
             b_enc: sae.b_enc.zeros_like(),
             w_dec: sae.w_dec.zeros_like(),
             b_dec: sae.b_dec.zeros_like(),
-            log_threshold: None,
+            threshold_param: None,
         };
         let _ = adam.step(&mut sae, out_grads, 1e-4, Some(1.0));
     });
@@ -133,7 +133,7 @@ fn main() {
                 b_enc,
                 w_dec,
                 b_dec,
-                log_threshold: None,
+                threshold_param: None,
             },
             1e-4,
             Some(1.0),

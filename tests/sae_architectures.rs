@@ -64,7 +64,7 @@ fn random_sae(cfg: SaeConfig, x: &Tensor, seed: i64) -> Sae {
             .g_add_(&(Tensor::randn([cfg.d_in, cfg.d_sae], (Kind::Float, CPU)) * 0.05));
         sae.b_enc = Tensor::randn([cfg.d_sae], (Kind::Float, CPU)) * 0.1;
         if cfg.architecture == Architecture::JumpRelu {
-            sae.log_threshold = Some(Tensor::randn([cfg.d_sae], (Kind::Float, CPU)) * 0.5 - 1.0);
+            sae.threshold_param = Some(Tensor::randn([cfg.d_sae], (Kind::Float, CPU)) * 0.5 - 1.0);
         }
         sae
     })
@@ -94,7 +94,7 @@ fn in_f64(sae: &Sae) -> Sae {
     for t in [&mut s.w_enc, &mut s.b_enc, &mut s.w_dec, &mut s.b_dec] {
         *t = t.to_kind(Kind::Double);
     }
-    s.log_threshold = s.log_threshold.map(|t| t.to_kind(Kind::Double));
+    s.threshold_param = s.threshold_param.map(|t| t.to_kind(Kind::Double));
     s
 }
 
@@ -123,16 +123,16 @@ fn compare(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOptions, label:
         ("b_dec", &out.grads.b_dec, &r.grads[3]),
     ];
     assert_eq!(
-        out.grads.log_threshold.is_some(),
-        r.log_threshold.is_some(),
+        out.grads.threshold_param.is_some(),
+        r.threshold_param.is_some(),
         "{label}: log θ gradient"
     );
-    if let (Some(a), Some(e)) = (&out.grads.log_threshold, &r.log_threshold) {
+    if let (Some(a), Some(e)) = (&out.grads.threshold_param, &r.threshold_param) {
         assert!(
             scalar(&e.abs().max()) > 0.0,
             "{label}: the estimator is not exercised"
         );
-        pairs.push(("log_threshold", a, e));
+        pairs.push(("threshold_param", a, e));
     }
     let e = (x - &out.x_hat) * sae.input_scale;
     let cancel = scalar(&e.abs().sum_dim_intlist(0, false, Kind::Float).max())
@@ -157,22 +157,29 @@ fn compare(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOptions, label:
 fn gradients_jumprelu() {
     let (b, d, f) = (64, 48, 256);
     let x = random_inputs(b, d, 7);
-    for (loss, bandwidth, coef) in [
-        (SparsityLoss::Step, 0.001, 0.0),
-        (SparsityLoss::Step, 0.001, 2e-3),
-        (SparsityLoss::Step, 0.05, 2e-3),
-        (SparsityLoss::Tanh, 0.05, 2e-3),
-        (SparsityLoss::Tanh, 0.5, 0.1),
-    ] {
-        let mut sae = random_sae(config(Architecture::JumpRelu, d, f, 8), &x, 3);
-        sae.jumprelu = Some(JumpReluParams {
-            bandwidth,
-            sparsity_loss: loss,
-            tanh_scale: 4.0,
-        });
-        let dead = plant_dead(&mut sae);
-        let label = format!("jumprelu {loss:?} ε={bandwidth} λ={coef}");
-        compare(&sae, &x, Some(&dead), &options(8, 24, coef), &label, 1e-6);
+    for param in [ThresholdParam::Log, ThresholdParam::Linear] {
+        for (loss, bandwidth, coef) in [
+            (SparsityLoss::Step, 0.001, 0.0),
+            (SparsityLoss::Step, 0.001, 2e-3),
+            (SparsityLoss::Step, 0.05, 2e-3),
+            (SparsityLoss::Tanh, 0.05, 2e-3),
+            (SparsityLoss::Tanh, 0.5, 0.1),
+        ] {
+            let mut sae = random_sae(config(Architecture::JumpRelu, d, f, 8), &x, 3);
+            sae.jumprelu = Some(JumpReluParams {
+                bandwidth,
+                sparsity_loss: loss,
+                tanh_scale: 4.0,
+                threshold_param: param,
+            });
+            if param == ThresholdParam::Linear {
+                // The same θ as the log case (random_sae draws log θ).
+                sae.threshold_param = sae.threshold_param.map(|t| t.exp());
+            }
+            let dead = plant_dead(&mut sae);
+            let label = format!("jumprelu {param:?} {loss:?} ε={bandwidth} λ={coef}");
+            compare(&sae, &x, Some(&dead), &options(8, 24, coef), &label, 1e-6);
+        }
     }
 }
 
@@ -264,13 +271,17 @@ fn meta() -> CheckpointMeta {
     }
 }
 
-/// Training checkpoints keep log θ, its Adam moments and the prefixes exactly; the header
-/// records the new fields.
+/// Training checkpoints keep θ's parameter (log θ or θ), its Adam moments and the prefixes
+/// exactly; the header records the new fields.
 #[test]
 fn checkpoints_keep_the_new_state_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let x = random_inputs(32, 16, 2);
-    for arch in [Architecture::JumpRelu, Architecture::Matryoshka] {
+    for (arch, param) in [
+        (Architecture::JumpRelu, ThresholdParam::Log),
+        (Architecture::JumpRelu, ThresholdParam::Linear),
+        (Architecture::Matryoshka, ThresholdParam::Log),
+    ] {
         let mut sae = random_sae(config(arch, 16, 64, 4), &x, 4);
         if arch == Architecture::Matryoshka {
             sae.set_matryoshka(
@@ -288,7 +299,11 @@ fn checkpoints_keep_the_new_state_exactly() {
                 bandwidth: 0.02,
                 sparsity_loss: SparsityLoss::Tanh,
                 tanh_scale: 3.0,
+                threshold_param: param,
             });
+            if param == ThresholdParam::Linear {
+                sae.threshold_param = sae.threshold_param.map(|t| t.exp());
+            }
         }
         let mut adam = Adam::new(&sae, AdamConfig::default());
         for _ in 0..3 {
@@ -301,7 +316,7 @@ fn checkpoints_keep_the_new_state_exactly() {
             );
             let _ = adam.step(&mut sae, out.grads, 1e-2, Some(1.0));
         }
-        let path = dir.path().join(format!("{arch}.safetensors"));
+        let path = dir.path().join(format!("{arch}-{param:?}.safetensors"));
         let state = TrainingStateRef {
             step: 3,
             epoch: 1,
@@ -315,10 +330,10 @@ fn checkpoints_keep_the_new_state_exactly() {
         assert!(c.sae.w_enc.equal(&sae.w_enc) && c.sae.w_dec.equal(&sae.w_dec));
         assert_eq!(c.sae.jumprelu, sae.jumprelu);
         assert_eq!(c.sae.matryoshka, sae.matryoshka);
-        match (&c.sae.log_threshold, &sae.log_threshold) {
+        match (&c.sae.threshold_param, &sae.threshold_param) {
             (Some(a), Some(b)) => assert!(a.equal(b)),
             (None, None) => {}
-            _ => panic!("log θ lost"),
+            _ => panic!("θ's parameter lost"),
         }
         let saved = c.training.unwrap().adam.state_tensors();
         let kept = adam.state_tensors();
@@ -328,7 +343,8 @@ fn checkpoints_keep_the_new_state_exactly() {
             assert!(a.equal(b), "{na}");
         }
         if arch == Architecture::JumpRelu {
-            assert!(saved.iter().any(|(n, _)| n == "log_threshold.exp_avg"));
+            let name = format!("{}.exp_avg", param.tensor_name());
+            assert!(saved.iter().any(|(n, _)| *n == name), "{name}");
         }
         // The header fields, as DESIGN.md documents them.
         let bytes = std::fs::read(&path).unwrap();
@@ -338,6 +354,12 @@ fn checkpoints_keep_the_new_state_exactly() {
             assert_eq!(h["architecture"], "jumprelu");
             assert_eq!(h["jumprelu"]["bandwidth"], 0.02);
             assert_eq!(h["jumprelu"]["sparsity_loss"], "tanh");
+            let want = if param == ThresholdParam::Log {
+                "log"
+            } else {
+                "linear"
+            };
+            assert_eq!(h["jumprelu"]["threshold_param"], want);
             assert!(h.get("matryoshka").is_none());
         } else {
             assert_eq!(h["matryoshka"]["widths"], json!([8, 32, 64]));
@@ -416,6 +438,14 @@ const JUMPRELU: &[&str] = &[
     "sae.jumprelu_bandwidth=0.05",
     "sae.jumprelu_init_threshold=0.05",
 ];
+const JUMPRELU_LOG: &[&str] = &[
+    "sae.architecture=jumprelu",
+    "sae.l0_coef=0.002",
+    "training.l0_warmup_steps=6",
+    "sae.jumprelu_bandwidth=0.05",
+    "sae.jumprelu_init_threshold=0.05",
+    "sae.jumprelu_threshold_param=log",
+];
 const MATRYOSHKA: &[&str] = &[
     "sae.architecture=matryoshka",
     "sae.matryoshka_widths=[16, 48, 128]",
@@ -426,7 +456,11 @@ const MATRYOSHKA: &[&str] = &[
 fn both_train_and_resume_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let cache = planted_cache(&dir.path().join("cache"), 700);
-    for (name, extra) in [("jumprelu", JUMPRELU), ("matryoshka", MATRYOSHKA)] {
+    for (name, extra) in [
+        ("jumprelu", JUMPRELU),
+        ("jumprelu-log", JUMPRELU_LOG),
+        ("matryoshka", MATRYOSHKA),
+    ] {
         let whole = run(
             train_config(&cache, &dir.path().join(format!("{name}-a")), extra),
             None,
@@ -471,8 +505,14 @@ fn both_train_and_resume_bit_identical() {
             checkpoint::load_sae(&whole.join("checkpoints/last.safetensors"), CPU).unwrap();
         let val = last["val_evr"].as_f64().unwrap();
         assert!(val > 0.3, "{name}: val_evr {val}");
-        if name == "jumprelu" {
-            assert!(a.iter().any(|(n, _)| n == "log_threshold"));
+        if name.starts_with("jumprelu") {
+            // θ itself (the default) or log θ, by name.
+            let want = if name == "jumprelu" {
+                "threshold"
+            } else {
+                "log_threshold"
+            };
+            assert!(a.iter().any(|(n, _)| n == want), "{name}: {want}");
             let theta = sae.jumprelu_threshold().unwrap();
             let spread = scalar(&(theta.max() - theta.min()));
             assert!(spread > 1e-3, "the thresholds learn, per latent: {spread}");
@@ -632,7 +672,7 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
         ),
     )
     .unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &[
                 "sae.architecture=matryoshka",
@@ -663,6 +703,13 @@ fn config_errors_name_the_key_and_sweeps_vary_the_keys() {
         (
             &["sae.architecture=jumprelu", "sae.jumprelu_bandwidth=-1e-3"],
             "sae.jumprelu_bandwidth",
+        ),
+        (
+            &[
+                "sae.architecture=jumprelu",
+                "sae.jumprelu_threshold_param=exp",
+            ],
+            "sae.jumprelu_threshold_param",
         ),
     ];
     for (sets, expect) in cases {

@@ -560,7 +560,7 @@ fn clipping_matches_clip_grad_norm() {
         b_enc: Tensor::from_slice(&[0.0f32, 4.0]),
         w_dec: Tensor::zeros([2, 1], (Kind::Float, CPU)),
         b_dec: Tensor::from_slice(&[12.0f32]),
-        log_threshold: None,
+        threshold_param: None,
     };
     let norm = g.clip_norm(1.3);
     assert!((scalar(&norm) - 13.0).abs() < 1e-5);
@@ -600,7 +600,7 @@ fn adam_matches_torch_update_rule() {
             b_enc: Tensor::randn([f], (Kind::Float, CPU)),
             w_dec: Tensor::randn([f, d], (Kind::Float, CPU)),
             b_dec: Tensor::randn([d], (Kind::Float, CPU)),
-            log_threshold: None,
+            threshold_param: None,
         });
         let lr = 0.01 * t as f64;
         for (i, g) in grads.tensors().iter().enumerate() {
@@ -667,7 +667,7 @@ fn matches_pytorch() {
             b_enc: Tensor::randn([f], (Kind::Float, CPU)) * 0.01,
             w_dec: Tensor::randn([f, d], (Kind::Float, CPU)) * 0.01,
             b_dec: Tensor::randn([d], (Kind::Float, CPU)) * 0.01,
-            log_threshold: None,
+            threshold_param: None,
         });
         for (name, t2) in ["W_enc", "b_enc", "W_dec", "b_dec"].iter().zip(g.tensors()) {
             inputs.push((format!("g{t}.{name}"), t2.contiguous()));

@@ -550,9 +550,16 @@ fn new_architectures_round_trip_through_saelens() {
     let d = dir.path();
     // saeclip → SAE-Lens.
     let mut jump = random_sae(Architecture::JumpRelu, 0, 1.7, None, 4);
-    jump.log_threshold = Some(saeclip::rng::seeded(9, || {
+    jump.threshold_param = Some(saeclip::rng::seeded(9, || {
         Tensor::rand([F], (Kind::Float, Device::Cpu)) * 1.5 - 2.5
     }));
+    // The same θ trained as θ itself (`linear`).
+    let mut jump_linear = jump.copy();
+    jump_linear.jumprelu = jump.jumprelu.map(|p| saeclip::sae::JumpReluParams {
+        threshold_param: saeclip::sae::ThresholdParam::Linear,
+        ..p
+    });
+    jump_linear.threshold_param = jump.jumprelu_threshold();
     let mut nest = random_sae(Architecture::Matryoshka, 6, 0.6, Some(0.3), 5);
     nest.set_matryoshka(
         MatryoshkaParams::new(
@@ -566,7 +573,11 @@ fn new_architectures_round_trip_through_saelens() {
     .unwrap();
     let mut jobs = Vec::new();
     let mut expected = Vec::new();
-    for (name, sae, scale) in [("jumprelu", &jump, 2.0), ("matryoshka", &nest, 1.0)] {
+    for (name, sae, scale) in [
+        ("jumprelu", &jump, 2.0),
+        ("jumprelu-linear", &jump_linear, 2.0),
+        ("matryoshka", &nest, 1.0),
+    ] {
         let ckpt = d.join(format!("{name}.safetensors"));
         checkpoint::save(&ckpt, sae, &meta(), None, Kind::Float).unwrap();
         let out = d.join(format!("export-{name}"));
@@ -625,7 +636,7 @@ fn new_architectures_round_trip_through_saelens() {
     for (name, out, result, z, x_hat, ckpt) in expected {
         let c = cfg(&out);
         let got = read(&result);
-        if name == "jumprelu" {
+        if name.starts_with("jumprelu") {
             assert_eq!(c["architecture"], "jumprelu");
             let t = &read(&out.join("sae_weights.safetensors"))["threshold"];
             close("θ per latent", t, &jump.jumprelu_threshold().unwrap(), 1e-6);
@@ -668,8 +679,8 @@ fn new_architectures_round_trip_through_saelens() {
         assert_eq!(a.jumprelu, b.jumprelu, "{name}");
         assert_eq!(a.threshold, b.threshold, "{name}: θ exactly");
         close(&format!("{name}: W_dec back"), &b.w_dec, &a.w_dec, 1e-6);
-        if let (Some(p), Some(q)) = (&a.log_threshold, &b.log_threshold) {
-            close(&format!("{name}: log θ back"), q, p, 1e-6);
+        if let (Some(p), Some(q)) = (&a.threshold_param, &b.threshold_param) {
+            close(&format!("{name}: θ's parameter back"), q, p, 1e-6);
         }
         let x = inputs(32, 1.0);
         close(
@@ -693,6 +704,11 @@ fn new_architectures_round_trip_through_saelens() {
         let want = read(&d.join(format!("{name}.out.safetensors")));
         let z = if name == "made-jumprelu" {
             assert_eq!(sae.config.architecture, Architecture::JumpRelu);
+            // SAE-Lens trains θ itself: so does the import.
+            assert_eq!(
+                sae.jumprelu.unwrap().threshold_param,
+                saeclip::sae::ThresholdParam::Linear
+            );
             sae.encode(&x)
         } else {
             assert_eq!(sae.config.architecture, Architecture::Matryoshka);

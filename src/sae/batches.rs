@@ -525,7 +525,7 @@ impl Source {
         let rb = self.row_bytes;
         let mut rows = Vec::with_capacity(self.batch_size * rb);
         // Send every full batch; false when the receiver has gone.
-        let mut flush = |rows: &mut Vec<u8>| -> bool {
+        let flush = |rows: &mut Vec<u8>| -> bool {
             while rows.len() >= self.batch_size * rb {
                 let rest = rows.split_off(self.batch_size * rb);
                 if tx.send(Ok(self.decode_all(rows))).is_err() {

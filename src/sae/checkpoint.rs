@@ -3,7 +3,8 @@
 //!
 //! Tensors:
 //! - `W_enc` [D, F], `b_enc` [F], `W_dec` [F, D], `b_dec` [D] (f32, f16 or bf16), and for
-//!   jumprelu `log_threshold` [F] (always f32);
+//!   jumprelu its threshold parameter [F] (always f32): `log_threshold` (log θ) or
+//!   `threshold` (θ itself), as `jumprelu.threshold_param` says;
 //! - training checkpoints add `optim.<param>.exp_avg` and `optim.<param>.exp_avg_sq` (f32,
 //!   shaped like the parameter), `threshold.sum` and `threshold.weight` (f64 scalars, the
 //!   batchtopk threshold estimator) and the loop's own tensors as `train.<name>`.
@@ -13,7 +14,8 @@
 //! caller's documents), and for training checkpoints `state` = {`step`, `epoch`,
 //! `optimizer` {`beta1`, `beta2`, `eps`, `steps`}, `threshold` {`decay`} or null, `tensors`
 //! (names of the `train.*` tensors), `extra` (the loop's scalars)}; jumprelu adds `jumprelu`
-//! {`bandwidth`, `sparsity_loss`, `tanh_scale`} (optional on read), matryoshka `matryoshka`
+//! {`bandwidth`, `sparsity_loss`, `tanh_scale`, `threshold_param`} (optional on read, as
+//! each of its fields but the first three; the tensor present decides the parameter), matryoshka `matryoshka`
 //! {`widths`, `weights`, `selection`, `decoder_norm` (optional on read: `unit`)} (required). On read, `threshold`,
 //! `saeclip_version`, `clip`, `training` and `metrics` may be absent (a file written by
 //! another program from DESIGN.md's description); everything is always written.
@@ -32,9 +34,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use super::jumprelu::ThresholdParam;
 use super::model::{Architecture, JumpReluParams, MatryoshkaParams, Sae, SaeConfig};
 use super::objective::ThresholdEstimator;
-use super::optim::{param_names, Adam, AdamConfig, LOG_THRESHOLD, PARAMS};
+use super::optim::{param_names, Adam, AdamConfig, PARAMS};
 use crate::disk::write_atomic;
 
 /// Version of the header and tensor set; bump it on every change to either.
@@ -231,9 +234,15 @@ pub fn save(
     {
         entries.push((name.to_string(), entry(t, dtype)?));
     }
-    if let Some(t) = &sae.log_threshold {
-        // log θ stays f32 whatever `dtype`: θ = exp(log θ) amplifies rounding.
-        entries.push((LOG_THRESHOLD.to_string(), entry(t, Kind::Float)?));
+    if let Some(t) = &sae.threshold_param {
+        // θ's parameter stays f32 whatever `dtype`: θ = exp(log θ) amplifies rounding, and
+        // a linear θ is compared with pre-activations to the last bit.
+        let name = sae
+            .jumprelu
+            .unwrap_or_default()
+            .threshold_param
+            .tensor_name();
+        entries.push((name.to_string(), entry(t, Kind::Float)?));
     }
     let state = match training {
         None => None,
@@ -415,9 +424,17 @@ fn read(path: &Path, device: Device, with_training: bool) -> Result<Checkpoint> 
     .with_context(|| format!("{shown}: invalid SAE"))?;
     match config.architecture {
         Architecture::JumpRelu => {
-            let t = take(LOG_THRESHOLD, Some(&[f]), true)?;
-            sae.log_threshold = Some(t.to_kind(Kind::Float).contiguous());
-            let params = header.jumprelu.unwrap_or_default();
+            // The tensor present decides the parameter (a header may not say).
+            let linear = ThresholdParam::Linear.tensor_name();
+            let param = if st.tensor(linear).is_ok() {
+                ThresholdParam::Linear
+            } else {
+                ThresholdParam::Log
+            };
+            let t = take(param.tensor_name(), Some(&[f]), true)?;
+            sae.threshold_param = Some(t.to_kind(Kind::Float).contiguous());
+            let mut params = header.jumprelu.unwrap_or_default();
+            params.threshold_param = param;
             params
                 .validate()
                 .with_context(|| format!("{shown}: invalid jumprelu settings"))?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{
     Architecture, BdecInit, DecoderNorm, JumpReluParams, MatryoshkaParams, MatryoshkaSelection,
-    SparsityLoss, WEncInit,
+    SparsityLoss, ThresholdParam, WEncInit,
 };
 use crate::clip::{Precision, Tokens};
 use crate::data::Split;
@@ -139,6 +139,8 @@ pub struct SaeSection {
     pub jumprelu_sparsity_loss: SparsityLoss,
     /// jumprelu: c of the tanh penalty tanh(c·z·‖W_dec[j]‖).
     pub jumprelu_tanh_scale: f64,
+    /// jumprelu: `linear` (θ itself, kept ≥ 0) or `log` (log θ) trained for the thresholds.
+    pub jumprelu_threshold_param: ThresholdParam,
     /// jumprelu: coefficient λ of the sparsity penalty (warmed up over
     /// `training.l0_warmup_steps`).
     pub l0_coef: f64,
@@ -168,7 +170,11 @@ impl Default for SaeSection {
             jumprelu_init_threshold: 0.001,
             jumprelu_sparsity_loss: SparsityLoss::Step,
             jumprelu_tanh_scale: 4.0,
-            l0_coef: 1e-3,
+            // θ itself and λ = 0.01, from the λ sweep against SAE-Lens (bench/RESULTS.md
+            // `jumprelu_sweep`, report.md "JumpReLU defaults"): log θ barely leaves a small
+            // initial θ within a run; λ = 0.001 hardly sparsified.
+            jumprelu_threshold_param: ThresholdParam::Linear,
+            l0_coef: 1e-2,
         }
     }
 }
@@ -503,6 +509,7 @@ impl TrainConfig {
             bandwidth: s.jumprelu_bandwidth,
             sparsity_loss: s.jumprelu_sparsity_loss,
             tanh_scale: s.jumprelu_tanh_scale,
+            threshold_param: s.jumprelu_threshold_param,
         };
         p.validate()?;
         Ok(p)

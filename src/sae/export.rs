@@ -9,8 +9,8 @@
 //!
 //! Architectures: topk ↔ `topk`; batchtopk ↔ `jumprelu` with its inference threshold θ
 //! broadcast to every latent (SAE-Lens's own batchtopk SAEs become jumprelu for inference
-//! the same way); relu ↔ `standard`; jumprelu ↔ `jumprelu` with θ_j = exp(log θ_j) per
-//! latent; matryoshka (batch top-k) ↔ `matryoshka_batchtopk` (SAE-Lens's training class,
+//! the same way); relu ↔ `standard`; jumprelu ↔ `jumprelu` with θ_j per latent (from
+//! whichever parameter trained it, `threshold` in the folder either way); matryoshka (batch top-k) ↔ `matryoshka_batchtopk` (SAE-Lens's training class,
 //! loaded with `TrainingSAE.load_from_disk`: `matryoshka_widths`, `k`, and the inference
 //! threshold as its `topk_threshold` buffer, 0 when θ is unknown; on import its default
 //! `rescale_acts_by_decoder_norm` is folded into the weights); matryoshka with top-k →
@@ -18,8 +18,10 @@
 //!
 //! Import of a `jumprelu` folder: one threshold for all latents and a k (recorded by a
 //! saeclip export, or `--k`) give a batchtopk SAE, as before; otherwise (thresholds that
-//! differ, no k, or a saeclip jumprelu export) a jumprelu SAE with log θ_j = ln θ_j
-//! (thresholds ≤ 0, which SAE-Lens's ReLU makes the same as 0, become 1e-30).
+//! differ, no k, or a saeclip jumprelu export) a jumprelu SAE: θ_j itself (a `linear`
+//! threshold parameter, thresholds < 0 becoming 0, which SAE-Lens's ReLU makes the same),
+//! or for a saeclip export the parameter it recorded (`log`: log θ_j = ln θ_j, θ_j ≤ 0
+//! becoming 1e-30).
 //!
 //! The input scale s is folded into the weights. saeclip computes
 //!   pre = (x·s − b_dec)·W_enc + b_enc,  x̂ = (z·W_dec + b_dec)/s;
@@ -41,6 +43,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 use super::checkpoint::{self, CheckpointMeta};
+use super::jumprelu::{JumpReluParams, ThresholdParam};
 use super::model::{Architecture, Sae, SaeConfig};
 use crate::data::cache::file_sha256;
 
@@ -413,7 +416,7 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
     let b_dec = take("b_dec", &[d_in])?;
 
     let saeclip_arch = saeclip.get("architecture").and_then(Value::as_str);
-    let mut log_threshold = None;
+    let mut threshold_param = None;
     let mut widths: Option<Vec<i64>> = None;
     let (arch, k, threshold) = match architecture {
         "topk" => {
@@ -437,7 +440,7 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
                     (Architecture::BatchTopK, k, Some(theta))
                 }
                 _ => {
-                    log_threshold = Some(t.clamp_min(1e-30).log().to_kind(Kind::Float));
+                    threshold_param = Some(t.clamp_min(0.0).to_kind(Kind::Float));
                     (Architecture::JumpRelu, k.unwrap_or(0), None)
                 }
             }
@@ -531,14 +534,17 @@ pub fn read_saelens(dir: &Path, k: Option<i64>) -> Result<(Sae, CheckpointMeta)>
         threshold,
     )
     .with_context(|| format!("{shown}: cannot make an SAE of it"))?;
-    if let Some(t) = log_threshold {
-        sae.log_threshold = Some(t);
-        if let Some(p) = saeclip
+    if let Some(theta) = threshold_param {
+        // A saeclip export's own settings, else θ itself as SAE-Lens trains it.
+        let params = saeclip
             .get("jumprelu")
-            .and_then(|p| serde_json::from_value(p.clone()).ok())
-        {
-            sae.jumprelu = Some(p);
-        }
+            .and_then(|p| serde_json::from_value::<JumpReluParams>(p.clone()).ok())
+            .unwrap_or(JumpReluParams {
+                threshold_param: ThresholdParam::Linear,
+                ..JumpReluParams::default()
+            });
+        sae.threshold_param = Some(params.threshold_param.from_theta(&theta));
+        sae.jumprelu = Some(params);
     }
     if arch == Architecture::Matryoshka {
         let params = match (recorded_matryoshka, widths) {

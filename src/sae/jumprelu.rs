@@ -1,6 +1,12 @@
 //! JumpReLU SAEs (Rajamanoharan et al. 2024, "Jumping Ahead"; Gemma Scope): a learned
-//! threshold θ_j per latent, stored as log θ_j (so θ stays positive), and a loss whose
-//! sparsity term counts active latents.
+//! threshold θ_j per latent and a loss whose sparsity term counts active latents.
+//!
+//! # The threshold's parameter (`sae.jumprelu_threshold_param`)
+//! - `linear` (the default): θ_j itself, projected back to θ_j ≥ 0 after every optimizer
+//!   step (SAE-Lens ≥ 6.54, whose reasons were ours: Adam moves a parameter by about lr per
+//!   step, so log θ moves θ by a factor of e^lr, and a small initial θ barely moves in a
+//!   run's budget; bench/RESULTS.md `jumprelu_sweep`);
+//! - `log`: log θ_j (the paper's and Gemma Scope's; θ stays positive by construction).
 //!
 //! # Forward (scaled space, pre as in [`super::model`])
 //!   z_ij = pre_ij·H(pre_ij − θ_j),   x̂_s = z·W_dec + b_dec,   H the Heaviside step.
@@ -23,8 +29,8 @@
 //! - ∂H(pre − θ)/∂θ := −K((pre − θ)/ε)/ε,              ∂H/∂pre := 0;
 //! - ∂z/∂θ := −(θ/ε)·K((pre − θ)/ε),                    ∂z/∂pre = H(pre − θ);
 //!
-//! and through θ = exp(log θ), ∂/∂log θ = θ·∂/∂θ. Everything here is dense [B, F], like
-//! relu (the codes' count depends on the data).
+//! and, for `log`, through θ = exp(log θ): ∂/∂log θ = θ·∂/∂θ. Everything here is dense
+//! [B, F], like relu (the codes' count depends on the data).
 
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -36,6 +42,46 @@ use super::objective::{b_dec_grad, zero, Grads, LossOptions, StepOutput};
 /// θ at initialisation, in the scaled space (where E‖x‖ = √D, the paper's normalisation):
 /// the paper's 0.001.
 pub const DEFAULT_INIT_THRESHOLD: f64 = 0.001;
+
+/// What a JumpReLU SAE trains for its thresholds (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ThresholdParam {
+    /// log θ_j (checkpoint tensor `log_threshold`). The default when reading a checkpoint
+    /// header that does not say (those came before `linear`).
+    #[default]
+    #[value(name = "log")]
+    Log,
+    /// θ_j itself, kept ≥ 0 (checkpoint tensor `threshold`).
+    #[value(name = "linear")]
+    Linear,
+}
+
+impl ThresholdParam {
+    /// The parameter's name in checkpoints and in the optimizer's state.
+    pub fn tensor_name(self) -> &'static str {
+        match self {
+            ThresholdParam::Log => "log_threshold",
+            ThresholdParam::Linear => "threshold",
+        }
+    }
+
+    /// The parameter holding θ (θ ≥ 0; `log` needs θ > 0). [F]
+    pub fn from_theta(self, theta: &Tensor) -> Tensor {
+        match self {
+            ThresholdParam::Log => theta.clamp_min(1e-30).log(),
+            ThresholdParam::Linear => theta.clamp_min(0.0),
+        }
+    }
+
+    /// θ from the parameter. [F]
+    pub fn theta(self, param: &Tensor) -> Tensor {
+        match self {
+            ThresholdParam::Log => param.exp(),
+            ThresholdParam::Linear => param.clamp_min(0.0),
+        }
+    }
+}
 
 /// The sparsity penalty of a JumpReLU SAE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -58,6 +104,9 @@ pub struct JumpReluParams {
     pub sparsity_loss: SparsityLoss,
     /// c of the tanh penalty.
     pub tanh_scale: f64,
+    /// What is trained for θ (`log` when a header does not say).
+    #[serde(default)]
+    pub threshold_param: ThresholdParam,
 }
 
 impl Default for JumpReluParams {
@@ -66,6 +115,7 @@ impl Default for JumpReluParams {
             bandwidth: 0.001,
             sparsity_loss: SparsityLoss::Step,
             tanh_scale: 4.0,
+            threshold_param: ThresholdParam::Log,
         }
     }
 }
@@ -96,13 +146,21 @@ impl Sae {
             "sae.jumprelu_init_threshold = {threshold}: must be positive"
         );
         params.validate()?;
-        self.log_threshold = Some(Tensor::full(
-            [self.config.d_sae],
-            threshold.ln(),
-            (Kind::Float, self.device()),
-        ));
+        let theta = Tensor::full([self.config.d_sae], threshold, (Kind::Float, self.device()));
+        self.threshold_param = Some(params.threshold_param.from_theta(&theta));
         self.jumprelu = Some(params);
         Ok(())
+    }
+
+    /// Keep a `linear` threshold parameter at θ ≥ 0 (after each optimizer step); a no-op
+    /// for `log` and the other architectures.
+    pub(crate) fn project_threshold(&mut self) {
+        let linear = self
+            .jumprelu
+            .is_some_and(|p| p.threshold_param == ThresholdParam::Linear);
+        if let (true, Some(t)) = (linear, self.threshold_param.as_mut()) {
+            let _ = t.clamp_min_(0.0);
+        }
     }
 }
 
@@ -125,11 +183,9 @@ pub(crate) fn jumprelu_step(
     let device = xs.device();
     let params = sae.jumprelu.unwrap_or_default();
     let eps = params.bandwidth;
-    let log_theta = sae
-        .log_threshold
-        .as_ref()
-        .expect("a jumprelu SAE has thresholds");
-    let theta = log_theta.exp(); // [F]
+    let theta = sae
+        .jumprelu_threshold()
+        .expect("a jumprelu SAE has thresholds"); // [F]
     let active = pre.gt_tensor(&theta); // [B, F]
     let gate = active.to_kind(Kind::Float);
     let z = pre * &gate;
@@ -167,7 +223,10 @@ pub(crate) fn jumprelu_step(
     };
     // JumpReLU's own estimator: ∂z/∂θ = −(θ/ε)·K.
     d_theta -= (&kernel * &dz).sum_dim_intlist(0, false, Kind::Float) * &theta / eps;
-    let log_threshold = d_theta * &theta;
+    let threshold_param = match params.threshold_param {
+        ThresholdParam::Log => d_theta * &theta,
+        ThresholdParam::Linear => d_theta,
+    };
     let dpre = dz * &gate;
     let w_enc = dpre.tr().mm(xc).tr(); // [D, F], the encoder layout
     let b_enc = dpre.sum_dim_intlist(0, false, Kind::Float);
@@ -183,7 +242,7 @@ pub(crate) fn jumprelu_step(
             b_enc,
             w_dec,
             b_dec,
-            log_threshold: Some(log_threshold),
+            threshold_param: Some(threshold_param),
         },
         fired: active.sum_dim_intlist(0, false, Kind::Int64),
         min_positive: Tensor::full([], f64::INFINITY, (Kind::Float, device)),

@@ -33,7 +33,7 @@ pub mod sync;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
-pub use jumprelu::{JumpReluParams, SparsityLoss};
+pub use jumprelu::{JumpReluParams, SparsityLoss, ThresholdParam};
 pub use matryoshka::{
     prefix_evr, prefix_reconstructions, DecoderNorm, MatryoshkaParams, MatryoshkaSelection,
     PrefixEvr,

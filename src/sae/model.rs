@@ -17,7 +17,7 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-pub use super::jumprelu::{JumpReluParams, SparsityLoss};
+pub use super::jumprelu::{JumpReluParams, SparsityLoss, ThresholdParam};
 pub use super::matryoshka::{DecoderNorm, MatryoshkaParams, MatryoshkaSelection};
 use super::sync::{host_read, SyncFree};
 
@@ -408,8 +408,9 @@ pub struct Sae {
     /// θ for batchtopk (and matryoshka with batch top-k) at inference (None: not
     /// estimated yet).
     pub threshold: Option<f64>,
-    /// jumprelu: log θ_j, the learned per-latent thresholds (a parameter). [F]
-    pub log_threshold: Option<Tensor>,
+    /// jumprelu: the trained parameter of the per-latent thresholds θ_j: log θ_j or θ_j
+    /// itself, as `jumprelu.threshold_param` says (see [`super::jumprelu`]). [F]
+    pub threshold_param: Option<Tensor>,
     /// jumprelu: the training settings of its estimator and penalty.
     pub jumprelu: Option<JumpReluParams>,
     /// matryoshka: the nested prefixes, their loss weights and the selection.
@@ -417,7 +418,7 @@ pub struct Sae {
 }
 
 /// The architecture-specific parts of an SAE that a fresh one gets by default
-/// ([`JumpReluParams::default`], one prefix of all latents): `log_threshold`, `jumprelu`,
+/// ([`JumpReluParams::default`], one prefix of all latents): `threshold_param`, `jumprelu`,
 /// `matryoshka` for the architectures that have them, None otherwise.
 fn arch_defaults(config: &SaeConfig, device: Device) -> ArchParts {
     match config.architecture {
@@ -540,11 +541,11 @@ impl Sae {
             b_dec,
             input_scale: scale,
             threshold: None,
-            log_threshold: None,
+            threshold_param: None,
             jumprelu: None,
             matryoshka: None,
         };
-        (sae.log_threshold, sae.jumprelu, sae.matryoshka) = arch_defaults(config, device);
+        (sae.threshold_param, sae.jumprelu, sae.matryoshka) = arch_defaults(config, device);
         sae.normalize_decoder();
         sae.w_enc = sae.w_dec.copy().tr();
         Ok(sae)
@@ -614,7 +615,7 @@ impl Sae {
             input_scale.is_finite() && input_scale > 0.0,
             "input_scale must be a positive number, got {input_scale}"
         );
-        let (log_threshold, jumprelu, matryoshka) = arch_defaults(&config, w_dec.device());
+        let (threshold_param, jumprelu, matryoshka) = arch_defaults(&config, w_dec.device());
         Ok(Sae {
             config,
             w_enc: encoder_layout(&w_enc.to_kind(Kind::Float)),
@@ -623,7 +624,7 @@ impl Sae {
             b_dec: b_dec.to_kind(Kind::Float).contiguous(),
             input_scale,
             threshold,
-            log_threshold,
+            threshold_param,
             jumprelu,
             matryoshka,
         })
@@ -644,7 +645,7 @@ impl Sae {
             b_dec: self.b_dec.to_device(device),
             input_scale: self.input_scale,
             threshold: self.threshold,
-            log_threshold: self.log_threshold.as_ref().map(|t| t.to_device(device)),
+            threshold_param: self.threshold_param.as_ref().map(|t| t.to_device(device)),
             jumprelu: self.jumprelu,
             matryoshka: self.matryoshka.clone(),
         }
@@ -660,7 +661,7 @@ impl Sae {
             b_dec: self.b_dec.copy(),
             input_scale: self.input_scale,
             threshold: self.threshold,
-            log_threshold: self.log_threshold.as_ref().map(Tensor::copy),
+            threshold_param: self.threshold_param.as_ref().map(Tensor::copy),
             jumprelu: self.jumprelu,
             matryoshka: self.matryoshka.clone(),
         }
@@ -714,9 +715,10 @@ impl Sae {
         }
     }
 
-    /// θ_j = exp(log θ_j) (jumprelu). [F]
+    /// θ_j (jumprelu), from its parameter (exp(log θ_j), or θ_j clamped at 0). [F]
     pub fn jumprelu_threshold(&self) -> Option<Tensor> {
-        self.log_threshold.as_ref().map(Tensor::exp)
+        let param = self.jumprelu.unwrap_or_default().threshold_param;
+        self.threshold_param.as_ref().map(|t| param.theta(t))
     }
 
     /// Sparse codes of x [B, D].

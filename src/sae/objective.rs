@@ -104,14 +104,14 @@ pub struct Grads {
     pub w_dec: Tensor,
     pub b_dec: Tensor,
     /// jumprelu: the gradient of log θ. [F]
-    pub log_threshold: Option<Tensor>,
+    pub threshold_param: Option<Tensor>,
 }
 
 impl Grads {
-    /// In the order of [`super::optim::PARAMS`], then `log_threshold` when present.
+    /// In the order of [`super::optim::PARAMS`], then `threshold_param` when present.
     pub fn tensors(&self) -> Vec<&Tensor> {
         let mut out = vec![&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec];
-        out.extend(self.log_threshold.as_ref());
+        out.extend(self.threshold_param.as_ref());
         out
     }
 
@@ -122,7 +122,7 @@ impl Grads {
             &mut self.w_dec,
             &mut self.b_dec,
         ];
-        out.extend(self.log_threshold.as_mut());
+        out.extend(self.threshold_param.as_mut());
         out
     }
 
@@ -485,7 +485,7 @@ fn sparse_step(
             b_enc,
             w_dec,
             b_dec,
-            log_threshold: None,
+            threshold_param: None,
         },
         fired: codes.fired_with(sync_free),
         min_positive: codes.min_positive(),
@@ -564,7 +564,7 @@ fn relu_step(
             b_enc,
             w_dec,
             b_dec,
-            log_threshold: None,
+            threshold_param: None,
         },
         fired: active.sum_dim_intlist(0, false, Kind::Int64),
         min_positive: Tensor::full([], f64::INFINITY, (Kind::Float, device)),

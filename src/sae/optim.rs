@@ -24,14 +24,17 @@ use super::objective::Grads;
 
 /// Parameter names, as in the checkpoint (SAELens's).
 pub const PARAMS: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
-/// The fifth parameter of a jumprelu SAE: log θ, one per latent.
-pub const LOG_THRESHOLD: &str = "log_threshold";
-
-/// The names of `sae`'s parameters: [`PARAMS`], then [`LOG_THRESHOLD`] for jumprelu.
+/// The names of `sae`'s parameters: [`PARAMS`], then for jumprelu its threshold
+/// parameter's (`log_threshold` or `threshold`, [`super::jumprelu::ThresholdParam::tensor_name`]).
 pub fn param_names(sae: &Sae) -> Vec<&'static str> {
     let mut out = PARAMS.to_vec();
-    if sae.log_threshold.is_some() {
-        out.push(LOG_THRESHOLD);
+    if sae.threshold_param.is_some() {
+        out.push(
+            sae.jumprelu
+                .unwrap_or_default()
+                .threshold_param
+                .tensor_name(),
+        );
     }
     out
 }
@@ -65,6 +68,8 @@ impl Default for AdamConfig {
 pub struct Adam {
     pub config: AdamConfig,
     steps: i64,
+    /// The parameters' names ([`param_names`]), for the state's tensors.
+    names: Vec<&'static str>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     scratch: [Tensor; 2],
@@ -86,7 +91,7 @@ fn view_like(buffer: &Tensor, like: &Tensor) -> Tensor {
 
 fn params(sae: &Sae) -> Vec<&Tensor> {
     let mut out = vec![&sae.w_enc, &sae.b_enc, &sae.w_dec, &sae.b_dec];
-    out.extend(sae.log_threshold.as_ref());
+    out.extend(sae.threshold_param.as_ref());
     out
 }
 
@@ -97,7 +102,7 @@ fn params_mut(sae: &mut Sae) -> Vec<&mut Tensor> {
         &mut sae.w_dec,
         &mut sae.b_dec,
     ];
-    out.extend(sae.log_threshold.as_mut());
+    out.extend(sae.threshold_param.as_mut());
     out
 }
 
@@ -235,6 +240,7 @@ impl Adam {
         Adam {
             config,
             steps: 0,
+            names: param_names(sae),
             exp_avg: params(sae).into_iter().map(|p| p.zeros_like()).collect(),
             exp_avg_sq: params(sae).into_iter().map(|p| p.zeros_like()).collect(),
             scratch: scratch_for(params(sae)),
@@ -249,7 +255,9 @@ impl Adam {
     /// One training step in this order: remove from each decoder row's gradient its
     /// component along the row, clip all gradients to `max_grad_norm` (global norm, like
     /// `clip_grad_norm_`), the Adam update at learning rate `lr`, renormalise the decoder
-    /// rows (a matryoshka SAE with `decoder_norm: free` skips the first and last). Returns the global gradient norm before clipping (0-dim f32, not read).
+    /// rows (a matryoshka SAE with `decoder_norm: free` skips the first and last), and
+    /// (jumprelu, `linear` thresholds) clamp θ at 0. Returns the global gradient norm before
+    /// clipping (0-dim f32, not read).
     pub fn step(
         &mut self,
         sae: &mut Sae,
@@ -272,6 +280,7 @@ impl Adam {
         if unit {
             normalize_rows(&mut sae.w_dec, Some(&scratch));
         }
+        sae.project_threshold();
         norm
     }
 
@@ -307,8 +316,7 @@ impl Adam {
     /// shapes), sharing storage with the optimizer: write them out before the next step.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(10);
-        let names = [PARAMS.as_slice(), &[LOG_THRESHOLD]].concat();
-        for (i, name) in names.iter().take(self.exp_avg.len()).enumerate() {
+        for (i, name) in self.names.iter().take(self.exp_avg.len()).enumerate() {
             out.push((format!("{name}.exp_avg"), self.exp_avg[i].shallow_clone()));
             out.push((
                 format!("{name}.exp_avg_sq"),
@@ -366,11 +374,13 @@ impl Adam {
             }
             Ok(out)
         };
+        let (exp_avg, exp_avg_sq) = (take(exp_avg, "exp_avg")?, take(exp_avg_sq, "exp_avg_sq")?);
         Ok(Adam {
             config,
             steps,
-            exp_avg: take(exp_avg, "exp_avg")?,
-            exp_avg_sq: take(exp_avg_sq, "exp_avg_sq")?,
+            names,
+            exp_avg,
+            exp_avg_sq,
             scratch: scratch_for(params(sae)),
         })
     }
@@ -410,7 +420,7 @@ mod tests {
                         b_enc: g(&a.b_enc),
                         w_dec: g(&a.w_dec),
                         b_dec: g(&a.b_dec),
-                        log_threshold: None,
+                        threshold_param: None,
                     };
                     fused.update_with(&mut a, &grads, 1e-2 * (1 + step % 3) as f64, true);
                     plain.update_with(&mut b, &grads, 1e-2 * (1 + step % 3) as f64, false);

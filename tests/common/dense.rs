@@ -2,7 +2,9 @@
 //! reference for the hand-written sparse gradients (tests/sae_core.rs) and the baseline
 //! of the step-time benchmark (benches/sae_step.rs).
 
-use saeclip::sae::{Architecture, LossOptions, MatryoshkaSelection, Sae, SparsityLoss};
+use saeclip::sae::{
+    Architecture, LossOptions, MatryoshkaSelection, Sae, SparsityLoss, ThresholdParam,
+};
 use tch::Tensor;
 
 /// Loss terms and the gradients of `W_enc`, `b_enc`, `W_dec`, `b_dec`.
@@ -12,8 +14,8 @@ pub struct Reference {
     pub aux: Tensor,
     pub l1: Tensor,
     pub grads: [Tensor; 4],
-    /// jumprelu: the gradient of log θ.
-    pub log_threshold: Option<Tensor>,
+    /// jumprelu: the gradient of θ's parameter (log θ or θ).
+    pub threshold_param: Option<Tensor>,
 }
 
 /// K(u) = [−½ < u < ½], detached.
@@ -37,8 +39,8 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
     let xs = x * sae.input_scale;
     let xc = &xs - &p[3];
     let pre = xc.matmul(&p[0]) + &p[1];
-    let log_theta = sae
-        .log_threshold
+    let theta_param = sae
+        .threshold_param
         .as_ref()
         .map(|t| t.detach().copy().set_requires_grad(true));
     // jumprelu: the straight-through estimator as SAE-Lens's autograd functions define it,
@@ -48,7 +50,12 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
     let z = match sae.config.architecture {
         Architecture::JumpRelu => {
             let eps = sae.jumprelu.unwrap().bandwidth;
-            let theta = log_theta.as_ref().unwrap().exp();
+            let param = theta_param.as_ref().unwrap();
+            // θ's parameter is a leaf: `linear` θ is projected to ≥ 0 outside the graph.
+            let theta = match sae.jumprelu.unwrap().threshold_param {
+                ThresholdParam::Log => param.exp(),
+                ThresholdParam::Linear => param.shallow_clone(),
+            };
             let ts = theta.detach();
             let h = pre.gt_tensor(&ts).to_kind(kind).detach();
             let k = rectangle(&((pre.detach() - &ts) / eps));
@@ -137,6 +144,6 @@ pub fn dense_reference(sae: &Sae, x: &Tensor, dead: Option<&Tensor>, o: &LossOpt
         aux: aux.detach(),
         l1: l1.detach(),
         grads: [p[0].grad(), p[1].grad(), p[2].grad(), p[3].grad()],
-        log_threshold: log_theta.map(|t| t.grad()),
+        threshold_param: theta_param.map(|t| t.grad()),
     }
 }
