@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use common::planted::*;
 use saeclip::clip::{Clip, LoadOptions, Tokens};
 use saeclip::data::{ProceduralFactors, Split};
-use saeclip::interpret::{interpret, InterpretOptions};
+use saeclip::interpret::interpret;
 use saeclip::sae::checkpoint::save;
 use tch::Kind;
 
@@ -121,19 +121,7 @@ fn planted_red_feature_is_labelled_red_by_a_fitted_clip() {
         )
         .unwrap();
         let out = dir.path().join(format!("out-{layer}"));
-        let mut o = InterpretOptions::new(
-            model.clone(),
-            path,
-            DATASET.parse().unwrap(),
-            out.join("features.csv"),
-            out.join("collages"),
-        );
-        o.batch_size = 16;
-        o.top_k = 12;
-        o.sample_size = Some(SAMPLE);
-        o.seed = SEED;
-        o.vocab = Some(vocab.clone());
-        let s = interpret(&o).unwrap();
+        let s = interpret(&sample_options(&model, &path, &out, 12, &vocab)).unwrap();
         let red = s.features.iter().find(|f| f.latent == 0).unwrap();
         assert_eq!(red.top.len(), 12);
         for t in &red.top {

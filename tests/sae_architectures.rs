@@ -423,14 +423,6 @@ fn run(config: TrainConfig, resume: Option<PathBuf>, stop: Option<usize>) -> Pat
     train(&o).unwrap().run_dir
 }
 
-fn lines(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 const JUMPRELU: &[&str] = &[
     "sae.architecture=jumprelu",
     "sae.l0_coef=0.002",
@@ -484,20 +476,10 @@ fn both_train_and_resume_bit_identical() {
             assert_eq!(na, nb);
             assert!(ta.equal(tb), "{name}: {na} differs after resume");
         }
-        let strip = |v: Vec<Value>| -> Vec<Value> {
-            v.into_iter()
-                .map(|mut l| {
-                    l.as_object_mut()
-                        .unwrap()
-                        .retain(|k, _| k != "time" && k != "rows_per_s");
-                    l
-                })
-                .collect()
-        };
-        let log = lines(&whole);
+        let log = common::metric_lines(&whole);
         assert_eq!(
-            strip(log.clone()),
-            strip(lines(&partial)),
+            common::timeless_metric_lines(&whole),
+            common::timeless_metric_lines(&partial),
             "{name}: metric lines"
         );
         let last = log.iter().rev().find(|l| l["type"] == "epoch").unwrap();
@@ -562,19 +544,6 @@ fn checkpoint_tensors(p: &Path) -> Vec<(String, Tensor)> {
     t
 }
 
-/// Metric lines without the wall-clock fields.
-fn timeless_lines(run: &Path) -> Vec<Value> {
-    lines(run)
-        .into_iter()
-        .map(|mut l| {
-            l.as_object_mut()
-                .unwrap()
-                .retain(|k, _| k != "time" && k != "rows_per_s");
-            l
-        })
-        .collect()
-}
-
 /// Matryoshka with `training.checkpoint_every`: stopped mid-epoch (step lines past the
 /// checkpoint), resumed, stopped mid-epoch again, resumed to the end: the same tensors and
 /// metric lines as an uninterrupted run without the key, for both decoder norms. `free`
@@ -606,7 +575,7 @@ fn matryoshka_resumes_mid_epoch_bit_identical() {
         let latest = cut.join("checkpoints/latest.safetensors");
         assert!(latest.exists() && !cut.join("checkpoints/last.safetensors").exists());
         assert!(
-            lines(&cut).iter().any(|l| l["step"] == 4),
+            common::metric_lines(&cut).iter().any(|l| l["step"] == 4),
             "{norm}: a step past the checkpoint"
         );
         o.config = TrainConfig::default();
@@ -634,8 +603,8 @@ fn matryoshka_resumes_mid_epoch_bit_identical() {
             );
         }
         assert_eq!(
-            timeless_lines(&whole),
-            timeless_lines(&cut),
+            common::timeless_metric_lines(&whole),
+            common::timeless_metric_lines(&cut),
             "{norm}: metric lines"
         );
         let (sae, _) =

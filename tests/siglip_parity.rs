@@ -415,7 +415,7 @@ fn interpret_labels_siglip_features_with_its_own_text_tower() {
     use common::planted::*;
     use saeclip::clip::normalize;
     use saeclip::data::Split;
-    use saeclip::interpret::{interpret, InterpretOptions, LabelMethod};
+    use saeclip::interpret::{interpret, LabelMethod};
 
     let r = Reference::load("siglip-tiny");
     let model = r.dir.join("hf");
@@ -436,19 +436,7 @@ fn interpret_labels_siglip_features_with_its_own_text_tower() {
     let vocab = ["red", "green", "blue", "striped", "sky", "circle", "dog"];
     let vocab_path = dir.path().join("vocab.txt");
     std::fs::write(&vocab_path, vocab.join("\n")).unwrap();
-    let out = dir.path().join("out");
-    let mut o = InterpretOptions::new(
-        model.clone(),
-        sae_path,
-        DATASET.parse().unwrap(),
-        out.join("features.csv"),
-        out.join("collages"),
-    );
-    o.batch_size = 16;
-    o.top_k = 6;
-    o.sample_size = Some(SAMPLE);
-    o.seed = SEED;
-    o.vocab = Some(vocab_path);
+    let o = sample_options(&model, &sae_path, &dir.path().join("out"), 6, &vocab_path);
     let s = interpret(&o).unwrap();
     assert_eq!(s.label_method, LabelMethod::TopImages);
     assert!(!s.features.is_empty());

@@ -78,21 +78,6 @@ fn same_tensors(a: &Path, b: &Path) {
     }
 }
 
-/// The lines of metrics.jsonl without the clock.
-fn metric_lines(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut()
-                .unwrap()
-                .retain(|k, _| k != "time" && k != "rows_per_s");
-            v
-        })
-        .collect()
-}
-
 fn same_run(a: &Path, b: &Path) {
     for f in ["last", "best"] {
         same_tensors(
@@ -101,8 +86,8 @@ fn same_run(a: &Path, b: &Path) {
         );
     }
     assert_eq!(
-        metric_lines(a),
-        metric_lines(b),
+        common::timeless_metric_lines(a),
+        common::timeless_metric_lines(b),
         "{} vs {}",
         a.display(),
         b.display()

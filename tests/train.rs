@@ -70,14 +70,6 @@ fn options(config: TrainConfig) -> TrainOptions {
     }
 }
 
-fn lines(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn training_fills_the_run_directory_and_its_metrics_are_true() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,7 +99,7 @@ fn training_fills_the_run_directory_and_its_metrics_are_true() {
     // The resolved config reads back as the same config.
     let back = TrainConfig::load(&run.join("config.yaml"), &[]).unwrap();
     assert_eq!(back.sae.k, 8);
-    let all = lines(&run);
+    let all = common::metric_lines(&run);
     let steps: Vec<&Value> = all.iter().filter(|v| v["type"] == "step").collect();
     let epochs: Vec<&Value> = all.iter().filter(|v| v["type"] == "epoch").collect();
     assert_eq!(epochs.len(), 4);
@@ -177,7 +169,7 @@ fn k_warmup_and_lr_schedule_show_in_the_log() {
         ],
     );
     let run = train(&options(c)).unwrap().run_dir;
-    let steps: Vec<Value> = lines(&run)
+    let steps: Vec<Value> = common::metric_lines(&run)
         .into_iter()
         .filter(|v| v["type"] == "step")
         .collect();
@@ -281,19 +273,9 @@ fn resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         assert_eq!(na, nb);
         assert!(ta.equal(tb), "{na} differs after resume");
     }
-    let strip = |v: Vec<Value>| -> Vec<Value> {
-        v.into_iter()
-            .map(|mut l| {
-                l.as_object_mut()
-                    .unwrap()
-                    .retain(|k, _| k != "time" && k != "rows_per_s");
-                l
-            })
-            .collect()
-    };
     assert_eq!(
-        strip(lines(&whole)),
-        strip(lines(&run)),
+        common::timeless_metric_lines(&whole),
+        common::timeless_metric_lines(&run),
         "the metric lines must match too"
     );
 }
@@ -479,14 +461,14 @@ fn shipped_configs_parse_and_validate_for_vit_b_32() {
 }
 
 fn epoch_lines(run: &Path) -> Vec<Value> {
-    lines(run)
+    common::metric_lines(run)
         .into_iter()
         .filter(|v| v["type"] == "epoch")
         .collect()
 }
 
 fn step_lines(run: &Path) -> Vec<Value> {
-    lines(run)
+    common::metric_lines(run)
         .into_iter()
         .filter(|v| v["type"] == "step")
         .collect()

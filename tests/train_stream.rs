@@ -123,20 +123,6 @@ fn assert_same_checkpoint(a: &Path, b: &Path, what: &str) {
     }
 }
 
-fn metric_lines(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut()
-                .unwrap()
-                .retain(|k, _| k != "time" && k != "rows_per_s");
-            v
-        })
-        .collect()
-}
-
 /// The stream splits as memory does, draws the same initialisation sample, gives every
 /// training row exactly once per epoch (f16 decoded exactly) in a seeded order that differs
 /// between epochs, and reads the validation rows in the same batches as memory.
@@ -235,7 +221,10 @@ fn memory_is_the_default_and_a_stopped_stream_resumes_exactly() {
         &run.join("checkpoints/last.safetensors"),
         "after resuming a stream",
     );
-    assert_eq!(metric_lines(&whole), metric_lines(&run));
+    assert_eq!(
+        common::timeless_metric_lines(&whole),
+        common::timeless_metric_lines(&run)
+    );
     // Streaming trains as well as memory does (another order of the same rows).
     let val_evr = |run: &Path| -> f64 {
         let s: Value =
@@ -396,7 +385,9 @@ fn a_run_stopped_mid_epoch_resumes_exactly() {
         );
         assert_eq!(data["batches_drawn"], 5, "{load}: {data}");
         // Step 6 was logged after the checkpoint: the resume drops it and logs it again.
-        assert!(metric_lines(&run).iter().any(|l| l["step"] == 6));
+        assert!(common::timeless_metric_lines(&run)
+            .iter()
+            .any(|l| l["step"] == 6));
         // The second stop falls in epoch 2 (an epoch is 15 steps), past an epoch end.
         let mut o = options(TrainConfig::default());
         o.resume = Some(run.clone());
@@ -422,7 +413,11 @@ fn a_run_stopped_mid_epoch_resumes_exactly() {
             &run.join("checkpoints/best.safetensors"),
             &format!("{load}: best after resuming mid-epoch"),
         );
-        assert_eq!(metric_lines(&whole), metric_lines(&run), "{load}");
+        assert_eq!(
+            common::timeless_metric_lines(&whole),
+            common::timeless_metric_lines(&run),
+            "{load}"
+        );
     }
 }
 
@@ -456,8 +451,8 @@ fn a_sweep_resumes_members_saved_at_different_steps() {
             &format!("member {}", a.name),
         );
         assert_eq!(
-            metric_lines(&a.run_dir),
-            metric_lines(&b.run_dir),
+            common::timeless_metric_lines(&a.run_dir),
+            common::timeless_metric_lines(&b.run_dir),
             "{}",
             a.name
         );

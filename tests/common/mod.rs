@@ -255,3 +255,26 @@ pub fn generated_model(script: &str, name: &str) -> PathBuf {
     }
     dir
 }
+
+/// The lines of a run's metrics.jsonl.
+pub fn metric_lines(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The lines of a run's metrics.jsonl without the wall-clock fields (`time`, `rows_per_s`),
+/// which differ between otherwise identical runs.
+pub fn timeless_metric_lines(run: &Path) -> Vec<serde_json::Value> {
+    metric_lines(run)
+        .into_iter()
+        .map(|mut l| {
+            l.as_object_mut()
+                .unwrap()
+                .retain(|k, _| k != "time" && k != "rows_per_s");
+            l
+        })
+        .collect()
+}

@@ -2,14 +2,14 @@
 //! the procedural dataset, its pixels, the seeded sample, and a hand-built ReLU SAE whose
 //! latent 0 fires on red images.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use saeclip::clip::preprocess::{preprocess, PreprocessConfig};
 use saeclip::clip::{Clip, Tokens};
 use saeclip::data::cache::file_sha256;
 use saeclip::data::procedural::Colour;
 use saeclip::data::{self, Dataset, DatasetSpec, ProceduralFactors, Split};
-use saeclip::interpret::sample_indices;
+use saeclip::interpret::{sample_indices, InterpretOptions};
 use saeclip::sae::{Architecture, CheckpointMeta, Sae, SaeConfig};
 use tch::{Kind, Tensor};
 
@@ -118,4 +118,29 @@ pub const SEED: u64 = 11;
 pub fn the_sample() -> Vec<usize> {
     let all: Vec<usize> = (0..procedural(Split::Train).len()).collect();
     sample_indices(&all, Some(SAMPLE), SEED).0
+}
+
+/// `interpret`'s options for a planted-style run: the procedural dataset's seeded sample,
+/// batches of 16, `top_k` images per feature, labels from the phrases of `vocab`, outputs
+/// under `out`.
+pub fn sample_options(
+    model: &Path,
+    sae: &Path,
+    out: &Path,
+    top_k: usize,
+    vocab: &Path,
+) -> InterpretOptions {
+    let mut o = InterpretOptions::new(
+        model.to_path_buf(),
+        sae.to_path_buf(),
+        DATASET.parse().unwrap(),
+        out.join("features.csv"),
+        out.join("collages"),
+    );
+    o.batch_size = 16;
+    o.top_k = top_k;
+    o.sample_size = Some(SAMPLE);
+    o.seed = SEED;
+    o.vocab = Some(PathBuf::from(vocab));
+    o
 }
