@@ -7,7 +7,13 @@ about 0.0002 MMCS on average. This script re-runs that size with one default cha
 at twice the rate. It prints one line per run; bench/RESULTS.md's defaults section quotes it.
 
     .venv/bin/python bench/defaults_gap.py            # about 40 minutes on 2 busy cores
-    .venv/bin/python bench/defaults_gap.py --variant --set sae.b_dec_init=mean   # one variant, seeds 0-4
+    .venv/bin/python bench/defaults_gap.py --variant --set training.adam_eps=1e-12   # one variant, seeds 0-4
+    .venv/bin/python bench/defaults_gap.py --paired --sizes medium-1500 --seeds 0,1,2
+
+`--paired` takes the seeds' noise out: the plain trainer starts from saeclip's own initial
+SAE (saeclip trained 100 steps at a rate of 1e-30) and reads saeclip's own batches (the
+in-memory path's per-epoch permutations, drawn from libtorch's generator with saeclip's
+epoch seeds), so that saeclip and the plain trainer differ in their update rule alone.
 """
 
 from pathlib import Path
@@ -103,6 +109,77 @@ def variant(args) -> None:
         print(f"{tag} {label} mean: saeclip {sum(mine) / len(mine):.4f} plain {sum(theirs) / len(theirs):.4f}", flush=True)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """src/sae/batches.rs `epoch_seed`: the seed of an epoch's shuffle in memory."""
+    return seed * 1_000_003 + epoch + 1
+
+
+def paired_plain(data: Path, init: Path, size: dict, steps: int, lr: float, seed: int, project: bool, out: Path) -> None:
+    """The plain trainer started from saeclip's own initial SAE (`init`) on saeclip's own
+    batches (the in-memory path's per-epoch permutations, drawn from libtorch's generator
+    with the same seeds), so that only the update rule differs from saeclip's run."""
+    import json
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    with safe_open(str(data / "data.safetensors"), framework="pt") as f:
+        rows = f.get_tensor("train")
+    with safe_open(str(init), framework="pt") as f:
+        scale = json.loads(f.metadata()["saeclip"])["input_scale"]
+        params = {k: f.get_tensor(k).clone().requires_grad_() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    n = rows.shape[0]
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    k, batch = size["k"], size["batch"]
+    epoch, pos, order = 0, n, None
+    for _ in range(steps):
+        if pos >= n:
+            torch.manual_seed(epoch_seed(seed, epoch))
+            order, pos, epoch = torch.randperm(n), 0, epoch + 1
+        x = rows[order[pos : pos + batch]] * scale
+        pos += batch
+        with torch.enable_grad():
+            pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+            v, i = pre.topk(k, dim=1)
+            z = torch.zeros_like(pre).scatter(1, i, v.relu())
+            loss = (z @ params["W_dec"] + params["b_dec"] - x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+        if project:
+            w, g = params["W_dec"].detach(), params["W_dec"].grad
+            g -= (g * w).sum(1, keepdim=True) * w
+        opt.step()
+        with torch.no_grad():
+            params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
+    meta = {"saeclip": json.dumps({"version": 1, "architecture": "topk", "k": k, "d_in": rows.shape[1],
+                                   "d_sae": size["d_sae"], "input_scale": scale})}  # fmt: skip
+    save_file({name: p.detach().contiguous() for name, p in params.items()}, str(out), metadata=meta)
+
+
+def paired(args) -> None:
+    """saeclip against the plain trainer on the same initial SAE and the same batches (the
+    plain trainer without and with the decoder-gradient projection), per seed."""
+    exe = gt.build_rust_bench()
+    sizes = {s["name"]: s for s in D.SIZES}
+    for tag in args.sizes.split(","):
+        name, steps = tag.split("-")
+        size, steps = sizes[name], int(steps)
+        data = D.make_data(exe, size)
+        heldout, atoms = D.heldout_and_atoms(data)
+        lr = D.auto_lr(size["d_sae"])
+        for seed in [int(x) for x in args.seeds.split(",")]:
+            # saeclip's initial SAE: 100 steps (the bench times from step 50 on) at a vanishing rate.
+            init = D.run_saeclip(exe, data, size, 100, {"training.seed": seed, "training.lr": 1e-30}, f"paired-init-{tag}-s{seed}", 1)
+            mine = D.run_saeclip(exe, data, size, steps, {"training.seed": seed}, f"paired-{tag}-s{seed}", 1)
+            line = f"{tag} seed {seed}: saeclip {gt.evaluate(Path(mine['checkpoint']), heldout, atoms)['mmcs']:.4f}"
+            for project in (False, True):
+                out = D.BENCH_DIR / "runs" / f"paired-plain-{tag}-s{seed}-{int(project)}.safetensors"
+                paired_plain(data, Path(init["checkpoint"]), size, steps, lr, seed, project, out)
+                line += f" plain{'+projection' if project else ''} {gt.evaluate(out, heldout, atoms)['mmcs']:.4f}"
+            print(line, flush=True)
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -113,5 +190,7 @@ if __name__ == "__main__":
     p.add_argument("--variant", action="store_true", help="run one variant over seeds instead of the fixed list")
     p.add_argument("--plain-projection", action="store_true",
                    help="variant mode: train the plain trainer with saeclip's decoder-gradient projection instead")  # fmt: skip
+    p.add_argument("--paired", action="store_true",
+                   help="saeclip vs the plain trainer from saeclip's initial SAE on saeclip's batches")  # fmt: skip
     a = p.parse_args()
-    variant(a) if a.variant else main()
+    paired(a) if a.paired else variant(a) if a.variant else main()
