@@ -121,10 +121,7 @@ def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads
                project: bool = False) -> dict:  # fmt: skip
     """A plain PyTorch top-k SAE trainer: inputs times saeclip's input scale (so that one
     learning rate means the same to both), b_dec = the mean, unit random decoder rows,
-    W_enc = W_decᵀ, b_enc = 0; per step a batch of a per-epoch shuffle, z = TopK(ReLU(
-    (x − b_dec)·W_enc + b_enc)), MSE, Adam at a constant rate, decoder rows renormalised.
-    `project`: remove from each decoder row's gradient its component along the row before
-    the step (as saeclip and OpenAI's trainer do)."""
+    W_enc = W_decᵀ, b_enc = 0; per step a batch of a per-epoch shuffle, then `plain_steps`."""
     torch.set_num_threads(threads)
     from safetensors import safe_open
 
@@ -142,15 +139,31 @@ def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads
         "W_dec": w_dec.clone().requires_grad_(),
         "b_dec": (sample * scale).mean(0).requires_grad_(),
     }
-    opt = torch.optim.Adam(params.values(), lr=lr)
-    k, batch = size["k"], size["batch"]
+
+    def batches():
+        batch = size["batch"]
+        order, pos = torch.randperm(n), 0
+        while True:
+            if pos + batch > n:
+                order, pos = torch.randperm(n), 0
+            yield order[pos : pos + batch]
+            pos += batch
+
     started = time.perf_counter()
-    order, pos = torch.randperm(n), 0
-    for _ in range(steps):
-        if pos + batch > n:
-            order, pos = torch.randperm(n), 0
-        x = rows[order[pos : pos + batch]] * scale
-        pos += batch
+    plain_steps(params, rows, scale, size["k"], batches(), steps, lr, project)
+    seconds = time.perf_counter() - started
+    save_plain(params, scale, size["k"], out)
+    return {"checkpoint": str(out), "rows_per_s": steps * size["batch"] / seconds}
+
+
+def plain_steps(params: dict, rows, scale: float, k: int, batches, steps: int, lr: float, project: bool) -> None:
+    """`steps` plain updates of `params` (W_enc, b_enc, W_dec, b_dec) on the rows indexed by
+    each of `batches` times `scale`: z = TopK(ReLU((x − b_dec)·W_enc + b_enc)), MSE, Adam at
+    a constant rate, decoder rows renormalised. `project`: remove from each decoder row's
+    gradient its component along the row before the step (as saeclip and OpenAI's trainer do)."""
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    for _, index in zip(range(steps), batches):
+        x = rows[index] * scale
         with torch.enable_grad():
             pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
             v, i = pre.topk(k, dim=1)
@@ -162,12 +175,16 @@ def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads
             w, g = params["W_dec"].detach(), params["W_dec"].grad
             g -= (g * w).sum(1, keepdim=True) * w
         opt.step()
-        params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
-    seconds = time.perf_counter() - started
+        with torch.no_grad():
+            params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
+
+
+def save_plain(params: dict, scale: float, k: int, out: Path) -> None:
+    """A plain trainer's SAE as a saeclip checkpoint."""
+    d_sae, d = params["W_dec"].shape
     meta = {"saeclip": json.dumps({"version": 1, "architecture": "topk", "k": k, "d_in": d,
-                                   "d_sae": size["d_sae"], "input_scale": scale})}  # fmt: skip
+                                   "d_sae": d_sae, "input_scale": scale})}  # fmt: skip
     save_file({name: p.detach().contiguous() for name, p in params.items()}, str(out), metadata=meta)
-    return {"checkpoint": str(out), "rows_per_s": steps * batch / seconds}
 
 
 def section(r: dict) -> str:

@@ -121,7 +121,6 @@ def paired_plain(data: Path, init: Path, size: dict, steps: int, lr: float, seed
     import json
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     torch.set_num_threads(1)
     with safe_open(str(data / "data.safetensors"), framework="pt") as f:
@@ -129,32 +128,19 @@ def paired_plain(data: Path, init: Path, size: dict, steps: int, lr: float, seed
     with safe_open(str(init), framework="pt") as f:
         scale = json.loads(f.metadata()["saeclip"])["input_scale"]
         params = {k: f.get_tensor(k).clone().requires_grad_() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    n = rows.shape[0]
-    opt = torch.optim.Adam(params.values(), lr=lr)
-    k, batch = size["k"], size["batch"]
-    epoch, pos, order = 0, n, None
-    for _ in range(steps):
-        if pos >= n:
+    n, batch = rows.shape[0], size["batch"]
+
+    def batches():
+        epoch = 0
+        while True:
             torch.manual_seed(epoch_seed(seed, epoch))
-            order, pos, epoch = torch.randperm(n), 0, epoch + 1
-        x = rows[order[pos : pos + batch]] * scale
-        pos += batch
-        with torch.enable_grad():
-            pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
-            v, i = pre.topk(k, dim=1)
-            z = torch.zeros_like(pre).scatter(1, i, v.relu())
-            loss = (z @ params["W_dec"] + params["b_dec"] - x).square().mean()
-            opt.zero_grad()
-            loss.backward()
-        if project:
-            w, g = params["W_dec"].detach(), params["W_dec"].grad
-            g -= (g * w).sum(1, keepdim=True) * w
-        opt.step()
-        with torch.no_grad():
-            params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
-    meta = {"saeclip": json.dumps({"version": 1, "architecture": "topk", "k": k, "d_in": rows.shape[1],
-                                   "d_sae": size["d_sae"], "input_scale": scale})}  # fmt: skip
-    save_file({name: p.detach().contiguous() for name, p in params.items()}, str(out), metadata=meta)
+            order = torch.randperm(n)
+            for start in range(0, n, batch):
+                yield order[start : start + batch]
+            epoch += 1
+
+    D.plain_steps(params, rows, scale, size["k"], batches(), steps, lr, project)
+    D.save_plain(params, scale, size["k"], out)
 
 
 def paired(args) -> None:
