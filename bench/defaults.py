@@ -116,44 +116,54 @@ def run_saeclip(exe: Path, data: Path, size: dict, steps: int, sets: dict, name:
     return report
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """src/sae/batches.rs `epoch_seed`: the seed of an epoch's shuffle in memory."""
+    return seed * 1_000_003 + epoch + 1
+
+
+def initial_sae(exe: Path, data: Path, size: dict, seed: int, threads: int) -> Path:
+    """saeclip's initial SAE for `seed` (unit random decoder rows, W_enc = W_decᵀ, b_enc = 0,
+    b_dec = the sample mean, saeclip's input scale): 100 steps (the bench times from step 50
+    on) at a rate of 1e-30, whose updates are lost in rounding (b_enc, which starts at 0,
+    moves by about 1e-28)."""
+    name = f"init-{size['name']}-s{seed}"
+    rep = run_saeclip(exe, data, size, 100, {"training.seed": seed, "training.lr": 1e-30}, name, threads)
+    return Path(rep["checkpoint"])
+
+
 @torch.no_grad()
-def plain_topk(data: Path, size: dict, steps: int, lr: float, out: Path, threads: int, seed: int = SEED,
-               project: bool = False) -> dict:  # fmt: skip
-    """A plain PyTorch top-k SAE trainer: inputs times saeclip's input scale (so that one
-    learning rate means the same to both), b_dec = the mean, unit random decoder rows,
-    W_enc = W_decᵀ, b_enc = 0; per step a batch of a per-epoch shuffle, then `plain_steps`."""
+def plain_topk(exe: Path, data: Path, size: dict, steps: int, lr: float, out: Path, threads: int,
+               seed: int = SEED, project: bool = False) -> dict:  # fmt: skip
+    """A plain PyTorch top-k SAE trainer, paired with saeclip's run of the same seed: it
+    starts from saeclip's initial SAE (`initial_sae`: the same init recipe and the same
+    draws) and reads saeclip's batches (the in-memory path's per-epoch permutations, drawn
+    from libtorch's generator with saeclip's epoch seeds), so that the two differ in their
+    update rule alone; then `plain_steps`."""
     torch.set_num_threads(threads)
     from safetensors import safe_open
 
+    init = initial_sae(exe, data, size, seed, threads)
     with safe_open(str(data / "data.safetensors"), framework="pt") as f:
         rows = f.get_tensor("train")
-    n, d = rows.shape
-    torch.manual_seed(seed)
-    sample = rows[torch.randperm(n)[:65_536]]
-    scale = d**0.5 / sample.norm(dim=1).mean().item()
-    w_dec = torch.randn(size["d_sae"], d)
-    w_dec /= w_dec.norm(dim=1, keepdim=True)
-    params = {
-        "W_enc": w_dec.T.clone().requires_grad_(),
-        "b_enc": torch.zeros(size["d_sae"], requires_grad=True),
-        "W_dec": w_dec.clone().requires_grad_(),
-        "b_dec": (sample * scale).mean(0).requires_grad_(),
-    }
+    with safe_open(str(init), framework="pt") as f:
+        scale = json.loads(f.metadata()["saeclip"])["input_scale"]
+        params = {k: f.get_tensor(k).clone().requires_grad_() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    n, batch = rows.shape[0], size["batch"]
 
     def batches():
-        batch = size["batch"]
-        order, pos = torch.randperm(n), 0
+        epoch = 0
         while True:
-            if pos + batch > n:
-                order, pos = torch.randperm(n), 0
-            yield order[pos : pos + batch]
-            pos += batch
+            torch.manual_seed(epoch_seed(seed, epoch))
+            order = torch.randperm(n)
+            for start in range(0, n, batch):
+                yield order[start : start + batch]
+            epoch += 1
 
     started = time.perf_counter()
     plain_steps(params, rows, scale, size["k"], batches(), steps, lr, project)
     seconds = time.perf_counter() - started
     save_plain(params, scale, size["k"], out)
-    return {"checkpoint": str(out), "rows_per_s": steps * size["batch"] / seconds}
+    return {"checkpoint": str(out), "rows_per_s": steps * batch / seconds}
 
 
 def plain_steps(params: dict, rows, scale: float, k: int, batches, steps: int, lr: float, project: bool) -> None:
@@ -199,8 +209,9 @@ def section(r: dict) -> str:
         "the best cosine with a decoder row; evr; dead = never fires on the held-out rows). Every "
         "saeclip row names the keys it sets on top of the size's `sae.d_sae`, `sae.k`, "
         "`training.batch_size`, `training.steps`; all other keys are the defaults. The plain "
-        "trainer is bench/defaults.py `plain_topk` (constant learning rate, MSE, same init and "
-        "input scale; b_dec = the mean)."
+        "trainer is bench/defaults.py `plain_topk` (constant learning rate, MSE, decoder rows "
+        "renormalised), paired with saeclip's run of the same seed: it starts from saeclip's initial "
+        "SAE and reads saeclip's batches, so the two differ in their update rule alone."
         + (f" The shipped-defaults rows and the plain rows at the shipped rate were re-measured {r['shipped_date']} "
            f"(saeclip {r['shipped_commit']}), after the defaults were set from the other rows." if r.get("shipped_date") else ""),
         "",
@@ -288,9 +299,9 @@ def auto_lr(d_sae: int) -> float:
     return 2e-4 * (16_384 / d_sae) ** 0.5
 
 
-def plain_row(data: Path, size: dict, steps: int, lr: float, tag: str, threads: int, heldout, atoms) -> dict:
+def plain_row(exe: Path, data: Path, size: dict, steps: int, lr: float, tag: str, threads: int, heldout, atoms) -> dict:
     out = BENCH_DIR / "runs" / f"{tag}-plain-{lr:g}.safetensors"
-    rep = plain_topk(data, size, steps, lr, out, threads)
+    rep = plain_topk(exe, data, size, steps, lr, out, threads)
     e = gt.evaluate(out, heldout, atoms)
     log(f"{tag} plain {lr:g}: mmcs {e['mmcs']:.4f} evr {e['evr']:.4f}")
     return {"name": plain_name(lr), "eval": e, "rows_per_s": rep["rows_per_s"]}
@@ -314,7 +325,7 @@ def seed_check(args) -> int:
             rep = run_saeclip(exe, data, size, steps, {"training.seed": seed}, f"{tag}-seed{seed}", args.threads)
             check["shipped"].append(gt.evaluate(Path(rep["checkpoint"]), heldout, atoms)["mmcs"])
             out = BENCH_DIR / "runs" / f"{tag}-plain-seed{seed}.safetensors"
-            plain_topk(data, size, steps, lr, out, args.threads, seed)
+            plain_topk(exe, data, size, steps, lr, out, args.threads, seed)
             check["plain"].append(gt.evaluate(out, heldout, atoms)["mmcs"])
             log(f"{tag} seed {seed}: shipped {check['shipped'][-1]:.4f} plain {check['plain'][-1]:.4f}")
         block["seed_check"] = check
@@ -337,7 +348,7 @@ def update_shipped(args) -> int:
         rows.insert(0, {"name": SHIPPED, "eval": e, "rows_per_s": rep["summary"]["rows_per_s"]})
         lr = auto_lr(size["d_sae"])
         if not any(r["name"] == plain_name(lr) for r in rows):
-            rows.append(plain_row(data, size, steps, lr, tag, args.threads, heldout, atoms))
+            rows.append(plain_row(exe, data, size, steps, lr, tag, args.threads, heldout, atoms))
         block["rows"] = rows
         block["shipped_lr"] = lr
     report["shipped_commit"] = gt.git_commit()
@@ -382,7 +393,7 @@ def main() -> int:
                              "rows_per_s": rep["summary"]["rows_per_s"]})  # fmt: skip
                 log(f"{tag} {name}: mmcs {e['mmcs']:.4f} evr {e['evr']:.4f} dead {e['dead_frac']:.4f}")
             for lr in PLAIN_LRS + [auto_lr(size["d_sae"])]:
-                rows.append(plain_row(data, size, steps, lr, tag, args.threads, heldout, atoms))
+                rows.append(plain_row(exe, data, size, steps, lr, tag, args.threads, heldout, atoms))
             blocks.append({"size": size, "steps": steps, "rows": rows})
         if size["name"] == "small":
             steps = size["steps"][-1]

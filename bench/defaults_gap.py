@@ -1,19 +1,20 @@
-"""Where the last gap between the shipped defaults and the plain trainer comes from (issue 12).
+"""Where the last gaps between the shipped defaults and the plain trainer come from (issue 12).
 
-On the medium size at 1,500 steps the shipped defaults trail the plain PyTorch trainer by
-about 0.0002 MMCS on average. This script re-runs that size with one default changed at a time
-(no clipping, AuxK off or stronger, a short dead window, twice the learning rate) over seeds
-0-2, adds seeds 3 and 4 for the shipped defaults and the plain trainer, and runs the small size
-at twice the rate. It prints one line per run; bench/RESULTS.md's defaults section quotes it.
+`main` re-runs the medium size with one default changed at a time (no clipping, AuxK off or
+stronger, a short dead window, twice the learning rate) over seeds 0-2, adds seeds 3 and 4
+for the shipped defaults and the plain trainer, and runs the small size at twice the rate.
+`--variant` runs one change over chosen sizes and seeds; `--paired` puts saeclip, the plain
+trainer and the plain trainer with saeclip's decoder-gradient projection side by side. It
+prints one line per run; bench/RESULTS.md's hand-written defaults sections quote it.
 
     .venv/bin/python bench/defaults_gap.py            # about 40 minutes on 2 busy cores
     .venv/bin/python bench/defaults_gap.py --variant --set training.adam_eps=1e-12   # one variant, seeds 0-4
     .venv/bin/python bench/defaults_gap.py --paired --sizes medium-1500 --seeds 0,1,2
 
-`--paired` takes the seeds' noise out: the plain trainer starts from saeclip's own initial
-SAE (saeclip trained 100 steps at a rate of 1e-30) and reads saeclip's own batches (the
-in-memory path's per-epoch permutations, drawn from libtorch's generator with saeclip's
-epoch seeds), so that saeclip and the plain trainer differ in their update rule alone.
+The plain trainer (bench/defaults.py `plain_topk`) is paired with saeclip's run of the same
+seed: it starts from saeclip's own initial SAE and reads saeclip's own batches, so the two
+differ in their update rule alone. (Before 2026-12-06 it drew its own initialisation and
+batch order; the sections measured then say which they used.)
 """
 
 from pathlib import Path
@@ -38,7 +39,7 @@ def main() -> None:
 
     def plain(size, data, heldout, atoms, rate, seed, tag):
         out = D.BENCH_DIR / "runs" / f"gap-plain-{tag}.safetensors"
-        D.plain_topk(data, size, STEPS, rate, out, 1, seed)
+        D.plain_topk(exe, data, size, STEPS, rate, out, 1, seed)
         return gt.evaluate(out, heldout, atoms)["mmcs"]
 
     variants = {
@@ -83,14 +84,14 @@ def variant(args) -> None:
         heldout, atoms = D.heldout_and_atoms(data)
         block = next(b for b in report["blocks"] if b["size"]["name"] == name and b["steps"] == steps)
         known = dict(zip(block["seed_check"]["seeds"], block["seed_check"]["plain"]))
-        cache = D.BENCH_DIR / f"gap-plain-{tag}.json"  # plain MMCS of seeds trained here before
+        cache = D.BENCH_DIR / f"gap-paired-plain-{tag}.json"  # plain MMCS of seeds trained here before
         if cache.exists():
             known.update({int(k): v for k, v in json.loads(cache.read_text()).items()})
         mine, theirs = [], []
         for seed in [int(x) for x in args.seeds.split(",")]:
             if args.plain_projection:
                 out = D.BENCH_DIR / "runs" / f"gap-plain-projection-{tag}-s{seed}.safetensors"
-                D.plain_topk(data, size, steps, D.auto_lr(size["d_sae"]), out, 1, seed, project=True)
+                D.plain_topk(exe, data, size, steps, D.auto_lr(size["d_sae"]), out, 1, seed, project=True)
                 mmcs = gt.evaluate(out, heldout, atoms)["mmcs"]
                 print(f"{tag} plain with the decoder-gradient projection seed {seed}: {mmcs:.4f}", flush=True)
                 continue
@@ -99,7 +100,7 @@ def variant(args) -> None:
             mine.append(gt.evaluate(Path(rep["checkpoint"]), heldout, atoms)["mmcs"])
             if seed not in known:
                 out = D.BENCH_DIR / "runs" / f"gap-plain-{tag}-s{seed}.safetensors"
-                D.plain_topk(data, size, steps, D.auto_lr(size["d_sae"]), out, 1, seed)
+                D.plain_topk(exe, data, size, steps, D.auto_lr(size["d_sae"]), out, 1, seed)
                 known[seed] = gt.evaluate(out, heldout, atoms)["mmcs"]
                 cache.write_text(json.dumps(known))
             theirs.append(known[seed])
@@ -107,40 +108,6 @@ def variant(args) -> None:
         if args.plain_projection:
             continue
         print(f"{tag} {label} mean: saeclip {sum(mine) / len(mine):.4f} plain {sum(theirs) / len(theirs):.4f}", flush=True)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """src/sae/batches.rs `epoch_seed`: the seed of an epoch's shuffle in memory."""
-    return seed * 1_000_003 + epoch + 1
-
-
-def paired_plain(data: Path, init: Path, size: dict, steps: int, lr: float, seed: int, project: bool, out: Path) -> None:
-    """The plain trainer started from saeclip's own initial SAE (`init`) on saeclip's own
-    batches (the in-memory path's per-epoch permutations, drawn from libtorch's generator
-    with the same seeds), so that only the update rule differs from saeclip's run."""
-    import json
-    import torch
-    from safetensors import safe_open
-
-    torch.set_num_threads(1)
-    with safe_open(str(data / "data.safetensors"), framework="pt") as f:
-        rows = f.get_tensor("train")
-    with safe_open(str(init), framework="pt") as f:
-        scale = json.loads(f.metadata()["saeclip"])["input_scale"]
-        params = {k: f.get_tensor(k).clone().requires_grad_() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    n, batch = rows.shape[0], size["batch"]
-
-    def batches():
-        epoch = 0
-        while True:
-            torch.manual_seed(epoch_seed(seed, epoch))
-            order = torch.randperm(n)
-            for start in range(0, n, batch):
-                yield order[start : start + batch]
-            epoch += 1
-
-    D.plain_steps(params, rows, scale, size["k"], batches(), steps, lr, project)
-    D.save_plain(params, scale, size["k"], out)
 
 
 def paired(args) -> None:
@@ -155,13 +122,11 @@ def paired(args) -> None:
         heldout, atoms = D.heldout_and_atoms(data)
         lr = D.auto_lr(size["d_sae"])
         for seed in [int(x) for x in args.seeds.split(",")]:
-            # saeclip's initial SAE: 100 steps (the bench times from step 50 on) at a vanishing rate.
-            init = D.run_saeclip(exe, data, size, 100, {"training.seed": seed, "training.lr": 1e-30}, f"paired-init-{tag}-s{seed}", 1)
             mine = D.run_saeclip(exe, data, size, steps, {"training.seed": seed}, f"paired-{tag}-s{seed}", 1)
             line = f"{tag} seed {seed}: saeclip {gt.evaluate(Path(mine['checkpoint']), heldout, atoms)['mmcs']:.4f}"
             for project in (False, True):
                 out = D.BENCH_DIR / "runs" / f"paired-plain-{tag}-s{seed}-{int(project)}.safetensors"
-                paired_plain(data, Path(init["checkpoint"]), size, steps, lr, seed, project, out)
+                D.plain_topk(exe, data, size, steps, lr, out, 1, seed, project)
                 line += f" plain{'+projection' if project else ''} {gt.evaluate(out, heldout, atoms)['mmcs']:.4f}"
             print(line, flush=True)
 

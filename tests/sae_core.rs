@@ -791,7 +791,7 @@ fn train(
     for step in 0..steps {
         let start = (step * batch) % n;
         let x = data.narrow(0, start, batch.min(n - start));
-        let out = forward_backward(&sae, &x, Some(&dead.mask()), o, &mut workspace);
+        let out = forward_backward(&sae, &x, Some(&dead.auxk_mask()), o, &mut workspace);
         dead.update(&out.fired, x.size()[0]);
         threshold.update(&out.min_positive);
         if step == 0 {
@@ -1095,7 +1095,13 @@ fn checkpoint_round_trip_is_exact() {
                 est: &mut ThresholdEstimator,
                 dead: &mut DeadTracker,
                 x: &Tensor| {
-        let out = forward_backward(sae, x, Some(&dead.mask()), &o, &mut Workspace::default());
+        let out = forward_backward(
+            sae,
+            x,
+            Some(&dead.auxk_mask()),
+            &o,
+            &mut Workspace::default(),
+        );
         dead.update(&out.fired, 32);
         est.update(&out.min_positive);
         let _ = adam.step(sae, out.grads, 1e-3, Some(1.0));

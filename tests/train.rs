@@ -581,7 +581,9 @@ fn dead_latents_are_counted_from_the_first_epoch() {
     );
 }
 
-/// With AuxK on and the default window, AuxK acts within a run of a few epochs.
+/// With AuxK on and the default window, AuxK acts within a run of a few epochs, and not
+/// before a whole window (here one epoch) has passed: a latent that has not fired in the
+/// first batches is not yet dead.
 #[test]
 fn auxk_acts_on_a_run_shorter_than_the_dead_window() {
     let dir = tempfile::tempdir().unwrap();
@@ -590,6 +592,7 @@ fn auxk_acts_on_a_run_shorter_than_the_dead_window() {
         &cache,
         &dir.path().join("runs"),
         &[
+            "data.val_fraction=0",
             "sae.d_sae=1024",
             "sae.k=2",
             "training.batch_size=500",
@@ -599,11 +602,25 @@ fn auxk_acts_on_a_run_shorter_than_the_dead_window() {
         ],
     );
     let run = train(&options(c)).unwrap().run_dir;
-    let acted = step_lines(&run)
+    let steps = step_lines(&run);
+    // Step s (from 1) sees the mask of the (s − 1)·500 rows before it; one epoch = 8 steps.
+    let (first, later): (Vec<&Value>, Vec<&Value>) =
+        steps.iter().partition(|v| v["step"].as_i64().unwrap() <= 8);
+    assert_eq!(first.len(), 8, "one step line per step");
+    for v in &first {
+        assert_eq!(
+            v["aux_loss"].as_f64(),
+            Some(0.0),
+            "AuxK before a whole window: {v}"
+        );
+    }
+    let acted = later
         .iter()
         .filter(|v| v["aux_loss"].as_f64().unwrap() > 0.0)
         .count();
     assert!(acted > 0, "AuxK never acted");
+    // Meanwhile dead_frac is honest from the first epoch (min(window, rows seen)).
+    assert!(epoch_lines(&run)[0]["dead_frac"].as_f64().unwrap() > 0.0);
 }
 
 /// batchtopk's inference threshold estimates the final regime: after k warms up from 32

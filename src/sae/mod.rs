@@ -8,7 +8,7 @@
 //! # fn demo(sae: &mut Sae, adam: &mut Adam, x: &tch::Tensor, dead: &mut DeadTracker) {
 //! let mut workspace = Workspace::new(); // once, before the loop
 //! let options = LossOptions { k: 64, k_aux: 384, aux_coef: 1.0 / 32.0, l1_coef: 0.0, data_variance: 1.0 };
-//! let out = forward_backward(sae, x, Some(&dead.mask()), &options, &mut workspace);
+//! let out = forward_backward(sae, x, Some(&dead.auxk_mask()), &options, &mut workspace);
 //! dead.update(&out.fired, x.size()[0]);
 //! let grad_norm = adam.step(sae, out.grads, 2e-4, Some(1.0));
 //! // read out.loss, out.mse, out.l0, grad_norm (0-dim tensors) only at log intervals

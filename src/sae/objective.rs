@@ -629,6 +629,11 @@ impl ThresholdEstimator {
 /// window over Food-101's 72k CLS rows would otherwise never flag one, and AuxK would
 /// never act); the rows-seen bound makes the count honest before W rows have passed (dead
 /// = never fired so far). Before the first row nothing is dead.
+///
+/// AuxK trains only the latents silent for a whole window ([`DeadTracker::auxk_mask`]), as
+/// OpenAI's and SAELens's trainers do: a latent that has not fired in the first few
+/// batches is not yet dead, and training it towards the residual then only perturbs a
+/// dictionary that is still forming.
 #[derive(Debug)]
 pub struct DeadTracker {
     /// Rows seen since each latent last fired (at most `rows_seen`). [F] i64
@@ -665,6 +670,12 @@ impl DeadTracker {
             0 => self.rows_since_fired.zeros_like().to_kind(Kind::Bool),
             w => self.rows_since_fired.ge(w),
         }
+    }
+
+    /// The latents AuxK trains: silent for a whole window of min(`training.dead_window`, rows
+    /// per epoch) rows, so none before that many rows have been seen. [F] bool
+    pub fn auxk_mask(&self) -> Tensor {
+        self.rows_since_fired.ge(self.window.max(1))
     }
 
     /// Share of dead latents. 0-dim f32
@@ -805,15 +816,28 @@ mod tests {
             vec![false; 3],
             "nothing is dead before the first row"
         );
+        let auxk = |t: &DeadTracker| Vec::<bool>::try_from(t.auxk_mask()).unwrap();
+        assert_eq!(auxk(&t), vec![false; 3]);
         t.update(&Tensor::from_slice(&[1i64, 0, 0]), 6);
-        // 6 rows seen, fewer than the window: dead = never fired so far.
+        // 6 rows seen, fewer than the window: dead = never fired so far, but AuxK waits
+        // for a whole window.
         assert_eq!(t.current_window(), 6);
         assert_eq!(mask(&t), vec![false, true, true]);
+        assert_eq!(auxk(&t), vec![false; 3], "AuxK acts before a whole window");
         t.update(&Tensor::from_slice(&[0i64, 2, 0]), 6);
         assert_eq!(t.current_window(), 10);
         assert_eq!(mask(&t), vec![false, false, true]);
+        assert_eq!(auxk(&t), vec![false, false, true]);
         assert!((t.dead_fraction().double_value(&[]) - 1.0 / 3.0).abs() < 1e-6);
         t.update(&Tensor::from_slice(&[0i64, 0, 0]), 6);
         assert_eq!(mask(&t), vec![true, false, true]);
+        assert_eq!(auxk(&t), vec![true, false, true]);
+        // Silent for exactly one window (10 rows): dead for both.
+        let mut t = DeadTracker::new(2, 10, Device::Cpu);
+        t.update(&Tensor::from_slice(&[0i64, 1]), 9);
+        assert_eq!(auxk(&t), vec![false, false]);
+        t.update(&Tensor::from_slice(&[0i64, 0]), 1);
+        assert_eq!(auxk(&t), vec![true, false]);
+        assert_eq!(mask(&t), vec![true, false]);
     }
 }

@@ -539,7 +539,7 @@ impl Trainer {
     pub fn step(&mut self, x: &Tensor, plan: &Plan, step: usize) -> StepReport {
         let options = plan.loss_options(step, self.data_variance);
         let lr = plan.lr(step);
-        let dead_mask = self.dead.mask();
+        let dead_mask = self.dead.auxk_mask();
         let StepOutput {
             loss,
             mse,
