@@ -392,7 +392,7 @@ def main() -> int:
                 rows.append({"name": shown, "eval": e,
                              "rows_per_s": rep["summary"]["rows_per_s"]})  # fmt: skip
                 log(f"{tag} {name}: mmcs {e['mmcs']:.4f} evr {e['evr']:.4f} dead {e['dead_frac']:.4f}")
-            for lr in PLAIN_LRS + [auto_lr(size["d_sae"])]:
+            for lr in sorted({f"{r:.3g}": r for r in PLAIN_LRS + [auto_lr(size["d_sae"])]}.values()):
                 rows.append(plain_row(exe, data, size, steps, lr, tag, args.threads, heldout, atoms))
             blocks.append({"size": size, "steps": steps, "rows": rows})
         if size["name"] == "small":

@@ -276,7 +276,8 @@ pub struct TrainingSection {
     /// Write a step line to metrics.jsonl every N steps.
     pub log_every: usize,
     /// A latent is dead when it has not fired over the last min(this, rows per epoch,
-    /// rows seen) training rows.
+    /// rows seen) training rows; AuxK trains it once it has been silent for min(this, rows
+    /// per epoch) rows.
     pub dead_window: usize,
     /// batchtopk: decay of the exponential moving average of each batch's smallest kept
     /// activation that becomes the inference threshold θ; the average starts after the k

@@ -14,7 +14,8 @@
 //!   batch, without σ².)
 //! - `aux` (AuxK, Gao et al. 2024) = aux_coef · ‖e − ê‖² / ‖e − ē‖², sums over the whole
 //!   batch, ē the batch mean of e, ê = z_aux·W_dec (no bias), z_aux the k_aux largest
-//!   ReLU'd pre-activations per row among the latents flagged dead. e is a constant here
+//!   ReLU'd pre-activations per row among the latents flagged dead (the training loop flags
+//!   those silent for a whole window: [`DeadTracker::auxk_mask`]). e is a constant here
 //!   (no gradient flows through it). Zero when no latent is dead, and for a batch of fewer
 //!   than two rows (whose e has no variance to normalise by: that batch trains on `mse`
 //!   alone). Unlike SAELens, the auxiliary pre-activations go through ReLU (a latent whose
