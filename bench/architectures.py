@@ -352,8 +352,9 @@ def main() -> int:
     p.add_argument("--init-threshold", type=float, default=0.5, help="jumprelu θ at init (scaled space)")
     p.add_argument("--threshold-param", choices=["log", "linear"], default=None,
                    help="saeclip's sae.jumprelu_threshold_param (default: saeclip's default)")
-    p.add_argument("--only", choices=["all", "jumprelu"], default="all",
-                   help="jumprelu: the two jumprelu runs alone (prints their rows, writes nothing)")
+    p.add_argument("--only", choices=["all", "jumprelu", "matryoshka"], default="all",
+                   help="jumprelu: the two jumprelu runs alone (prints their rows, writes nothing); "
+                   "matryoshka: only the matryoshka rows and the narrow SAE (implies --no-write)")
     p.add_argument("--l0-sweep", default=None,
                    help="comma-separated λ values: train jumprelu at each with every --sweep-peers peer, "
                    "write the jumprelu_sweep section of bench/RESULTS.md (evr/MMCS against L0)")
@@ -366,8 +367,6 @@ def main() -> int:
                    help="--l0-sweep: reuse the runs already evaluated with the same settings")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-write", action="store_true")
-    p.add_argument("--only", choices=["all", "matryoshka"], default="all",
-                   help="matryoshka: only the matryoshka rows and the narrow SAE (implies --no-write)")
     args = p.parse_args()
     args.widths = [int(w) for w in args.widths.split(",")]
     if args.widths[-1] != args.width:
