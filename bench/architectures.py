@@ -34,7 +34,8 @@ of the first prefix alone (codes of later latents dropped). Writes the `<!-- arc
 section of bench/RESULTS.md. `--only jumprelu` prints the two jumprelu rows alone;
 `--l0-sweep λ,… --sweep-peers …` trains jumprelu at each λ with each peer (saeclip with either
 threshold parameter, sae-lens as it is or with saeclip's decoder constraint and init) and
-writes the `<!-- jumprelu_sweep -->` section (evr and MMCS against L0).
+prints a table of evr and MMCS against L0; with `--write-sweep` it replaces the
+`<!-- jumprelu_sweep -->` section, which is assembled by hand from several such runs.
 """
 
 from __future__ import annotations
@@ -333,7 +334,7 @@ def l0_sweep(args, rows, heldout, atoms, order, scale, b_dec, sigma2, load_start
     lines.append(SWEEP_END)
     text = "\n".join(lines)
     print(text)
-    if not args.no_write:
+    if args.write_sweep:
         write_section(SWEEP_BEGIN, SWEEP_END, text)
     return 0
 
@@ -357,7 +358,10 @@ def main() -> int:
                    "matryoshka: only the matryoshka rows and the narrow SAE (implies --no-write)")
     p.add_argument("--l0-sweep", default=None,
                    help="comma-separated λ values: train jumprelu at each with every --sweep-peers peer, "
-                   "write the jumprelu_sweep section of bench/RESULTS.md (evr/MMCS against L0)")
+                   "print a table of evr/MMCS against L0")
+    p.add_argument("--write-sweep", action="store_true",
+                   help="--l0-sweep: replace the hand-assembled jumprelu_sweep section of bench/RESULTS.md "
+                   "with this run's table")
     p.add_argument("--sweep-peers", default="saeclip:linear,saeclip:log,sae-lens",
                    help="peers of --l0-sweep: saeclip:linear, saeclip:log, sae-lens, sae-lens:unit, "
                    "sae-lens:unit-randn (see saelens_run)")
