@@ -15,8 +15,9 @@
 //! `optimizer` {`beta1`, `beta2`, `eps`, `steps`}, `threshold` {`decay`} or null, `tensors`
 //! (names of the `train.*` tensors), `extra` (the loop's scalars)}; jumprelu adds `jumprelu`
 //! {`bandwidth`, `sparsity_loss`, `tanh_scale`, `threshold_param`} (optional on read, as
-//! each of its fields but the first three; the tensor present decides the parameter), matryoshka `matryoshka`
-//! {`widths`, `weights`, `selection`, `decoder_norm` (optional on read: `unit`)} (required). On read, `threshold`,
+//! each of its fields but the first three; the tensor present decides the parameter),
+//! matryoshka `matryoshka` {`widths`, `weights`, `selection`, `decoder_norm` (optional on
+//! read: `unit`)} (required). On read, `threshold`,
 //! `saeclip_version`, `clip`, `training` and `metrics` may be absent (a file written by
 //! another program from DESIGN.md's description); everything is always written.
 //!
@@ -237,11 +238,7 @@ pub fn save(
     if let Some(t) = &sae.threshold_param {
         // θ's parameter stays f32 whatever `dtype`: θ = exp(log θ) amplifies rounding, and
         // a linear θ is compared with pre-activations to the last bit.
-        let name = sae
-            .jumprelu
-            .unwrap_or_default()
-            .threshold_param
-            .tensor_name();
+        let name = sae.threshold_kind().tensor_name();
         entries.push((name.to_string(), entry(t, Kind::Float)?));
     }
     let state = match training {

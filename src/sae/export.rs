@@ -10,7 +10,8 @@
 //! Architectures: topk ↔ `topk`; batchtopk ↔ `jumprelu` with its inference threshold θ
 //! broadcast to every latent (SAE-Lens's own batchtopk SAEs become jumprelu for inference
 //! the same way); relu ↔ `standard`; jumprelu ↔ `jumprelu` with θ_j per latent (from
-//! whichever parameter trained it, `threshold` in the folder either way); matryoshka (batch top-k) ↔ `matryoshka_batchtopk` (SAE-Lens's training class,
+//! whichever parameter trained it, `threshold` in the folder either way); matryoshka
+//! (batch top-k) ↔ `matryoshka_batchtopk` (SAE-Lens's training class,
 //! loaded with `TrainingSAE.load_from_disk`: `matryoshka_widths`, `k`, and the inference
 //! threshold as its `topk_threshold` buffer, 0 when θ is unknown; on import its default
 //! `rescale_acts_by_decoder_norm` is folded into the weights); matryoshka with top-k →

@@ -152,12 +152,16 @@ impl Sae {
         Ok(())
     }
 
+    /// What this SAE trains for θ: its `jumprelu.threshold_param`, `log` when it has no
+    /// jumprelu settings (then there is no threshold tensor either).
+    pub fn threshold_kind(&self) -> ThresholdParam {
+        self.jumprelu.unwrap_or_default().threshold_param
+    }
+
     /// Keep a `linear` threshold parameter at θ ≥ 0 (after each optimizer step); a no-op
     /// for `log` and the other architectures.
     pub(crate) fn project_threshold(&mut self) {
-        let linear = self
-            .jumprelu
-            .is_some_and(|p| p.threshold_param == ThresholdParam::Linear);
+        let linear = self.threshold_kind() == ThresholdParam::Linear;
         if let (true, Some(t)) = (linear, self.threshold_param.as_mut()) {
             let _ = t.clamp_min_(0.0);
         }

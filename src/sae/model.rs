@@ -717,8 +717,8 @@ impl Sae {
 
     /// θ_j (jumprelu), from its parameter (exp(log θ_j), or θ_j clamped at 0). [F]
     pub fn jumprelu_threshold(&self) -> Option<Tensor> {
-        let param = self.jumprelu.unwrap_or_default().threshold_param;
-        self.threshold_param.as_ref().map(|t| param.theta(t))
+        let kind = self.threshold_kind();
+        self.threshold_param.as_ref().map(|t| kind.theta(t))
     }
 
     /// Sparse codes of x [B, D].

@@ -25,16 +25,11 @@ use super::objective::Grads;
 /// Parameter names, as in the checkpoint (SAELens's).
 pub const PARAMS: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
 /// The names of `sae`'s parameters: [`PARAMS`], then for jumprelu its threshold
-/// parameter's (`log_threshold` or `threshold`, [`super::jumprelu::ThresholdParam::tensor_name`]).
+/// parameter's (`log_threshold` or `threshold`: [`Sae::threshold_kind`]).
 pub fn param_names(sae: &Sae) -> Vec<&'static str> {
     let mut out = PARAMS.to_vec();
     if sae.threshold_param.is_some() {
-        out.push(
-            sae.jumprelu
-                .unwrap_or_default()
-                .threshold_param
-                .tensor_name(),
-        );
+        out.push(sae.threshold_kind().tensor_name());
     }
     out
 }
