@@ -12,7 +12,7 @@ BIN    := target/release/saeclip
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build test lint demo chromium slurm bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-eval-sae bench-step bench-sweep clean
+.PHONY: setup build test lint cycles demo chromium slurm bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-eval-sae bench-step bench-sweep clean
 
 ## setup: create .venv with torch 2.11.0 and the pinned reference packages
 setup: $(STAMP)
@@ -37,6 +37,10 @@ demo: build
 lint: setup
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
+
+## cycles: the import circles between src/ modules (fails when there is one)
+cycles:
+	python3 scripts/module_cycles.py src
 
 ## chromium: headless Chromium for the feature-browser test (tests/interpret_browser.rs),
 ## installed from Debian when missing
