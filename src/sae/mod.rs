@@ -19,7 +19,6 @@
 //! Spaces: every public function takes and returns activations in the *original* space;
 //! the SAE works internally on `x·input_scale` (the "scaled space", where E‖x‖ = √d_in), and
 //! the training losses are measured there. Metrics (`Evr`, l0) are in the original space.
-pub mod batches;
 pub mod checkpoint;
 pub mod config;
 pub mod export;
@@ -27,10 +26,12 @@ pub mod jumprelu;
 pub mod matryoshka;
 pub mod model;
 pub mod objective;
-pub mod optim;
-pub mod sweep;
+pub mod summary;
 pub mod sync;
 pub mod train;
+
+// The training wing's rooms, also at their old paths (`sae::batches`, `sae::optim`, `sae::sweep`).
+pub use train::{batches, optim, sweep};
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
 pub use jumprelu::{JumpReluParams, SparsityLoss, ThresholdParam};

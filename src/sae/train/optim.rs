@@ -19,8 +19,8 @@ use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::model::{encoder_layout, normalize_rows, Sae};
-use super::objective::Grads;
+use crate::sae::model::{encoder_layout, normalize_rows, Sae};
+use crate::sae::objective::Grads;
 
 /// Parameter names, as in the checkpoint (SAELens's).
 pub const PARAMS: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];

@@ -21,9 +21,9 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
 
-use super::config::TrainConfig;
-use super::train::FinalMetrics;
 use crate::disk::write_bytes_atomic;
+use crate::sae::config::TrainConfig;
+use crate::sae::summary::FinalMetrics;
 
 /// The file that marks a run directory as a sweep.
 pub const SWEEP_FILE: &str = "sweep.json";

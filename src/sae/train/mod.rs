@@ -2,7 +2,7 @@
 //!
 //! Reads top to bottom: resolve the data (extracting it first if the config names a model
 //! and dataset), open its batches (in memory or streamed from the shards, split by image
-//! into train and validation rows: see [`super::batches`]), initialise the SAE from a
+//! into train and validation rows: see [`batches`]), initialise the SAE from a
 //! sample, then for each epoch: its batches, steps of forward/backward/Adam with the
 //! learning-rate, k and L1 schedules, a step line every `log_every` steps, and at the end
 //! of the epoch a validation pass, an epoch line and the checkpoints (with
@@ -20,25 +20,29 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use super::batches::{self, BatchIter, Batches};
-use super::checkpoint::{self, CheckpointMeta, TrainingStateRef};
-use super::config::{DataLoad, LrSchedule, SaeSection, TrainConfig, TrainingSection};
-use super::matryoshka::prefix_evr_over;
-use super::model::{Architecture, Sae, SaeConfig, Selection, WEncInit};
-use super::objective::{
-    data_variance, forward_backward, DeadTracker, Evr, Firing, LossOptions, StepOutput,
-    ThresholdEstimator, Workspace,
-};
-use super::optim::{Adam, AdamConfig};
-use super::sweep::{expand, MemberSpec, SweepFile, SWEEP_FILE};
+pub mod batches;
+pub mod optim;
+pub mod sweep;
+
+use self::batches::{BatchIter, Batches};
+use self::optim::{Adam, AdamConfig};
+use self::sweep::{expand, MemberSpec, SweepFile, SWEEP_FILE};
 use crate::clip::LoadOptions;
 use crate::data::cache::{file_sha256, ActivationCache};
 use crate::disk::write_bytes_atomic;
 use crate::extract::{extract, ExtractOptions};
+use crate::sae::checkpoint::{self, CheckpointMeta, TrainingStateRef};
+use crate::sae::config::{DataLoad, LrSchedule, SaeSection, TrainConfig, TrainingSection};
+use crate::sae::matryoshka::prefix_evr_over;
+use crate::sae::model::{Architecture, Sae, SaeConfig, Selection, WEncInit};
+use crate::sae::objective::{
+    data_variance, forward_backward, DeadTracker, Evr, Firing, LossOptions, StepOutput,
+    ThresholdEstimator, Workspace,
+};
+pub use crate::sae::summary::{FinalMetrics, Summary};
 
 /// Everything `train` needs besides the config.
 #[derive(Debug, Clone)]
@@ -53,33 +57,6 @@ pub struct TrainOptions {
     pub stop_after_epochs: Option<usize>,
     /// Stop (as if killed) after this many steps of this invocation, mid-epoch or not.
     pub stop_after_steps: Option<usize>,
-}
-
-/// `summary.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    pub best_checkpoint: String,
-    pub last_checkpoint: String,
-    pub best_epoch: usize,
-    pub best_val_evr: f64,
-    #[serde(rename = "final")]
-    pub final_metrics: FinalMetrics,
-    pub steps: usize,
-    pub epochs: usize,
-    pub rows_per_s: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FinalMetrics {
-    pub val_evr: f64,
-    pub evr_seed: f64,
-    pub val_l0: f64,
-    /// Share of latents that fired in none of the last `dead_window` training rows.
-    pub dead_frac: f64,
-    /// The window `dead_frac` was counted over: min(`training.dead_window`, rows per
-    /// epoch, rows seen). Absent from runs written before it was recorded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_window: Option<i64>,
 }
 
 /// What a finished (or stopped) run produced.
@@ -1215,7 +1192,7 @@ fn create_layout(config: &TrainConfig, specs: Vec<MemberSpec>) -> Result<Layout>
 }
 
 /// Train one SAE, or every member of a sweep on the same batches in one pass over the data
-/// (see [`super::sweep`]). Each member is what the same configuration trained alone gives.
+/// (see [`sweep`]). Each member is what the same configuration trained alone gives.
 pub fn train(o: &TrainOptions) -> Result<TrainResult> {
     // Set-up: the configs (a resumed run's own), the data, the members.
     let device = o.device;

@@ -32,9 +32,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use super::config::{DataLoad, TrainConfig};
 use crate::clip::Precision;
 use crate::data::cache::{ActivationCache, FileStamp};
+use crate::sae::config::{DataLoad, TrainConfig};
 
 /// Rows used to choose `input_scale`, `b_dec` and σ².
 pub const INIT_SAMPLE_ROWS: i64 = 65_536;
