@@ -28,6 +28,7 @@ pub mod matryoshka;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod select;
 pub mod sweep;
 pub mod sync;
 pub mod train;
