@@ -4,8 +4,13 @@
 //!
 //! ```text
 //! make bench-step
-//! cargo bench --bench sae_step [-- --threads N] [--architectures-only]
+//! cargo bench --bench sae_step [-- --threads N] [--architectures-only] [--phases-only]
 //! ```
+//!
+//! First, the step by phase (encoder GEMM, selection, decode, backward, AuxK, Adam,
+//! bookkeeping) at the ground-truth bench's size (d_in 256, 2,048 latents, k 16, batch
+//! 1,024) and at ViT-B/32 scale, at one and two threads, with the GEMM-only bound
+//! (rows/s if the encoder GEMM were the whole step) and the GEMM's share of the step.
 //!
 //! Batch 4,096 rows of width 768, 16,384 latents, k = 64; each line is the fastest of 5
 //! runs after a warm-up (the machine may be shared, and interference only adds time).
@@ -33,6 +38,16 @@ fn main() {
         tch::set_num_threads(n);
     }
     let threads = tch::get_num_threads();
+    for (d, f, k, b) in [(256, 2048, 16, 1024), (768, 16384, 64, 4096)] {
+        for t in [1, 2] {
+            tch::set_num_threads(t);
+            phases(d, f, k, b, t);
+        }
+    }
+    tch::set_num_threads(threads);
+    if std::env::args().any(|a| a == "--phases-only") {
+        return;
+    }
     topk_against_batchtopk(threads);
     if std::env::args().any(|a| a == "--architectures-only") {
         return;
@@ -245,4 +260,129 @@ fn fastest_alternating(reps: usize, run: &mut dyn FnMut(usize)) -> [f64; 2] {
         }
     }
     best
+}
+
+/// The step by phase, each the fastest of a few runs: the encoder GEMM (into a reused
+/// buffer, as the step does), the selection (saeclip's, and torch.topk's for comparison),
+/// the sparse decode, the rest of forward+backward ("backward": the step without AuxK less
+/// the three before), AuxK (the step with 1/8 of the latents dead less the step without),
+/// Adam, and the training loop's bookkeeping (dead-latent tracker).
+fn phases(d: i64, f: i64, k: i64, b: i64, threads: i32) {
+    let x = saeclip::rng::seeded(11, || {
+        let offset = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 3.0;
+        Tensor::randn([b, d], (Kind::Float, Device::Cpu)) + offset
+    });
+    let config = SaeConfig {
+        architecture: Architecture::TopK,
+        d_in: d,
+        d_sae: f,
+        k,
+    };
+    let mut sae = Sae::init(&config, &x, BdecInit::Mean, 0).unwrap();
+    let mut adam = Adam::new(&sae, AdamConfig::default());
+    let o = LossOptions {
+        k,
+        k_aux: 0,
+        aux_coef: 0.0,
+        l1_coef: 0.0,
+        data_variance: 1.0,
+    };
+    let o_aux = LossOptions {
+        k_aux: (d / 2).min(f / 8),
+        aux_coef: 1.0 / 32.0,
+        ..o
+    };
+    let dead_mask = Tensor::zeros([f], (Kind::Bool, Device::Cpu));
+    let _ = dead_mask.narrow(0, 0, f / 8).fill_(1);
+    let mut tracker = DeadTracker::new(f, 10 * b, Device::Cpu);
+    let mut ws = Workspace::new();
+    let reps = if f > 4096 { 3 } else { 10 };
+    let best = |run: &mut dyn FnMut()| {
+        run();
+        let mut best = f64::INFINITY;
+        for _ in 0..reps {
+            let start = Instant::now();
+            run();
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        best
+    };
+    let xc = sae.scale_input(&x) - &sae.b_dec;
+    let pre = Tensor::empty([b, f], (Kind::Float, Device::Cpu));
+    let gemm = best(&mut || {
+        let _ = sae.b_enc.addmm_out(&pre, &xc, &sae.w_enc);
+    });
+    let selection = Selection::TopK(k);
+    let select = best(&mut || {
+        let _ = saeclip::sae::model::select(&pre, selection);
+    });
+    let torch_topk = best(&mut || {
+        let _ = pre.topk(k, 1, true, false);
+    });
+    let codes = saeclip::sae::model::select(&pre, selection);
+    let decode = best(&mut || {
+        let _ = sae.decode_sparse(&codes);
+    });
+    let fwd_bwd = best(&mut || {
+        let _ = forward_backward(&sae, &x, None, &o, &mut ws);
+    });
+    let fwd_bwd_aux = best(&mut || {
+        let _ = forward_backward(&sae, &x, Some(&dead_mask), &o_aux, &mut ws);
+    });
+    let out = forward_backward(&sae, &x, None, &o, &mut ws);
+    let fired = out.fired.shallow_clone();
+    let adam_t = best(&mut || {
+        let grads = Grads {
+            w_enc: out.grads.w_enc.shallow_clone(),
+            b_enc: out.grads.b_enc.shallow_clone(),
+            w_dec: out.grads.w_dec.shallow_clone(),
+            b_dec: out.grads.b_dec.shallow_clone(),
+            threshold_param: None,
+        };
+        let _ = adam.step(&mut sae, grads, 1e-6, Some(1.0));
+    });
+    let book = best(&mut || {
+        tracker.update(&fired, b);
+        let _ = tracker.auxk_mask();
+    });
+    let step = best(&mut || {
+        let out = forward_backward(&sae, &x, Some(&tracker.auxk_mask()), &o_aux, &mut ws);
+        tracker.update(&out.fired, b);
+        let _ = adam.step(&mut sae, out.grads, 1e-6, Some(1.0));
+    });
+    let step_aux = best(&mut || {
+        let out = forward_backward(&sae, &x, Some(&dead_mask), &o_aux, &mut ws);
+        tracker.update(&out.fired, b);
+        let _ = adam.step(&mut sae, out.grads, 1e-6, Some(1.0));
+    });
+    let backward = fwd_bwd - gemm - select - decode;
+    println!(
+        "phases: B = {b}, d_in = {d}, d_sae = {f}, k = {k}, {threads} thread(s), k_aux = {}",
+        o_aux.k_aux
+    );
+    let ms = |t: f64| t * 1e3;
+    for (label, t) in [
+        ("encoder GEMM", gemm),
+        ("selection (saeclip)", select),
+        ("  torch.topk, for comparison", torch_topk),
+        ("decode", decode),
+        ("backward (rest of forward+backward)", backward),
+        ("AuxK (1/8 dead)", fwd_bwd_aux - fwd_bwd),
+        ("optimizer (Adam)", adam_t),
+        ("bookkeeping (dead tracker)", book),
+    ] {
+        println!("  {label:40} {:8.2} ms", ms(t));
+    }
+    for (label, t) in [
+        ("whole step, no latent dead", step),
+        ("whole step, 1/8 dead (AuxK)", step_aux),
+    ] {
+        println!(
+            "  {label:40} {:8.2} ms  {:8.0} rows/s  GEMM share {:4.0}%",
+            ms(t),
+            b as f64 / t,
+            100.0 * gemm / t
+        );
+    }
+    println!("  GEMM-only bound {:8.0} rows/s", b as f64 / gemm);
 }

@@ -26,6 +26,7 @@ pub mod jumprelu;
 pub mod matryoshka;
 pub mod model;
 pub mod objective;
+pub mod select;
 pub mod summary;
 pub mod sync;
 pub mod train;
