@@ -1,5 +1,7 @@
 # saeclip: `make test` and `make build` do their own setup (a .venv with PyTorch 2.11.0,
-# which is also the libtorch the binary links against).
+# which is also the libtorch the binary links against). `make build` / `make demo` install
+# torch alone (requirements-build.txt); `make test` and the benchmarks add the reference
+# stack (requirements.txt).
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
@@ -14,19 +16,29 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: setup build test lint cycles demo chromium slurm bench bench-train bench-defaults bench-clip bench-extract bench-eval bench-interpret bench-eval-sae bench-step bench-sweep clean
 
-## setup: create .venv with torch 2.11.0 and the pinned reference packages
+## setup: create .venv with torch 2.11.0 and the pinned reference packages (tests, benchmarks)
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+## build-setup: create .venv with torch 2.11.0 only: all the binary needs (libtorch)
+BUILD_STAMP := $(VENV)/.build-setup-done
+.PHONY: build-setup
+build-setup: $(BUILD_STAMP)
+
+$(BUILD_STAMP): requirements-build.txt
 	@command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-build.txt
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"
+	touch $@
+
+$(STAMP): requirements.txt $(BUILD_STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-build.txt -r requirements.txt
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"
 	$(PY) -c "import sae_lens; assert sae_lens.__version__.startswith('6.'), sae_lens.__version__"
 	touch $@
 
 ## build: the release binary at target/release/saeclip
-build: setup
+build: build-setup
 	cargo build --release
 
 ## demo: the whole pipeline on the embedded demo model, offline; outputs in demo-out/
@@ -34,7 +46,7 @@ demo: build
 	$(BIN) demo --out demo-out
 
 ## lint: formatting and clippy, warnings are errors
-lint: setup
+lint: build-setup
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 
