@@ -417,6 +417,23 @@ fn decode_jpeg_zune(bytes: &[u8]) -> Result<RgbImage, Fault> {
     decoder.decode_headers().map_err(corrupt)?;
     let info = decoder.info().expect("headers decoded");
     let (w, h) = (u32::from(info.width), u32::from(info.height));
+    // The same checks as our decoder's before anything of the declared size is allocated: the
+    // decompression-bomb limit, and at least one bit of data per 8x8 block (512 pixels a byte).
+    let pixels = w as usize * h as usize;
+    if pixels > 2 * 89_478_485 {
+        return Err(Fault::Unsupported(format!(
+            "{w}x{h} pixels, above Pillow's decompression-bomb limit"
+        )));
+    }
+    if pixels > 512 * bytes.len() {
+        return Err(Fault::Corrupt(
+            "JPEG".into(),
+            format!(
+                "frame declares {w}x{h} pixels but the file holds {} bytes",
+                bytes.len()
+            ),
+        ));
+    }
     let output = match decoder.input_colorspace().expect("headers decoded") {
         ColorSpace::CMYK => ColorSpace::CMYK,
         ColorSpace::Luma => ColorSpace::Luma,

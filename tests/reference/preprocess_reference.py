@@ -332,6 +332,12 @@ def build_cases(rng):
         add(f"jpeg_q{q}_s{sub}_{content}_{w}x{h}", save(im, "JPEG", quality=q, subsampling=sub), "jpg", False)
     add("jpeg_progressive_400x300", save(rgb("smooth", 400, 300), "JPEG", quality=85, progressive=True), "jpg", False)
     add("jpeg_gray_300x200", save(rgb("smooth", 300, 200).convert("L"), "JPEG", quality=90), "jpg", False)
+    # Every mode the fuzzed corpus (tests/fuzz/jpeg) starts from, progressive too.
+    for sub in (0, 1, 2):
+        add(f"jpeg_progressive_s{sub}_shapes_203x151", save(rgb("shapes", 203, 151), "JPEG", quality=85, subsampling=sub, progressive=True), "jpg", False)
+    add("jpeg_progressive_gray_203x151", save(rgb("smooth", 203, 151).convert("L"), "JPEG", quality=85, progressive=True), "jpg", False)
+    pcmyk = Image.fromarray(np.concatenate([smooth(rng, 97, 61), noise(rng, 97, 61)[..., :1] // 2], -1), "CMYK")
+    add("jpeg_progressive_cmyk_97x61", save(pcmyk, "JPEG", quality=90, progressive=True), "jpg", False)
     # CMYK: Pillow writes Adobe-inverted CMYK; a copy without the Adobe marker is read the same.
     for (w, h) in [(256, 192), (31, 17)]:
         cmyk = Image.fromarray(np.concatenate([smooth(rng, w, h), noise(rng, w, h)[..., :1] // 2], -1), "CMYK")

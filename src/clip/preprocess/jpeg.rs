@@ -347,6 +347,9 @@ pub(super) fn decode(data: &[u8]) -> Result<Decoded, Error> {
     let Some(mut frame) = frame else {
         return corrupt("no frame header");
     };
+    if let Some(c) = frame.components.iter().find(|c| c.plane.is_empty()) {
+        return Err(Error::Corrupt(format!("component {} has no scan", c.id)));
+    }
     if frame.progressive {
         for c in &mut frame.components {
             let q = c.quant.unwrap_or(quant[c.quant_index]);
@@ -417,12 +420,10 @@ fn parse_frame(seg: &[u8], progressive: bool) -> Result<Frame, Error> {
                 data_blocks_h: ch.div_ceil(8),
                 width: cw,
                 height: ch,
-                coefs: if progressive {
-                    vec![0; blocks_w * blocks_h * 64]
-                } else {
-                    Vec::new()
-                },
-                plane: vec![0; blocks_w * blocks_h * 64],
+                // Allocated by the component's first scan, once the data is known to be
+                // long enough for the declared size (see `allocate_planes`).
+                coefs: Vec::new(),
+                plane: Vec::new(),
                 dc_pred: 0,
                 dc_table: 0,
                 ac_table: 0,
@@ -495,6 +496,55 @@ fn parse_quant(mut seg: &[u8], quant: &mut [[u16; 64]; 4]) -> Result<(), Error> 
 /// Decode one scan starting at `pos` (after its header); returns the position of the
 /// marker that follows the entropy-coded data.
 #[allow(clippy::too_many_arguments)]
+/// Allocate the planes (and progressive coefficients) of the scan's components that no earlier
+/// scan touched, after checking that the bytes left in the file can hold the scan at all: a
+/// Huffman code is at least one bit, so a sequential block needs at least two (DC code and EOB)
+/// and a progressive DC-first block at least one. A corrupt header that declares tens of
+/// millions of pixels over a few kilobytes of data is refused here, before anything of that
+/// size is allocated; what a component allocates is thus at most 3 bytes × 64 samples per
+/// block × 8 blocks per byte of the file, and never beyond the decompression-bomb limit that
+/// `parse_frame` checks.
+fn allocate_planes(
+    frame: &mut Frame,
+    members: &[usize],
+    kind: ScanKind,
+    bytes_left: usize,
+) -> Result<(), Error> {
+    let fresh: Vec<usize> = members
+        .iter()
+        .copied()
+        .filter(|&ci| frame.components[ci].plane.is_empty())
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let bits_per_block = match kind {
+        ScanKind::Sequential => 2,
+        ScanKind::DcFirst => 1,
+        // T.81 G.1.1.1.1: a component's DC-first scan comes before its other scans.
+        _ => return corrupt("progressive refinement or AC scan before the component's DC scan"),
+    };
+    let blocks: usize = fresh
+        .iter()
+        .map(|&ci| frame.components[ci].data_blocks_w * frame.components[ci].data_blocks_h)
+        .sum();
+    if blocks.saturating_mul(bits_per_block) > bytes_left.saturating_mul(8) {
+        return Err(Error::Corrupt(format!(
+            "frame declares {}x{} pixels ({blocks} blocks in this scan) but only {bytes_left} bytes of data follow",
+            frame.width, frame.height
+        )));
+    }
+    for ci in fresh {
+        let c = &mut frame.components[ci];
+        let len = c.blocks_w * c.blocks_h * 64;
+        c.plane = vec![0; len];
+        if frame.progressive {
+            c.coefs = vec![0; len];
+        }
+    }
+    Ok(())
+}
+
 fn decode_scan(
     data: &[u8],
     pos: usize,
@@ -550,6 +600,7 @@ fn decode_scan(
             ScanKind::AcRefine
         }
     };
+    allocate_planes(frame, &members, kind, data.len().saturating_sub(pos))?;
     let table = |tables: &[Option<Huffman>; 4], i: usize| {
         tables[i]
             .clone()
