@@ -288,9 +288,6 @@ pub fn select_with(pre: &Tensor, selection: Selection, sync_free: bool) -> Codes
     match selection {
         Selection::TopK(k) => {
             assert!((1..=f).contains(&k), "top-k needs 1 <= k <= {f}, got {k}");
-            if !sync_free && super::select::applies(pre) {
-                return super::select::top_k_codes(pre, k).unwrap_or_else(|e| panic!("{e}"));
-            }
             let (values, latents) = pre.topk(k, 1, true, false); // [B, k]
             let rows = Tensor::arange(b, (Kind::Int64, device))
                 .unsqueeze(1)
@@ -303,9 +300,6 @@ pub fn select_with(pre: &Tensor, selection: Selection, sync_free: bool) -> Codes
                 offsets: Tensor::arange_start_step(0, b * k + 1, k, (Kind::Int64, device)),
                 d_sae: f,
             }
-        }
-        Selection::BatchTopK(k) if !sync_free && super::select::applies(pre) => {
-            super::select::batch_top_k_codes(pre, k).unwrap_or_else(|e| panic!("{e}"))
         }
         Selection::BatchTopK(k) => batch_topk(pre, k, sync_free),
         Selection::Threshold(theta) => from_mask(pre, &pre.gt(theta.max(0.0))),

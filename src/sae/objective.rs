@@ -319,21 +319,12 @@ fn aux_k(
         if n_dead == 0 {
             return None;
         }
-        let k_aux = o.k_aux.min(n_dead);
-        if super::select::applies(pre) {
-            // Costs B·dead: no [B, dead] copy, no torch top-k.
-            let ids = Vec::<i64>::try_from(&dead_latents).expect("dead latents are i64");
-            let codes = super::select::top_k_among_codes(pre, k_aux, &ids)
-                .unwrap_or_else(|e| panic!("AuxK: {e}"));
-            (codes, None)
-        } else {
-            // [B, dead]
-            let dead_pre = pre.index_select_out(&ws.dead_pre(pre.device()), 1, &dead_latents);
-            let mut codes = select_with(&dead_pre, Selection::TopK(o.k_aux.min(n_dead)), false);
-            codes.latents = dead_latents.index_select(0, &codes.latents);
-            codes.d_sae = f;
-            (codes, None)
-        }
+        // [B, dead]
+        let dead_pre = pre.index_select_out(&ws.dead_pre(pre.device()), 1, &dead_latents);
+        let mut codes = select_with(&dead_pre, Selection::TopK(o.k_aux.min(n_dead)), false);
+        codes.latents = dead_latents.index_select(0, &codes.latents);
+        codes.d_sae = f;
+        (codes, None)
     };
     let e_hat = decode_scaled(&sae.w_dec, &codes);
     let centered = e - e.mean_dim(0, true, Kind::Float);
