@@ -545,6 +545,7 @@ fn allocate_planes(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one scan's state: the file, position, header, frame, tables, restarts
 fn decode_scan(
     data: &[u8],
     pos: usize,
