@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use saeclip::clip::preprocess::load_rgb;
+use saeclip::rng::SplitMix64;
 
 struct Counting;
 
@@ -61,22 +62,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// SplitMix64: the seed fixes every mutation.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn corpus() -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/jpeg");
     let mut seeds: Vec<_> = std::fs::read_dir(&dir)
@@ -100,7 +85,11 @@ fn sof_dims(data: &[u8]) -> Option<usize> {
         .map(|i| i + 5)
 }
 
-fn mutate(rng: &mut Rng, seeds: &[(String, Vec<u8>)], seed: &[u8]) -> (&'static str, Vec<u8>) {
+fn mutate(
+    rng: &mut SplitMix64,
+    seeds: &[(String, Vec<u8>)],
+    seed: &[u8],
+) -> (&'static str, Vec<u8>) {
     let mut d = seed.to_vec();
     match rng.below(4) {
         0 => {
@@ -108,7 +97,7 @@ fn mutate(rng: &mut Rng, seeds: &[(String, Vec<u8>)], seed: &[u8]) -> (&'static 
                 let i = rng.below(d.len());
                 d[i] ^= 1 << rng.below(8);
                 if rng.below(4) == 0 {
-                    d[i] = rng.next() as u8;
+                    d[i] = rng.next_u64() as u8;
                 }
             }
             ("flip", d)
@@ -131,7 +120,7 @@ fn mutate(rng: &mut Rng, seeds: &[(String, Vec<u8>)], seed: &[u8]) -> (&'static 
         _ => {
             if let Some(at) = sof_dims(&d) {
                 let (h, w) = match rng.below(3) {
-                    0 => (rng.next() as u16, rng.next() as u16),
+                    0 => (rng.next_u64() as u16, rng.next_u64() as u16),
                     1 => (8000 + rng.below(2000) as u16, 8000 + rng.below(2000) as u16),
                     _ => (1 + rng.below(64) as u16, 1 + rng.below(64) as u16),
                 };
@@ -147,7 +136,7 @@ fn mutate(rng: &mut Rng, seeds: &[(String, Vec<u8>)], seed: &[u8]) -> (&'static 
 fn mutated_jpegs_decode_or_fail_cleanly_within_time_and_memory() {
     let seeds = corpus();
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng(27);
+    let mut rng = SplitMix64::new(27); // the seed fixes every mutation
     let started = Instant::now();
     let (mut decoded, mut refused, mut failures) = (0usize, 0usize, Vec::new());
     let mut worst_ratio = 0f64;

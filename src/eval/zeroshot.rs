@@ -27,6 +27,7 @@ use tch::{Device, Kind, Tensor};
 use super::{replace_tokens, token_rows, SplicedSae};
 use crate::clip::{normalize, Clip, LoadOptions, Precision, Tokens};
 use crate::data::{self as datasets, stream_pixels, Dataset, DatasetKind, DatasetSpec, Split};
+use crate::rng::SplitMix64;
 use crate::sae::Evr;
 
 /// The single template when none is given: the first of CLIP's CIFAR templates
@@ -174,7 +175,7 @@ pub fn stratified_sample(labels: &[i64], n: usize, seed: u64) -> Vec<usize> {
     if n >= labels.len() {
         return (0..labels.len()).collect();
     }
-    let mut rng = SplitMix64(seed ^ 0x5EED_0F5A_3B1E);
+    let mut rng = SplitMix64::new(seed ^ 0x5EED_0F5A_3B1E);
     let mut by_class: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
     for (i, &l) in labels.iter().enumerate() {
         by_class.entry(l).or_default().push(i);
@@ -199,38 +200,6 @@ pub fn stratified_sample(labels: &[i64], n: usize, seed: u64) -> Vec<usize> {
     }
     chosen.sort_unstable();
     chosen
-}
-
-/// Steele et al.'s SplitMix64: a small, well-mixed generator for shuffling.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n ≥ 1), by rejection.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let v = self.next();
-            if v < zone {
-                return v % n;
-            }
-        }
-    }
-
-    /// Fisher–Yates.
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            items.swap(i, j);
-        }
-    }
 }
 
 /// What to evaluate.

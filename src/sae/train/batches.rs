@@ -34,6 +34,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::clip::Precision;
 use crate::data::cache::{ActivationCache, FileStamp};
+use crate::rng::SplitMix64;
 use crate::sae::config::{DataLoad, TrainConfig};
 
 /// Rows used to choose `input_scale`, `b_dec` and σ².
@@ -903,29 +904,6 @@ impl Drop for Received {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-    }
-}
-
-/// A small seeded generator for the stream's draws (SplitMix64): the reader thread must
-/// not touch libtorch's process-wide generator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64) -> SplitMix64 {
-        SplitMix64(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n ≥ 1; multiply-shift, bias below 2⁻³²for n < 2³²).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 }
 
