@@ -166,3 +166,35 @@ pub fn compare(a: &Path, b: &Path) -> Result<Vec<(String, f64, f64)>> {
     out.sort_by(|x, y| x.0.cmp(&y.0));
     Ok(out)
 }
+
+/// Write a dataset's first `limit` images after CLIP's resize and centre crop to
+/// `size`×`size` (before normalisation) as `OUT.u8` (N×size×size×3 bytes, row-major RGB)
+/// and their sources, one a line, as `OUT.txt`: what `scripts/train_demo_clip.py` trains
+/// on, so Python never re-implements the procedural generator or the resize.
+pub fn dump_images(
+    spec: &DatasetSpec,
+    split: Split,
+    limit: usize,
+    size: u32,
+    out: &Path,
+) -> Result<usize> {
+    ensure!(size > 0, "--size must be positive");
+    let dataset = data::limited(data::open(spec, split)?, Some(limit));
+    let cfg = crate::clip::preprocess::PreprocessConfig::with_size(size);
+    use rayon::prelude::*;
+    let images: Vec<Vec<u8>> = (0..dataset.len())
+        .into_par_iter()
+        .map(|i| -> Result<Vec<u8>> {
+            let img = dataset.image(i)?;
+            Ok(crate::clip::preprocess::resize_and_crop(&img, &cfg).into_raw())
+        })
+        .collect::<Result<_>>()?;
+    let bytes_path = out.with_extension("u8");
+    let text_path = out.with_extension("txt");
+    crate::disk::write_bytes_atomic(&bytes_path, &images.concat())?;
+    let sources: String = (0..dataset.len())
+        .map(|i| dataset.item(i).source + "\n")
+        .collect();
+    crate::disk::write_bytes_atomic(&text_path, sources.as_bytes())?;
+    Ok(dataset.len())
+}

@@ -15,6 +15,17 @@ pub struct DevArgs {
     pub command: DevCommand,
 }
 
+/// The first `--limit` images of a dataset's split.
+#[derive(Args, Debug)]
+pub struct FirstImages {
+    #[arg(long)]
+    dataset: DatasetSpec,
+    #[arg(long, value_enum, default_value = "train")]
+    split: Split,
+    #[arg(long)]
+    limit: usize,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DevCommand {
     /// Write a random-weight CLIP as a Hugging Face directory.
@@ -29,12 +40,8 @@ pub enum DevCommand {
     },
     /// Write a dataset's first images as files in class folders.
     WriteImages {
-        #[arg(long)]
-        dataset: DatasetSpec,
-        #[arg(long, value_enum, default_value = "train")]
-        split: Split,
-        #[arg(long)]
-        limit: usize,
+        #[command(flatten)]
+        images: FirstImages,
         #[arg(long)]
         out: PathBuf,
         /// jpg or png.
@@ -42,6 +49,16 @@ pub enum DevCommand {
         format: String,
         #[arg(long, default_value_t = 90)]
         quality: u8,
+    },
+    /// Write a dataset's first images resized and cropped to SIZE as raw RGB bytes
+    /// (OUT.u8) with their sources (OUT.txt), for scripts/train_demo_clip.py.
+    DumpImages {
+        #[command(flatten)]
+        images: FirstImages,
+        #[arg(long)]
+        size: u32,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write a synthetic activation cache (sparse sums of random unit atoms).
     SyntheticCache {
@@ -71,14 +88,30 @@ pub fn run(args: &DevArgs) -> Result<()> {
             println!("{}", out.display());
         }
         DevCommand::WriteImages {
-            dataset,
-            split,
-            limit,
+            images:
+                FirstImages {
+                    dataset,
+                    split,
+                    limit,
+                },
             out,
             format,
             quality,
         } => {
             let n = devtools::write_images(dataset, *split, *limit, out, format, *quality)?;
+            println!("{n}");
+        }
+        DevCommand::DumpImages {
+            images:
+                FirstImages {
+                    dataset,
+                    split,
+                    limit,
+                },
+            size,
+            out,
+        } => {
+            let n = devtools::dump_images(dataset, *split, *limit, *size, out)?;
             println!("{n}");
         }
         DevCommand::SyntheticCache {
