@@ -60,7 +60,7 @@ pub use cifar::Cifar;
 pub use folder::ImageFolder;
 pub use food101::Food101;
 pub use imagenet::ImageNet;
-pub use procedural::{Procedural, ProceduralFactors};
+pub use procedural::{Procedural, ProceduralClasses, ProceduralFactors};
 
 /// Which part of a dataset to read. `val` is another name for `test` (ImageNet's held-out
 /// split is its validation set, `DIR/val`).
@@ -143,11 +143,20 @@ pub struct DatasetSpec {
 }
 
 impl DatasetSpec {
-    /// The seed of a `procedural:SEED` spec.
+    /// The seed of a `procedural:SEED[/CLASSES]` spec.
     pub fn seed(&self) -> Result<u64, DatasetSpecError> {
-        self.path
-            .parse()
+        let seed = self.path.split_once('/').map_or(&*self.path, |(s, _)| s);
+        seed.parse()
             .map_err(|_| DatasetSpecError::BadSeed(self.path.clone()))
+    }
+
+    /// The class set of a `procedural:SEED[/CLASSES]` spec (colour × shape without one).
+    pub fn procedural_classes(&self) -> Result<ProceduralClasses, DatasetSpecError> {
+        match self.path.split_once('/') {
+            None => Ok(ProceduralClasses::ColourShape),
+            Some((_, name)) => ProceduralClasses::from_name(name)
+                .ok_or_else(|| DatasetSpecError::BadClasses(self.path.clone())),
+        }
     }
 }
 
@@ -162,6 +171,8 @@ pub enum DatasetSpecError {
     EmptyPath(String, String),
     #[error("dataset `procedural:{0}`: the seed must be a whole number from 0 to {max}", max = u64::MAX)]
     BadSeed(String),
+    #[error("dataset `procedural:{0}`: the classes after `/` are one of shape, colour-shape, colour-shape-texture")]
+    BadClasses(String),
 }
 
 fn kind_list() -> String {
@@ -193,6 +204,7 @@ impl FromStr for DatasetSpec {
         };
         if kind == DatasetKind::Procedural {
             spec.seed()?;
+            spec.procedural_classes()?;
         }
         Ok(spec)
     }
@@ -246,7 +258,11 @@ pub fn open(spec: &DatasetSpec, split: Split) -> Result<Box<dyn Dataset>> {
         DatasetKind::Food101 => Box::new(Food101::open(spec, split)?),
         DatasetKind::Folder => Box::new(ImageFolder::open(spec, split)?),
         DatasetKind::ImageNet => Box::new(ImageNet::open(spec, split)?),
-        DatasetKind::Procedural => Box::new(Procedural::new(spec.seed()?, split)),
+        DatasetKind::Procedural => Box::new(Procedural::with_classes(
+            spec.seed()?,
+            spec.procedural_classes()?,
+            split,
+        )),
     })
 }
 

@@ -15,7 +15,9 @@
 //!   is exercised), the shape's centre (`x`, `y`) and `radius` (24–38 % of the side) are
 //!   whole pixels and keep the shape inside the image, `rotation` is in whole degrees.
 //!
-//! The class is colour + shape, `"red circle"`; classes are listed colour-major
+//! The class is colour + shape, `"red circle"` (`procedural:SEED/shape` labels by shape
+//! alone, 6 classes, and `procedural:SEED/colour-shape-texture` by all three, 192 classes
+//! such as `"striped red circle"`: the same images, labelled differently); classes are listed colour-major
 //! (`red circle`, `red square`, …, `black cross`), 48 in all. Image `i` has class
 //! `i mod 48` and texture `(i / 48) mod 4`; the other factors are drawn from a seeded
 //! generator. Train has 4,800 images (100 per class), test 960 (20 per class); the split
@@ -41,7 +43,10 @@ use anyhow::{bail, Context, Result};
 use image::{GrayImage, RgbImage};
 
 use super::{out_of_range, Dataset, DatasetKind, DatasetSpec, Item, Split};
+
+mod classes;
 use crate::clip::preprocess::PreprocessError;
+pub use classes::ProceduralClasses;
 
 /// A factor with a fixed list of named values.
 macro_rules! factor {
@@ -261,13 +266,17 @@ impl ProceduralFactors {
     }
 }
 
-/// The generated dataset `procedural:SEED` for one split.
+/// The generated dataset `procedural:SEED[/CLASSES]` for one split.
 pub struct Procedural {
     spec: DatasetSpec,
     split: Split,
     seed: u64,
+    task: ProceduralClasses,
     classes: Vec<String>,
 }
+
+/// Colour × shape pairs: image `i` draws pair `i mod PAIRS`.
+const PAIRS: usize = 48;
 
 impl Procedural {
     /// Images in the train split (100 per class).
@@ -276,18 +285,24 @@ impl Procedural {
     pub const TEST_LEN: usize = 960;
 
     pub fn new(seed: u64, split: Split) -> Self {
-        let classes = Colour::ALL
-            .iter()
-            .flat_map(|c| Shape::ALL.iter().map(move |s| format!("{c} {s}")))
-            .collect();
+        Self::with_classes(seed, ProceduralClasses::ColourShape, split)
+    }
+
+    /// The same images, labelled by `task`'s factors.
+    pub fn with_classes(seed: u64, task: ProceduralClasses, split: Split) -> Self {
+        let path = match task {
+            ProceduralClasses::ColourShape => seed.to_string(),
+            t => format!("{seed}/{}", t.name()),
+        };
         Procedural {
             spec: DatasetSpec {
                 kind: DatasetKind::Procedural,
-                path: seed.to_string(),
+                path,
             },
             split,
             seed,
-            classes,
+            task,
+            classes: task.names(),
         }
     }
 
@@ -309,7 +324,7 @@ impl Procedural {
         if index >= self.len() {
             out_of_range(&self.spec, index, self.len());
         }
-        let class = index % self.classes.len();
+        let class = index % PAIRS;
         let mut rng = Rng(self.key(index));
         let side = 160 + 32 * rng.below(5);
         let radius = side * 24 / 100 + rng.below(side * 14 / 100 + 1);
@@ -321,7 +336,7 @@ impl Procedural {
         ProceduralFactors {
             shape: Shape::ALL[class % Shape::ALL.len()],
             colour: Colour::ALL[class / Shape::ALL.len()],
-            texture: Texture::ALL[index / self.classes.len() % Texture::ALL.len()],
+            texture: Texture::ALL[index / PAIRS % Texture::ALL.len()],
             background,
             side,
             x,
@@ -417,7 +432,7 @@ impl Dataset for Procedural {
                 self.split,
                 f.query()
             ),
-            label: f.label() as i64,
+            label: self.task.label(&f) as i64,
         }
     }
     fn image(&self, index: usize) -> Result<RgbImage, PreprocessError> {
