@@ -56,6 +56,10 @@ pub struct EvaluateArgs {
     /// Features whose auto labels are scored.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub label_features: usize,
+    /// Label vocabulary: one phrase a line, replacing the built-in ~1,300 phrases (as
+    /// `interpret --vocab`).
+    #[arg(long, value_name = "FILE")]
+    pub vocab: Option<PathBuf>,
     /// Largest number of sparse (image, latent) scores kept for probing and factors
     /// (8 bytes each); images beyond it are left out of probing and factors.
     #[arg(long, default_value_t = 32 << 20, value_name = "N")]
@@ -91,6 +95,7 @@ impl EvaluateArgs {
         o.batch_size = self.batch_size;
         o.probe_images = self.probe_images;
         o.label_features = self.label_features;
+        o.vocab = self.vocab.clone();
         o.max_entries = self.max_entries;
         o.random_baseline = self.random_baseline;
         o.device = device;

@@ -8,6 +8,7 @@
 
 pub mod auroc;
 pub mod evaluate;
+pub mod factors;
 pub mod probe;
 pub mod steer;
 pub mod zeroshot;
