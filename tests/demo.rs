@@ -18,10 +18,21 @@ fn demo_runs_the_pipeline_and_its_outputs_agree() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stderr}");
     assert!(
-        stderr.contains("RANDOM weights"),
-        "the demo says plainly its model is untrained: {stderr}"
+        stderr.contains("A toy world"),
+        "the demo says plainly what its model is: {stderr}"
     );
-    assert!(stdout.contains("random-weight model"), "{stdout}");
+    assert!(stdout.contains("toy world"), "{stdout}");
+    // The key-results table: EVR, L0, and the three zero-shot tasks easy to hard.
+    for row in [
+        "| EVR |",
+        "| L0 | 16.0 |",
+        "| procedural:0/shape | 6 |",
+        "| procedural:0 | 48 |",
+        "| procedural:0/colour-shape-texture | 192 |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+    assert!(out.join("key-results.md").exists());
     assert!(stdout.contains("browser/index.html"), "{stdout}");
     assert!(stdout.contains("random-decoder baseline: evr"), "{stdout}");
     for f in [
@@ -51,10 +62,17 @@ fn demo_runs_the_pipeline_and_its_outputs_agree() {
     // Zero-shot JSON agrees with the per-image predictions.
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("zeroshot.json")).unwrap()).unwrap();
-    let d = &json["datasets"][0];
+    let tasks = json["datasets"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    let d = tasks.iter().find(|d| d["name"] == "procedural:0").unwrap();
     assert_eq!(d["samples"], 192);
     let mut reader = csv::Reader::from_path(out.join("predictions.csv")).unwrap();
-    let rows: Vec<HashMap<String, String>> = reader.deserialize().map(|r| r.unwrap()).collect();
+    let all: Vec<HashMap<String, String>> = reader.deserialize().map(|r| r.unwrap()).collect();
+    assert_eq!(all.len(), 3 * 192);
+    let rows: Vec<&HashMap<String, String>> = all
+        .iter()
+        .filter(|r| r["dataset"] == "procedural:0")
+        .collect();
     assert_eq!(rows.len(), 192);
     let top1 = |col: &str| {
         100.0 * rows.iter().filter(|r| r[col] == r["label"]).count() as f64 / rows.len() as f64

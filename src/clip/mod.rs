@@ -10,6 +10,7 @@
 //! block L. Shapes: B images, T texts, S tokens, D width, E embedding width.
 
 pub mod config;
+pub mod demo_model;
 pub mod dinov2;
 pub mod encoder;
 pub mod family;
