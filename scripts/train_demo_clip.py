@@ -37,7 +37,6 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel
 
-SIZE = 224
 CONTEXT = 24  # caption tokens used in training (CLIP's 77 positions stay in the model)
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -148,16 +147,16 @@ class Codes:
         return ((want[None, :, :] == -1) | (want[None, :, :] == have[:, None, :])).all(-1)
 
 
-def dump(saeclip, spec, split, limit, tmp):
+def dump(saeclip, spec, split, limit, tmp, size):
     out = os.path.join(tmp, spec.replace(":", "-") + "-" + split)
     subprocess.run(
         [saeclip, "-q", "dev", "dump-images", "--dataset", spec, "--split", split,
-         "--limit", str(limit), "--size", str(SIZE), "--out", out],
+         "--limit", str(limit), "--size", str(size), "--out", out],
         check=True, stdout=subprocess.DEVNULL,
     )
     raw = np.fromfile(out + ".u8", dtype=np.uint8)
-    n = raw.size // (SIZE * SIZE * 3)
-    images = torch.from_numpy(raw.reshape(n, SIZE, SIZE, 3).copy())
+    n = raw.size // (size * size * 3)
+    images = torch.from_numpy(raw.reshape(n, size, size, 3).copy())
     sources = open(out + ".txt").read().split("\n")[:n]
     return images, [factors_of(s) for s in sources]
 
@@ -187,7 +186,7 @@ class Tokens:
         return out
 
 
-def config():
+def config(image_size=224, patch_size=32):
     # The demo's dimensions (saeclip's ClipConfig::demo: ViT-B/32 patches, 4 + 4 blocks,
     # width 128, projection 64).
     return CLIPConfig(
@@ -198,7 +197,7 @@ def config():
                          hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
                          pad_token_id=1, projection_dim=64),
         vision_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                           num_attention_heads=4, image_size=224, patch_size=32,
+                           num_attention_heads=4, image_size=image_size, patch_size=patch_size,
                            hidden_act="quick_gelu", projection_dim=64),
     )
 
@@ -216,12 +215,17 @@ def zeroshot(model, tokens, images, labels, classes, template="a photo of a {}."
     model.eval()
     ids = tokens([template.format(c) for c in classes], CONTEXT)
     t = F.normalize(text_features(model, ids), dim=-1)
-    correct = 0
+    predicted = []
     for s in range(0, len(images), 256):
         v = F.normalize(image_features(model, pixels(images[s : s + 256])), dim=-1)
-        correct += (v @ t.T).argmax(-1).eq(labels[s : s + 256]).sum().item()
+        predicted.append((v @ t.T).argmax(-1))
+    predicted = torch.cat(predicted)
     model.train()
-    return correct / len(images)
+    # Classes are colour-major over 6 shapes: also the share with the right colour, shape.
+    colour = predicted.div(6, rounding_mode="floor").eq(labels.div(6, rounding_mode="floor"))
+    shape = predicted.remainder(6).eq(labels.remainder(6))
+    return (predicted.eq(labels).float().mean().item(), colour.float().mean().item(),
+            shape.float().mean().item())
 
 
 TOKEN_EMBEDDING = "text_model.embeddings.token_embedding.weight"
@@ -271,6 +275,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=0, help="steps between zero-shot checks (0: none)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--patch-size", type=int, default=32)
+    ap.add_argument("--hard", type=float, default=0.0,
+                    help="share of batches drawn from images of two colours only (hard negatives: "
+                         "shape, texture and background must tell their captions apart)")
     ap.add_argument("--trim-from", metavar="DIR",
                     help="only convert DIR/model.safetensors into --out's trimmed form")
     a = ap.parse_args()
@@ -283,8 +292,9 @@ def main():
     rng = random.Random(a.seed)
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        parts = [dump(a.saeclip, f"procedural:{s}", "train", a.images, tmp) for s in range(1, a.seeds + 1)]
-        test_images, test_factors = dump(a.saeclip, "procedural:0", "test", 960, tmp)
+        parts = [dump(a.saeclip, f"procedural:{s}", "train", a.images, tmp, a.image_size)
+                 for s in range(1, a.seeds + 1)]
+        test_images, test_factors = dump(a.saeclip, "procedural:0", "test", 960, tmp, a.image_size)
     images = torch.cat([p[0] for p in parts])
     factors = [derived(f) for p in parts for f in p[1]]
     codes = Codes(factors)
@@ -294,7 +304,8 @@ def main():
     classes = [f"{c} {s}" for c in colours for s in shapes]
     test_labels = torch.tensor([classes.index(f"{f['colour']} {f['shape']}") for f in test_factors])
 
-    model = CLIPModel(config())
+    model = CLIPModel(config(a.image_size, a.patch_size))
+    by_colour = {c: torch.tensor([i for i, f in enumerate(factors) if f["colour"] == c]) for c in colours}
     tokens = Tokens()
     steps = int(a.epochs * len(images) / a.batch)
     decay, no_decay = [], []
@@ -312,8 +323,12 @@ def main():
     for step in range(steps):
         if pos + a.batch > len(order):
             order, pos = torch.randperm(len(images), generator=gen), 0
-        idx = order[pos : pos + a.batch]
-        pos += a.batch
+        if rng.random() < a.hard:
+            pool = torch.cat([by_colour[c] for c in rng.sample(colours, 2)])
+            idx = pool[torch.randperm(len(pool), generator=gen)[: a.batch]]
+        else:
+            idx = order[pos : pos + a.batch]
+            pos += a.batch
         x = pixels(images[idx])
         texts, named = zip(*[caption(rng, factors[i]) for i in idx.tolist()])
         ids = tokens(list(texts), CONTEXT)
@@ -332,10 +347,12 @@ def main():
         if step % 25 == 0 or step == steps - 1:
             print(f"step {step}/{steps} loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
         if a.eval_every and step % a.eval_every == a.eval_every - 1:
-            acc = zeroshot(model, tokens, test_images, test_labels, classes)
-            print(f"  zero-shot top-1 (48 classes, procedural:0 test): {acc:.3f}", flush=True)
+            acc, colour_acc, shape_acc = zeroshot(model, tokens, test_images, test_labels, classes)
+            print(f"  zero-shot top-1 (48 classes, procedural:0 test): {acc:.3f} "
+                  f"(colour right {colour_acc:.3f}, shape right {shape_acc:.3f})", flush=True)
             save(model, tokens, a, acc, steps, step + 1, len(images), time.time() - start)
-    acc = zeroshot(model, tokens, test_images, test_labels, classes)
+    acc, colour_acc, shape_acc = zeroshot(model, tokens, test_images, test_labels, classes)
+    print(f"colour right {colour_acc:.4f}, shape right {shape_acc:.4f}")
     print(f"zero-shot top-1 on 48 colour x shape classes (procedural:0 test, 'a photo of a {{}}.'): {acc:.4f}")
     save(model, tokens, a, acc, steps, steps, len(images), time.time() - start)
     print(f"wrote {a.out} in {time.time() - start:.0f}s")

@@ -509,4 +509,97 @@ fn exact_sae_recovers_everything_and_zero_ablation_matches_transformers() {
     let labels = &v["labels"];
     assert!(labels["mean_precision_at_12"].is_number(), "{v}");
     assert!(labels["features"].as_array().unwrap().len() <= 4);
+    // An image folder has no class maps: no localisation, and it says why.
+    assert!(v["localisation"].is_null());
+    assert!(v["localisation_reason"]
+        .as_str()
+        .unwrap()
+        .contains("per-pixel"));
+}
+
+/// An ADE20K validation split of 12 images: grey, with a red 96×96 square on the 32-pixel
+/// patch grid of a 224 model (3×3 patches), annotated as class 13 ("person").
+fn ade20k_tree(root: &Path) -> PathBuf {
+    let dir = root.join("ADEChallengeData2016");
+    let images = dir.join("images/validation");
+    let annotations = dir.join("annotations/validation");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&annotations).unwrap();
+    for i in 0..12u32 {
+        let (x0, y0) = (32 * (i % 5), 32 * ((i / 5) % 5));
+        let inside = |x: u32, y: u32| (x0..x0 + 96).contains(&x) && (y0..y0 + 96).contains(&y);
+        let image = image::RgbImage::from_fn(224, 224, |x, y| {
+            image::Rgb(if inside(x, y) {
+                [220, 30, 30]
+            } else {
+                [120, 120, 120]
+            })
+        });
+        image
+            .save(images.join(format!("ADE_val_{i:08}.png")))
+            .unwrap();
+        let map = image::GrayImage::from_fn(224, 224, |x, y| {
+            image::Luma([if inside(x, y) { 13 } else { 0 }])
+        });
+        map.save(annotations.join(format!("ADE_val_{i:08}.png")))
+            .unwrap();
+    }
+    std::fs::write(
+        dir.join("objectInfo150.txt"),
+        "Idx\tRatio\tTrain\tVal\tName\n13\t0.0163\t6166\t612\tperson, individual\n",
+    )
+    .unwrap();
+    root.to_path_buf()
+}
+
+#[test]
+fn a_patch_sae_localises_the_annotated_object_on_ade20k() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = ade20k_tree(dir.path());
+    let meta = CheckpointMeta {
+        clip: json!({"model": tiny_model(), "layer": 1, "tokens": "patches"}),
+        ..Default::default()
+    };
+    let ckpt = dir.path().join("patches.safetensors");
+    checkpoint::save(&ckpt, &identity_sae(64), &meta, None, Kind::Float).unwrap();
+    let json_path = dir.path().join("eval.json");
+    let dataset = format!("ade20k:{}", tree.display());
+    let all = run_json(&[
+        "--device",
+        "cpu",
+        "evaluate",
+        "--sae",
+        ckpt.to_str().unwrap(),
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--dataset",
+        &dataset,
+        "--split",
+        "test",
+        "--json",
+        json_path.to_str().unwrap(),
+        "--label-features",
+        "2",
+        "--random-baseline",
+    ]);
+    let v = &all["saes"][0];
+    let baseline = &all["saes"][1]["localisation"]["foreground"]["auroc"];
+    assert!(
+        baseline.as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)),
+        "{all}"
+    );
+    let loc = &v["localisation"];
+    assert_eq!(loc["images"], 12, "{v}");
+    assert_eq!(loc["patches"], 12 * 49);
+    assert_eq!(loc["foreground_patches"], 12 * 9);
+    // The identity SAE's latents are the residual's coordinates (and their negatives):
+    // one of them separates red patches from grey ones.
+    let auroc = loc["foreground"]["auroc"].as_f64().unwrap();
+    assert!(auroc > 0.95, "foreground AUROC {auroc}");
+    let classes = loc["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 1);
+    assert_eq!(classes[0]["class"], "person");
+    assert_eq!(classes[0]["patches"], 12 * 9);
+    // Without scenes there are no labels: zero-shot says why.
+    assert!(v["zeroshot"].is_null());
 }

@@ -131,6 +131,12 @@ pub fn run(global: &GlobalArgs, args: &InterpretArgs) -> Result<()> {
         s.images as f64 / s.seconds.max(1e-9),
         s.label_method,
     ));
+    if let Some((named, of)) = s.factor_precision {
+        crate::ui::info(format!(
+            "label precision: {named} of {of} labels ({:.0}%) name the factor value their feature detects best",
+            100.0 * named as f64 / of as f64
+        ));
+    }
     println!("{}", o.output_csv.display());
     if let Some(dir) = &o.html {
         println!("{}", dir.join("index.html").display());

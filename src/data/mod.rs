@@ -39,7 +39,12 @@
 //! - `procedural:SEED`: generated images (see [`procedural`]), 4,800 train and 960 test;
 //!   index `i` has class `i mod 48` and texture `(i / 48) mod 4`, so any prefix is
 //!   balanced.
+//! - `ade20k:DIR`: ADE20K's SceneParsing release (`ADEChallengeData2016/`, see [`ade20k`]):
+//!   `images/training` (train) or `images/validation` (test) in file-name order, with
+//!   per-pixel class maps from `annotations/`; label = the scene of `sceneCategories.txt`.
+//!   Source = the path below `images/`, e.g. `training/ADE_train_00000001.jpg`.
 
+pub mod ade20k;
 pub mod cache;
 pub mod cifar;
 pub mod folder;
@@ -47,6 +52,7 @@ pub mod food101;
 pub mod imagenet;
 pub mod matlab;
 pub mod procedural;
+pub mod segmentation;
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,11 +62,13 @@ use image::RgbImage;
 
 use crate::clip::preprocess::PreprocessError;
 
+pub use ade20k::Ade20k;
 pub use cifar::Cifar;
 pub use folder::ImageFolder;
 pub use food101::Food101;
 pub use imagenet::ImageNet;
 pub use procedural::{Procedural, ProceduralClasses, ProceduralFactors};
+pub use segmentation::ClassMap;
 
 /// Which part of a dataset to read. `val` is another name for `test` (ImageNet's held-out
 /// split is its validation set, `DIR/val`).
@@ -102,17 +110,20 @@ pub enum DatasetKind {
     #[serde(rename = "imagenet")]
     ImageNet,
     Procedural,
+    #[serde(rename = "ade20k")]
+    Ade20k,
 }
 
 impl DatasetKind {
     /// Every kind, in the order help texts list them.
-    pub const ALL: [DatasetKind; 6] = [
+    pub const ALL: [DatasetKind; 7] = [
         DatasetKind::Cifar10,
         DatasetKind::Cifar100,
         DatasetKind::Food101,
         DatasetKind::Folder,
         DatasetKind::ImageNet,
         DatasetKind::Procedural,
+        DatasetKind::Ade20k,
     ];
 
     /// The name used in `KIND:PATH`.
@@ -124,6 +135,7 @@ impl DatasetKind {
             DatasetKind::Folder => "folder",
             DatasetKind::ImageNet => "imagenet",
             DatasetKind::Procedural => "procedural",
+            DatasetKind::Ade20k => "ade20k",
         }
     }
 }
@@ -248,6 +260,17 @@ pub trait Dataset: Send + Sync {
     /// Image `index` decoded to 8-bit RGB exactly as Pillow's `convert("RGB")` would; a
     /// missing or undecodable file is an `Err` naming it. Panics unless `index < len()`.
     fn image(&self, index: usize) -> Result<RgbImage, PreprocessError>;
+    /// Names of the per-pixel classes of [`Dataset::class_map`], entry 0 the background
+    /// (or unlabelled) class; empty for a dataset without class maps.
+    fn class_map_names(&self) -> &[String] {
+        &[]
+    }
+    /// The per-pixel classes of image `index` (indices into
+    /// [`Dataset::class_map_names`]), for a dataset that has them. Panics unless
+    /// `index < len()`.
+    fn class_map(&self, _index: usize) -> Option<Result<ClassMap>> {
+        None
+    }
 }
 
 /// Open a dataset for one split. Errors name the path, say which layout was expected and
@@ -263,6 +286,7 @@ pub fn open(spec: &DatasetSpec, split: Split) -> Result<Box<dyn Dataset>> {
             spec.procedural_classes()?,
             split,
         )),
+        DatasetKind::Ade20k => Box::new(Ade20k::open(spec, split)?),
     })
 }
 
@@ -315,6 +339,13 @@ impl Dataset for Limited {
     fn image(&self, index: usize) -> Result<RgbImage, PreprocessError> {
         self.check(index);
         self.inner.image(index)
+    }
+    fn class_map_names(&self) -> &[String] {
+        self.inner.class_map_names()
+    }
+    fn class_map(&self, index: usize) -> Option<Result<ClassMap>> {
+        self.check(index);
+        self.inner.class_map(index)
     }
 }
 

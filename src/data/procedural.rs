@@ -273,6 +273,8 @@ pub struct Procedural {
     seed: u64,
     task: ProceduralClasses,
     classes: Vec<String>,
+    /// Class-map classes: background, then the shapes.
+    regions: Vec<String>,
 }
 
 /// Colour × shape pairs: image `i` draws pair `i mod PAIRS`.
@@ -303,6 +305,10 @@ impl Procedural {
             seed,
             task,
             classes: task.names(),
+            regions: std::iter::once("background")
+                .chain(Shape::ALL.iter().map(|s| s.name()))
+                .map(String::from)
+                .collect(),
         }
     }
 
@@ -437,6 +443,22 @@ impl Dataset for Procedural {
     }
     fn image(&self, index: usize) -> Result<RgbImage, PreprocessError> {
         Ok(self.render(index))
+    }
+    fn class_map_names(&self) -> &[String] {
+        &self.regions
+    }
+    /// Background 0; the shape's class (1 + its position in `Shape::ALL`) where the shape
+    /// covers at least half of a pixel.
+    fn class_map(&self, index: usize) -> Option<anyhow::Result<super::ClassMap>> {
+        let shape = 1 + self.factors(index).shape.position() as u16;
+        let mask = self.mask(index);
+        let (w, h) = mask.dimensions();
+        let classes = mask
+            .into_raw()
+            .into_iter()
+            .map(|c| if c >= 128 { shape } else { 0 })
+            .collect();
+        Some(super::ClassMap::new(w, h, classes))
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod auroc;
 pub mod evaluate;
 pub mod factors;
+pub mod localisation;
 pub mod probe;
 pub mod steer;
 pub mod zeroshot;

@@ -125,7 +125,7 @@ pub fn fill(template: &str, class: &str) -> String {
 pub fn class_names(dataset: &dyn Dataset) -> Vec<String> {
     let spaced = matches!(
         dataset.spec().kind,
-        DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Food101
+        DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::Food101 | DatasetKind::Ade20k
     );
     dataset
         .classes()

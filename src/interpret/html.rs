@@ -198,16 +198,23 @@ pub fn write_site(
             }))
         })
         .collect::<Result<_>>()?;
+    let precision = s.factor_precision.map_or(String::new(), |(named, of)| {
+        format!(
+            " · label precision {named}/{of} ({:.0}%): labels naming the factor value the feature detects best",
+            100.0 * named as f64 / of as f64
+        )
+    });
     let data = json!({
         "meta": {
             "description": format!(
-                "{} · {} ({}) · {} images scored of {} sampled · {} live, {} dead latents · labels: {}",
+                "{} · {} ({}) · {} images scored of {} sampled · {} live, {} dead latents · labels: {}{precision}",
                 o.sae.display(), o.dataset, o.split, s.images, sample, s.live, s.dead,
                 match s.label_method { super::LabelMethod::Decoder => "decoder direction", super::LabelMethod::TopImages => "top-image embeddings", super::LabelMethod::LabelModel => "top-image embeddings of the label model", super::LabelMethod::Unlabelled => "none (no text tower)" }
             ),
             "model": o.model.display().to_string(),
             "sae": o.sae.display().to_string(),
             "labelled": s.labelled,
+            "factor_precision": s.factor_precision.map(|(named, of)| json!({"named": named, "features": of, "precision": named as f64 / of as f64})),
         },
         "features": features,
     });

@@ -22,6 +22,7 @@
 pub mod collage;
 pub mod html;
 pub mod labels;
+mod tally;
 pub mod topk;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,8 +39,8 @@ use crate::data::cache::{file_sha256, ActivationCache};
 use crate::data::{
     self as datasets, stream_pixels, Dataset, DatasetKind, DatasetSpec, DecodedBatch, Split,
 };
-use crate::eval::auroc::{class_statistics, sparse_rows, SparseScores};
 use crate::sae::{checkpoint::load_sae, Sae};
+use tally::{ClassTally, MAX_CLASS_ENTRIES};
 
 pub use collage::{CollageFormat, Grid};
 pub use labels::Label;
@@ -178,6 +179,9 @@ pub struct InterpretSummary {
     pub seconds: f64,
     /// Elements held by the streaming top-k buffers.
     pub buffer_numel: usize,
+    /// Procedural images: (features whose first label names the factor value they detect
+    /// best by AUROC, features with a label and such a value).
+    pub factor_precision: Option<(usize, usize)>,
 }
 
 /// SplitMix64.
@@ -299,64 +303,6 @@ impl Baseline {
             Some(acc) => acc + s,
             None => s,
         });
-    }
-}
-
-/// Most sparse score entries held for the per-latent best class (as `evaluate`'s default
-/// `--max-entries`); images beyond it are left out of the AUROC, with a note.
-const MAX_CLASS_ENTRIES: usize = 32 << 20;
-
-/// Per-image sparse scores and classes of the scored images, for each latent's AUROC-best
-/// class ([`class_statistics`]). Disabled (holds nothing) for a dataset without labels.
-struct ClassTally {
-    enabled: bool,
-    store: SparseScores,
-    classes: Vec<i64>,
-    dropped: usize,
-}
-
-impl ClassTally {
-    fn new(dataset: &dyn Dataset) -> ClassTally {
-        ClassTally {
-            enabled: !dataset.classes().is_empty(),
-            store: SparseScores::new(),
-            classes: Vec::new(),
-            dropped: 0,
-        }
-    }
-
-    fn add(&mut self, dataset: &dyn Dataset, scores: &Tensor, ids: &[usize]) -> Result<()> {
-        if !self.enabled || ids.is_empty() {
-            return Ok(());
-        }
-        let n_classes = dataset.classes().len() as i64;
-        for (entries, &id) in sparse_rows(scores)?.into_iter().zip(ids) {
-            if self.dropped == 0 && self.store.entries() + entries.len() <= MAX_CLASS_ENTRIES {
-                self.store.push(entries);
-                let label = dataset.item(id).label;
-                self.classes.push(if (0..n_classes).contains(&label) {
-                    label
-                } else {
-                    -1
-                });
-            } else {
-                self.dropped += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Per latent, its best class (name, AUROC).
-    fn best_classes(&self, dataset: &dyn Dataset, d_sae: usize) -> Vec<Option<(String, f64)>> {
-        if !self.enabled {
-            return vec![None; d_sae];
-        }
-        let names = dataset.classes();
-        class_statistics(&self.store, &self.classes, names.len(), d_sae, 0)
-            .best_class
-            .into_iter()
-            .map(|b| b.map(|(c, auroc)| (names[c].clone(), auroc)))
-            .collect()
     }
 }
 
@@ -541,6 +487,10 @@ pub fn source_file(spec: &DatasetSpec, split: Split, source: &str) -> Option<Pat
     let candidates = match spec.kind {
         DatasetKind::Folder => vec![root.join(split.name()).join(source), root.join(source)],
         DatasetKind::ImageNet => vec![root.join(source)],
+        DatasetKind::Ade20k => vec![
+            root.join("ADEChallengeData2016/images").join(source),
+            root.join("images").join(source),
+        ],
         DatasetKind::Food101 => vec![
             root.join("food-101/images").join(source),
             root.join("images").join(source),
@@ -780,6 +730,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
             tally.dropped
         ));
     }
+    let best_values = tally.best_values(dataset.as_ref(), sae.config.d_sae as usize);
     drop(tally);
 
     // Second look at the top images: embeddings and heatmaps.
@@ -890,6 +841,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
     })?;
 
     write_csv(&o.output_csv, &features)?;
+    let factor_precision = tally::factor_precision(&features, &best_values);
     let summary = InterpretSummary {
         images: stats.images,
         skipped,
@@ -902,6 +854,7 @@ pub fn interpret(o: &InterpretOptions) -> Result<InterpretSummary> {
         notes,
         seconds: start.elapsed().as_secs_f64(),
         buffer_numel: top.buffer_numel(),
+        factor_precision,
     };
     if let Some(dir) = &o.html {
         html::write_site(dir, o, &summary, images.len())?;

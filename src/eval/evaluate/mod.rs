@@ -21,8 +21,13 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
+mod markdown;
+
+pub use markdown::{to_markdown, write_plots};
+
 use super::auroc::{class_statistics, sparse_rows, SparseScores};
 use super::factors;
+use super::localisation::{self, PatchScores};
 use super::probe::{balanced_accuracy, Features, ProbeConfig};
 use super::zeroshot::{class_embeddings, class_names, stratified_sample, DEFAULT_TEMPLATE};
 use super::{replace_tokens, token_rows};
@@ -218,6 +223,8 @@ struct Images {
     /// Class, −1 without.
     label: Vec<i64>,
     factors: Vec<Option<ProceduralFactors>>,
+    /// The dataset's class-map classes (empty without class maps: a cache, most datasets).
+    regions: Vec<String>,
 }
 
 /// Running sums of one SAE.
@@ -235,6 +242,9 @@ struct Accum {
     /// Per-image feature of the probe images (CLS row or mean over tokens), by eval index.
     probe_x: BTreeMap<usize, Tensor>,
     zs: ZeroTally,
+    /// Per-patch scores for the localisation probe (a patch-token SAE on a dataset with
+    /// class maps).
+    patches: Option<PatchScores>,
 }
 
 #[derive(Default, Clone)]
@@ -262,12 +272,13 @@ impl Accum {
             top: with_top.then(|| TopK::new(sae.config.d_sae, LABEL_TOP, device)),
             probe_x: BTreeMap::new(),
             zs: ZeroTally::default(),
+            patches: None,
         }
     }
 
     /// Rows `x` [R, D] of b images (`row_image` [R] in 0..b); `first` is the eval index
     /// of the batch's first image; `probe` [b] says which of them are probe images.
-    /// Returns x̂.
+    /// Returns x̂ and the codes.
     fn update(
         &mut self,
         m: &Member,
@@ -276,7 +287,7 @@ impl Accum {
         first: usize,
         probe: &[bool],
         max_entries: usize,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, crate::sae::Codes)> {
         let sae = &m.sae;
         let f = sae.config.d_sae;
         let b = probe.len() as i64;
@@ -333,7 +344,7 @@ impl Accum {
                 self.probe_x.insert(first + i, means.get(i as i64));
             }
         }
-        Ok(x_hat)
+        Ok((x_hat, codes))
     }
 }
 
@@ -630,7 +641,22 @@ fn evaluate_model(
         start.elapsed().as_secs_f64()
     ));
     let mut accums: Vec<Accum> = members.iter().map(|s| Accum::new(&s.sae, true)).collect();
-    let mut images = Images::default();
+    let mut images = Images {
+        regions: dataset.class_map_names().to_vec(),
+        ..Images::default()
+    };
+    // The localisation probe: patch-token SAEs on a dataset with class maps.
+    let patch_range = clip.token_range(Tokens::Patches)?;
+    let grid = (vision.image_size / vision.patch_size) as usize;
+    if !images.regions.is_empty() {
+        for (s, a) in members.iter().zip(&mut accums) {
+            let at = s.tokens.positions(patch_range.end);
+            if at.start <= patch_range.start && at.end >= patch_range.end {
+                a.patches = Some(PatchScores::new());
+            }
+        }
+    }
+    let localising = accums.iter().any(|a| a.patches.is_some());
     // Label baseline: Σ normalised image embeddings, and the distractors' embeddings.
     let (distractor_ids, _) = sample_indices(&positions, Some(DISTRACTORS), o.seed ^ 0xd157);
     let distractor_set: HashSet<usize> = distractor_ids.iter().copied().collect();
@@ -661,6 +687,20 @@ fn evaluate_model(
             images.label.push(item.label);
             images.factors.push(factors::of_source(&item.source));
         }
+        let patch_classes: Vec<Option<Vec<u16>>> = if localising {
+            ids.iter()
+                .map(|&i| match dataset.class_map(i) {
+                    Some(Ok(m)) => m.patch_classes(&prep, grid).map(Some),
+                    Some(Err(e)) => {
+                        crate::ui::debug(format!("localisation skips image {i}: {e:#}"));
+                        Ok(None)
+                    }
+                    None => Ok(None),
+                })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         let plain = clip.image_embeds_from(&residuals[0], layers[0])?;
         let plain_n = normalize(&plain.to_kind(Kind::Float));
         let s = plain_n
@@ -686,7 +726,11 @@ fn evaluate_model(
             let x = token_rows(residual, &at);
             let row_image =
                 Tensor::arange(b, (Kind::Int64, device)).repeat_interleave_self_int(per, 0, None);
-            let x_hat = a.update(s, &x, &row_image, first, &probe, o.max_entries)?;
+            let (x_hat, codes) = a.update(s, &x, &row_image, first, &probe, o.max_entries)?;
+            if let Some(p) = &mut a.patches {
+                let offset = (patch_range.start - at.start) as usize;
+                p.push_codes(&codes, per as usize, offset, &patch_classes, o.max_entries)?;
+            }
             if let (Some(t), Some(pl)) = (&text, &plain_logits) {
                 let logits_of = |rows: &Tensor| -> Result<Tensor> {
                     let e =
@@ -999,6 +1043,16 @@ fn finish(
             m.name,
             t.elapsed().as_secs_f64()
         ));
+        let (localisation, localisation_reason) = match &a.patches {
+            Some(p) => localisation::section(p, &images.regions, f),
+            None if images.regions.is_empty() => null_with(
+                "localisation needs --model and a dataset with per-pixel classes (procedural, ade20k)",
+            ),
+            None => null_with(format!(
+                "localisation needs a patch-token SAE (this one reads {:?} tokens)",
+                m.tokens
+            )),
+        };
         let (zeroshot, zeroshot_reason) = if a.zs.n > 0 {
             let z = &a.zs;
             let pct = |h: usize| 100.0 * h as f64 / z.n as f64;
@@ -1052,6 +1106,7 @@ fn finish(
             "zeroshot": zeroshot,
             "labels": labels,
             "factors": factors,
+            "localisation": localisation,
         });
         let map = obj.as_object_mut().expect("an object");
         for (key, reason) in [
@@ -1059,6 +1114,7 @@ fn finish(
             ("zeroshot_reason", zeroshot_reason),
             ("labels_reason", labels_reason),
             ("factors_reason", factors_reason),
+            ("localisation_reason", localisation_reason),
         ] {
             if let Some(r) = reason {
                 map.insert(key.into(), json!(r));
@@ -1210,172 +1266,4 @@ fn probing(
         }),
         None,
     ))
-}
-
-fn num(v: &Value, digits: usize) -> String {
-    v.as_f64()
-        .map_or_else(|| "—".to_string(), |x| format!("{x:.digits$}"))
-}
-
-/// The report as Markdown: a comparison table (one row per SAE), then each SAE's sections.
-pub fn to_markdown(r: &EvaluateReport) -> String {
-    let mut s = String::new();
-    s.push_str(&format!(
-        "# SAE evaluation\n\nSource: `{}` · {} images · {:.1}s\n\n",
-        r.source, r.images, r.seconds
-    ));
-    s.push_str("| SAE | evr | fvu | cos | l0 | dead | dense | mean best AUROC | sparse probe k=1 | k=16 | dense probe | CLIP top-1 | SAE top-1 | zero-abl. | mean-abl. | recovered | KL | label P@12 | factors AUROC |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for m in &r.members {
-        let rec = &m["reconstruction"];
-        let pr = &m["probing"];
-        let zs = &m["zeroshot"];
-        let probe_k = |k: u64| {
-            pr["sparse_probe"]
-                .as_array()
-                .and_then(|a| a.iter().find(|e| e["k"].as_u64() == Some(k)))
-                .map_or("—".to_string(), |e| num(&e["accuracy"], 3))
-        };
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            m["sae"]["name"].as_str().unwrap_or("?"),
-            num(&rec["evr"], 4),
-            num(&rec["fvu"], 4),
-            num(&rec["cosine"], 4),
-            num(&rec["l0"], 2),
-            num(&rec["dead_frac"], 3),
-            num(&rec["dense_frac"], 3),
-            num(&pr["mean_best_auroc"], 3),
-            probe_k(1),
-            probe_k(16),
-            num(&pr["dense_probe_accuracy"], 3),
-            num(&zs["clip_top1"], 2),
-            num(&zs["sae_top1"], 2),
-            num(&zs["zero_ablation_top1"], 2),
-            num(&zs["mean_ablation_top1"], 2),
-            num(&zs["accuracy_recovered"], 3),
-            num(&zs["kl"], 4),
-            num(&m["labels"]["mean_precision_at_12"], 3),
-            num(&m["factors"]["mean_auroc"], 3),
-        ));
-    }
-    s.push_str("\nTop-1 in %; probe accuracies are held-out balanced accuracies averaged over the classes; KL = mean KL(plain CLIP ‖ spliced) of the softmax of exp(logit_scale)·cos.\n");
-    for m in &r.members {
-        s.push_str(&format!(
-            "\n## {}\n\n",
-            m["sae"]["name"].as_str().unwrap_or("?")
-        ));
-        for key in ["probing", "zeroshot", "labels", "factors"] {
-            if let Some(reason) = m[format!("{key}_reason")].as_str() {
-                s.push_str(&format!("- {key}: not computed — {reason}\n"));
-            }
-        }
-        if let Some(note) = m["note"].as_str() {
-            s.push_str(&format!("- note: {note}\n"));
-        }
-        if let Some(pc) = m["probing"]["per_class"].as_array() {
-            s.push_str("\n| class | best latent | AUROC | F1 |\n|---|---:|---:|---:|\n");
-            for e in pc {
-                s.push_str(&format!(
-                    "| {} | {} | {} | {} |\n",
-                    e["label"].as_str().unwrap_or("?"),
-                    e["best_latent"],
-                    num(&e["auroc"], 3),
-                    num(&e["f1"], 3)
-                ));
-            }
-        }
-        if m["factors"].is_object() {
-            s.push_str("\n| factor | mean AUROC | values (best latent: AUROC) |\n|---|---:|---|\n");
-            for f in ["colour", "shape", "texture", "background"] {
-                let e = &m["factors"][f];
-                let values: Vec<String> = e["values"]
-                    .as_array()
-                    .map(|v| {
-                        v.iter()
-                            .map(|x| {
-                                format!(
-                                    "{} ({}: {})",
-                                    x["value"].as_str().unwrap_or("?"),
-                                    x["best_latent"],
-                                    num(&x["auroc"], 3)
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                s.push_str(&format!(
-                    "| {f} | {} | {} |\n",
-                    num(&e["mean_auroc"], 3),
-                    values.join(", ")
-                ));
-            }
-        }
-        if let Some(fs) = m["labels"]["features"].as_array() {
-            s.push_str(&format!(
-                "\nAuto labels (precision@12 against {} random images, chance {}):\n\n| latent | label | P@12 |\n|---:|---|---:|\n",
-                DISTRACTORS,
-                num(&m["labels"]["chance"], 2)
-            ));
-            for e in fs {
-                s.push_str(&format!(
-                    "| {} | {} | {} |\n",
-                    e["latent"],
-                    e["label"].as_str().unwrap_or("?"),
-                    num(&e["precision_at_12"], 3)
-                ));
-            }
-        }
-    }
-    s
-}
-
-/// The latent-density histogram (log10 firing frequency over rows, dead latents counted
-/// apart in the legend), one curve per SAE: `<dir>/latent_density.png`.
-pub fn write_plots(r: &EvaluateReport, dir: &Path) -> Result<Vec<PathBuf>> {
-    use crate::report::plots::{draw_against, Chart, Series};
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let lo = r
-        .density
-        .iter()
-        .flat_map(|d| d.1.iter().copied())
-        .fold(0.0f64, f64::min)
-        .floor()
-        .min(-1.0);
-    let bins = 40usize;
-    let width = -lo / bins as f64;
-    let series = r
-        .density
-        .iter()
-        .map(|(name, values, dead)| {
-            let mut counts = vec![0usize; bins];
-            for &v in values {
-                let b = (((v - lo) / width) as usize).min(bins - 1);
-                counts[b] += 1;
-            }
-            let mut points = Vec::new();
-            for (b, &c) in counts.iter().enumerate() {
-                let x0 = lo + b as f64 * width;
-                points.push((x0, c as f64));
-                points.push((x0 + width, c as f64));
-            }
-            Series {
-                name: format!("{name} ({dead} dead)"),
-                points,
-                markers: false,
-            }
-        })
-        .collect();
-    let chart = Chart {
-        name: "latent_density",
-        title: "Latent density (log10 firing frequency over rows)".into(),
-        y_label: "latents",
-        series,
-        y_floor: None,
-        from_zero: true,
-        legend: plotters::chart::SeriesLabelPosition::UpperLeft,
-    };
-    let path = dir.join("latent_density.png");
-    draw_against(&chart, ("log10 firing frequency", 1), &path)?;
-    Ok(vec![path])
 }
