@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser};
 
 use super::{Cli, GlobalArgs};
-use crate::clip::demo_model::{demo_clip_training, demo_clip_vision_layers, write_demo_clip};
+use crate::clip::demo_model::{demo_clip_shape, demo_clip_training, write_demo_clip};
 
 /// The demo's label vocabulary: the procedural factor words and a few hundred distractors.
 const VOCAB: &str = include_str!("../../assets/demo-vocab.txt");
@@ -118,16 +118,22 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
     let model = out.join("model");
     write_demo_clip(&model)?;
     let (top1, seconds) = demo_clip_training()?;
+    let shape = demo_clip_shape()?;
     crate::ui::info(format!(
-        "== model\nwriting the embedded demo CLIP to {}: CLIP's architecture (ViT-B/32 patches, 4 vision and 4 text blocks, width 128), \
+        "== model\nwriting the embedded demo CLIP to {}: CLIP's architecture ({}-pixel images in {}-pixel patches, {} vision and {} text blocks, width {}), \
          trained contrastively for {seconds:.0}s on procedural images captioned by their factors (zero-shot top-1 {:.1} % on 48 colour × shape classes). \
          A toy world: it shows the method, not what real CLIP knows.",
         model.display(),
+        shape.image_size,
+        shape.patch_size,
+        shape.vision_layers,
+        shape.text_layers,
+        shape.width,
         100.0 * top1
     ));
     let vocab = out.join("vocab.txt");
     crate::disk::write_bytes_atomic(&vocab, VOCAB.as_bytes())?;
-    let layer = demo_clip_vision_layers()? - 1;
+    let layer = shape.vision_layers - 1;
     let cache = out.join("cache");
     step(
         global,

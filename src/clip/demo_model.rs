@@ -80,14 +80,32 @@ pub fn expand_trimmed(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(safetensors::serialize(views, Some(metadata))?)
 }
 
-/// The number of vision blocks of the demo model.
-pub fn demo_clip_vision_layers() -> Result<usize> {
+/// The demo model's dimensions, read from its embedded config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoShape {
+    pub vision_layers: usize,
+    pub text_layers: usize,
+    pub width: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+}
+
+pub fn demo_clip_shape() -> Result<DemoShape> {
     let v: serde_json::Value =
         serde_json::from_slice(CONFIG).context("the embedded config.json is not JSON")?;
-    v["vision_config"]["num_hidden_layers"]
-        .as_u64()
-        .map(|n| n as usize)
-        .context("the embedded config.json has no vision_config.num_hidden_layers")
+    let field = |tower: &str, name: &str| -> Result<usize> {
+        v[tower][name]
+            .as_u64()
+            .map(|n| n as usize)
+            .with_context(|| format!("the embedded config.json has no {tower}.{name}"))
+    };
+    Ok(DemoShape {
+        vision_layers: field("vision_config", "num_hidden_layers")?,
+        text_layers: field("text_config", "num_hidden_layers")?,
+        width: field("vision_config", "hidden_size")?,
+        image_size: field("vision_config", "image_size")?,
+        patch_size: field("vision_config", "patch_size")?,
+    })
 }
 
 /// What the training script measured: zero-shot top-1 on the 48 colour × shape classes of
