@@ -531,3 +531,81 @@ fn bad_input_fails_with_one_line_and_writes_nothing() {
     assert!(!o.status.success());
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep");
 }
+
+#[test]
+fn evaluate_gives_the_original_reconstruction_evr() {
+    // evr = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̂ from the original package, against what
+    // `saeclip evaluate` reports for the imported checkpoint on a cache of the same rows.
+    let fx = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (case, path, args) in [
+        ("saev010", fx.join("saev010"), vec![]),
+        (
+            "sparsify",
+            fx.join("sparsify_run"),
+            vec!["--hook", "vision_model.encoder.layers.3", "--tokens", "cls"],
+        ),
+        (
+            "dl_matryoshka",
+            fx.join("dl_matryoshka"),
+            vec!["--tokens", "cls"],
+        ),
+        ("prisma_topk", fx.join("prisma_topk"), vec![]),
+    ] {
+        let ckpt = d.join(format!("{case}.safetensors"));
+        let (_, meta) = import(&path, &ckpt, &args);
+        let case_dir = if case == "sparsify" {
+            path.join("vision_model.encoder.layers.3")
+        } else {
+            path.clone()
+        };
+        let t: std::collections::HashMap<String, Tensor> =
+            saeclip::clip::weights::read_safetensors(&case_dir.join("expected.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let (x, x_hat) = (
+            t["x"].to_kind(Kind::Double),
+            t["x_hat"].to_kind(Kind::Double),
+        );
+        let want = 1.0
+            - (&x - &x_hat).square().sum(Kind::Double).double_value(&[])
+                / (&x - x.mean_dim(0, true, Kind::Double))
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[]);
+        let layer = meta.clip["layer"].as_u64().unwrap() as usize;
+        let tokens: saeclip::clip::Tokens =
+            serde_json::from_value(meta.clip["tokens"].clone()).unwrap();
+        let cache = common::write_row_cache(
+            &d.join(format!("{case}-cache")),
+            &t["x"],
+            (layer, tokens),
+            ("reference", &"ab".repeat(32)),
+            |i| format!("r{i}"),
+        );
+        let json = d.join(format!("{case}.json"));
+        succeeds(&saeclip(&[
+            "--device",
+            "cpu",
+            "evaluate",
+            "--sae",
+            s(&ckpt),
+            "--cache",
+            s(&cache),
+            "--json",
+            s(&json),
+        ]));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let got = v["reconstruction"]["evr"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{case}: {v}"));
+        assert!(
+            (got - want).abs() <= 1e-5,
+            "{case}: evaluate's evr {got}, the original's {want}"
+        );
+        // Random SAEs reconstruct badly; the figure only has to be the original's.
+        assert!(want.is_finite() && want < 1.0, "{case}: evr {want}");
+    }
+}

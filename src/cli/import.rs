@@ -8,18 +8,7 @@ use clap::Args;
 use crate::clip::{Precision, Tokens};
 use crate::sae::interop::{import, ImportFormat, ImportRequest};
 
-/// Read an SAE written by another tool and write it as a saeclip checkpoint that records
-/// the hook point (layer, tokens) it was trained on, so that interpret, evaluate and
-/// eval-zeroshot splice it without flags.
-///
-/// Formats (--format auto decides from the files): saelens (cfg.json +
-/// sae_weights.safetensors; topk → topk, jumprelu with one threshold → batchtopk, standard →
-/// relu; a saeclip export comes back with its original header), saev (a saev.nn.dump file
-/// or run folder, 0.1.0 or the current layout), sparsify (cfg.json + sae.safetensors, or a
-/// run with one sub-folder per hook: --hook), dictionary-learning (ae.pt + config.json:
-/// AutoEncoder, AutoEncoderTopK, BatchTopKSAE, JumpReluAutoEncoder, MatryoshkaBatchTopKSAE),
-/// prisma (ViT-Prisma config.json + .pt state dict). torch.save files are read without
-/// executing them: anything but tensors and plain containers is refused.
+/// `saeclip import`'s flags (the command's help text is on `Command::Import`).
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     /// Source format.

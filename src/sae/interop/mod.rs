@@ -39,7 +39,7 @@ use crate::clip::Tokens;
 /// The formats `saeclip import` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ImportFormat {
-    /// Decided from the files (see [`detect`]).
+    /// Decided from the files.
     #[value(name = "auto")]
     Auto,
     /// SAE-Lens 6: cfg.json + sae_weights.safetensors.
