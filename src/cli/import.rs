@@ -5,27 +5,45 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::export::SaeFormat;
-use crate::clip::Precision;
-use crate::sae::export::{import_saelens, ImportOptions};
+use crate::clip::{Precision, Tokens};
+use crate::sae::interop::{import, ImportFormat, ImportRequest};
 
-/// Read an SAE written by another tool and write it as a saeclip checkpoint. SAE-Lens:
-/// topk → topk, jumprelu with one threshold for all latents → batchtopk, standard → relu;
-/// a folder written by `saeclip export` comes back with its original header.
+/// `saeclip import`'s flags (the command's help text is on `Command::Import`).
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     /// Source format.
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub format: SaeFormat,
-    /// The folder to read (SAE-Lens: cfg.json + sae_weights.safetensors).
-    #[arg(value_name = "DIR")]
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "auto")]
+    pub format: ImportFormat,
+    /// The file or folder to read.
+    #[arg(value_name = "PATH")]
     pub dir: PathBuf,
     /// The checkpoint to write (.safetensors).
     #[arg(long, value_name = "CKPT")]
     pub out: PathBuf,
-    /// k for a jumprelu SAE whose folder does not record it (batchtopk keeps k for training).
+    /// The block whose output the SAE reads (0-based), where the files do not record it
+    /// (saev 0.1.0 without its config.json, a lone sparsify folder); must agree with what
+    /// they record.
+    #[arg(long, value_name = "N")]
+    pub layer: Option<i64>,
+    /// The tokens the SAE was trained on, where the files do not record them (sparsify,
+    /// dictionary-learning); must agree with what they record.
+    #[arg(long, value_enum, value_name = "TOKENS")]
+    pub tokens: Option<Tokens>,
+    /// sparsify: the hook point (sub-folder) of a multi-hook run to import.
+    #[arg(long, value_name = "NAME")]
+    pub hook: Option<String>,
+    /// k for an SAE whose files do not record it (SAE-Lens jumprelu: batchtopk keeps k for
+    /// training).
     #[arg(long, value_name = "K")]
     pub k: Option<i64>,
+    /// saev 0.1.0: the mean activation its data loader removed (DataLoad.scale_mean): a
+    /// torch.save file of d_vit values, or none.
+    #[arg(long, value_name = "FILE|none")]
+    pub saev_scale_mean: Option<String>,
+    /// saev 0.1.0: the scalar its data loader divided by (DataLoad.scale_norm): a number, a
+    /// torch.save file holding it, or none.
+    #[arg(long, value_name = "S|FILE|none")]
+    pub saev_scale_norm: Option<String>,
     /// Parameter dtype of the checkpoint.
     #[arg(long, value_enum, value_name = "DTYPE", default_value = "f32")]
     pub dtype: Precision,
@@ -35,23 +53,28 @@ pub struct ImportArgs {
 }
 
 pub fn run(args: &ImportArgs) -> Result<()> {
-    match args.format {
-        SaeFormat::SaeLens => {
-            let options = ImportOptions {
-                dir: args.dir.clone(),
-                out: args.out.clone(),
-                k: args.k,
-                dtype: args.dtype.kind(),
-                force: args.force,
-            };
-            let sae = import_saelens(&options)?;
-            crate::ui::info(format!(
-                "imported a {} SAE {} → {} (k = {})",
-                sae.config.architecture, sae.config.d_in, sae.config.d_sae, sae.config.k
-            ));
-            println!("{}", args.out.display());
-        }
-    }
+    let mut request = ImportRequest::new(args.format, &args.dir, &args.out);
+    request.layer = args.layer;
+    request.tokens = args.tokens;
+    request.hook = args.hook.clone();
+    request.k = args.k;
+    request.saev_scale_mean = args.saev_scale_mean.clone();
+    request.saev_scale_norm = args.saev_scale_norm.clone();
+    request.dtype = args.dtype.kind();
+    request.force = args.force;
+    let imported = import(&request)?;
+    let (sae, clip) = (&imported.sae, &imported.meta.clip);
+    crate::ui::info(format!(
+        "imported a {} {} SAE {} → {} (k = {}), layer {}, tokens {}",
+        imported.format.name(),
+        sae.config.architecture,
+        sae.config.d_in,
+        sae.config.d_sae,
+        sae.config.k,
+        clip.get("layer").map_or("?".into(), |v| v.to_string()),
+        clip.get("tokens").and_then(|v| v.as_str()).unwrap_or("?"),
+    ));
+    println!("{}", args.out.display());
     Ok(())
 }
 
@@ -82,6 +105,33 @@ mod tests {
         assert_eq!(w.args.dir, PathBuf::from("dir"));
         assert_eq!(w.args.k, Some(32));
         assert_eq!(w.args.dtype, Precision::F32);
+        assert_eq!(w.args.format, ImportFormat::SaeLens);
+        let w = Wrapper::try_parse_from([
+            "x",
+            "p",
+            "--out",
+            "c",
+            "--layer",
+            "11",
+            "--tokens",
+            "patches",
+            "--hook",
+            "layers.11",
+            "--saev-scale-norm",
+            "2.5",
+            "--saev-scale-mean",
+            "none",
+        ])
+        .unwrap();
+        assert_eq!(w.args.format, ImportFormat::Auto, "auto by default");
+        assert_eq!(w.args.layer, Some(11));
+        assert_eq!(w.args.tokens, Some(Tokens::Patches));
+        assert_eq!(w.args.hook.as_deref(), Some("layers.11"));
+        assert_eq!(w.args.saev_scale_norm.as_deref(), Some("2.5"));
+        assert_eq!(w.args.saev_scale_mean.as_deref(), Some("none"));
+        for format in ["saev", "sparsify", "dictionary-learning", "prisma", "auto"] {
+            assert!(Wrapper::try_parse_from(["x", "--format", format, "p", "--out", "c"]).is_ok());
+        }
         assert!(
             Wrapper::try_parse_from(["x", "--format", "saelens", "--out", "c"]).is_err(),
             "DIR is required"

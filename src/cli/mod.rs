@@ -112,6 +112,16 @@ pub enum Command {
     /// Write an SAE in another tool's format.
     Export(export::ExportArgs),
     /// Read an SAE from another tool's format.
+    ///
+    /// Writes a saeclip checkpoint that records the hook point (layer, tokens) the SAE was
+    /// trained on, so that interpret, evaluate and eval-zeroshot splice it without flags.
+    /// Formats (--format auto decides from the files): saelens (cfg.json +
+    /// sae_weights.safetensors), saev (a saev.nn.dump file or run folder: 0.1.0 or the
+    /// current layout), sparsify (cfg.json + sae.safetensors, or a run with one sub-folder per
+    /// hook: --hook), dictionary-learning (ae.pt + config.json), prisma (ViT-Prisma
+    /// config.json + a .pt state dict). Where the files leave the layer or the tokens out,
+    /// --layer / --tokens give them. torch.save files are read without executing them:
+    /// anything but tensors and plain containers is refused.
     Import(import::ImportArgs),
     /// Describe a checkpoint, cache or run directory.
     Info(info::InfoArgs),

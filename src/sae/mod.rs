@@ -22,6 +22,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod export;
+pub mod interop;
 pub mod jumprelu;
 pub mod matryoshka;
 pub mod model;

@@ -85,6 +85,39 @@ pub fn backbone_reference(name: &str) -> PathBuf {
     dir
 }
 
+/// The folder a reference script writes with `--out DIR` (tests/reference/interop_reference.py),
+/// generated once per script version and shared by all test binaries: `<target>/<name>/`.
+pub fn reference_output(script: &str, name: &str) -> PathBuf {
+    let text = std::fs::read(root().join(script)).unwrap_or_else(|e| panic!("{script}: {e}"));
+    let stamp_value = format!("{:016x}", fnv1a(&text));
+    let base = root().join("target");
+    let dir = base.join(name);
+    let stamp = dir.join("STAMP");
+    let _lock = FileLock::acquire(&base.join(format!("{name}.lock")));
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(stamp_value.as_str()) {
+        let _ = std::fs::remove_dir_all(&dir);
+        run_python(script, &["--out", dir.to_str().unwrap()]);
+        std::fs::write(&stamp, &stamp_value).unwrap();
+    }
+    dir
+}
+
+/// Assert max |a − b| ≤ tol · max(max |b|, 1): `a` equals the reference `b` to a tolerance
+/// relative to the reference's scale.
+pub fn close(what: &str, a: &tch::Tensor, b: &tch::Tensor, tol: f64) {
+    use tch::Kind;
+    assert_eq!(a.size(), b.size(), "{what}: shapes");
+    let diff = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[]);
+    let scale = b.abs().max().double_value(&[]).max(1.0);
+    assert!(
+        diff <= tol * scale,
+        "{what}: max |diff| {diff:e} over scale {scale} (tolerance {tol:e})"
+    );
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
