@@ -103,10 +103,12 @@ def derived(f):
             "background": f["background"], "size": size, "where": where}
 
 
-def caption(rng, d):
-    """One caption naming the image's colour and shape and a random subset of the rest,
-    and the factors it names (every image with those factors matches it)."""
-    named = {"colour": d["colour"], "shape": d["shape"]}
+def caption(rng, d, shape_only=0.0):
+    """One caption naming the image's shape, its colour (unless drawn for a shape-only
+    caption, with probability `shape_only`) and a random subset of the rest, and the
+    factors it names (every image with those factors matches it)."""
+    with_colour = rng.random() >= shape_only
+    named = {"colour": d["colour"], "shape": d["shape"]} if with_colour else {"shape": d["shape"]}
     adjectives = []
     if d["size"] != "medium" and rng.random() < 0.4:
         adjectives.append(d["size"])
@@ -118,7 +120,8 @@ def caption(rng, d):
         if rng.random() < 0.5:
             adjectives.append(syn(rng, texture))
             use_texture = False
-    adjectives.append(syn(rng, d["colour"]))
+    if with_colour:
+        adjectives.append(syn(rng, d["colour"]))
     parts = [" ".join(adjectives + [syn(rng, d["shape"])])]
     if use_texture:
         parts.append("with a " + syn(rng, texture) + " pattern" if texture != "solid" else "in a single colour")
@@ -277,6 +280,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--patch-size", type=int, default=32)
+    ap.add_argument("--shape-only", type=float, default=0.0,
+                    help="share of captions that name the shape without the colour")
     ap.add_argument("--hard", type=float, default=0.0,
                     help="share of batches drawn from images of two colours only (hard negatives: "
                          "shape, texture and background must tell their captions apart)")
@@ -330,7 +335,7 @@ def main():
             idx = order[pos : pos + a.batch]
             pos += a.batch
         x = pixels(images[idx])
-        texts, named = zip(*[caption(rng, factors[i]) for i in idx.tolist()])
+        texts, named = zip(*[caption(rng, factors[i], a.shape_only) for i in idx.tolist()])
         ids = tokens(list(texts), CONTEXT)
         v = F.normalize(image_features(model, x), dim=-1)
         t = F.normalize(text_features(model, ids), dim=-1)
