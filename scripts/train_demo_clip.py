@@ -282,6 +282,9 @@ def main():
     ap.add_argument("--patch-size", type=int, default=32)
     ap.add_argument("--shape-only", type=float, default=0.0,
                     help="share of captions that name the shape without the colour")
+    ap.add_argument("--freeze-text", type=float, default=0.0,
+                    help="share of the steps, at the start, during which the text tower and its "
+                         "projection stay at their random initialisation")
     ap.add_argument("--hard", type=float, default=0.0,
                     help="share of batches drawn from images of two colours only (hard negatives: "
                          "shape, texture and background must tell their captions apart)")
@@ -325,7 +328,14 @@ def main():
     order = torch.randperm(len(images), generator=gen)
     pos = 0
     model.train()
+    text_params = list(model.text_model.parameters()) + list(model.text_projection.parameters())
+    frozen_until = int(a.freeze_text * steps)
+    for p in text_params:
+        p.requires_grad_(frozen_until == 0)
     for step in range(steps):
+        if step == frozen_until and frozen_until > 0:
+            for p in text_params:
+                p.requires_grad_(True)
         if pos + a.batch > len(order):
             order, pos = torch.randperm(len(images), generator=gen), 0
         if rng.random() < a.hard:

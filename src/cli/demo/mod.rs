@@ -14,11 +14,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser};
 
+mod patches;
+
 use super::{Cli, GlobalArgs};
 use crate::clip::demo_model::{demo_clip_shape, demo_clip_training, write_demo_clip};
 
 /// The demo's label vocabulary: the procedural factor words and a few hundred distractors.
-const VOCAB: &str = include_str!("../../assets/demo-vocab.txt");
+const VOCAB: &str = include_str!("../../../assets/demo-vocab.txt");
 
 /// The zero-shot tasks of the key-results table, easy to hard (the original project's
 /// CIFAR-10 and CIFAR-100 rows): 6 shapes, 48 colour × shape pairs, 192 triples.
@@ -44,10 +46,15 @@ struct Plan {
     test_images: usize,
     epochs: usize,
     features: usize,
+    /// Images whose patch tokens train the patch-token SAE, its epochs, and the test
+    /// images its localisation is scored on.
+    patch_images: usize,
+    patch_epochs: usize,
+    patch_test_images: usize,
 }
 
 /// The demo's own outputs inside `out` (removed before a run; nothing else is touched).
-const OUTPUTS: [&str; 16] = [
+const OUTPUTS: [&str; 21] = [
     "model",
     "vocab.txt",
     "key-results.md",
@@ -64,6 +71,11 @@ const OUTPUTS: [&str; 16] = [
     "evaluate.md",
     "evaluate.json",
     "evaluate-plots",
+    "patch-cache",
+    "patch-run",
+    "patch-train.yaml",
+    "patch-evaluate.md",
+    "patch-evaluate.json",
 ];
 
 /// Run one saeclip command line, with the demo's global flags.
@@ -97,6 +109,9 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
             test_images: 192,
             epochs: 4,
             features: 12,
+            patch_images: 240,
+            patch_epochs: 3,
+            patch_test_images: 96,
         }
     } else {
         Plan {
@@ -104,6 +119,9 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
             test_images: 960,
             epochs: 15,
             features: 48,
+            patch_images: 1200,
+            patch_epochs: 10,
+            patch_test_images: 480,
         }
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -234,7 +252,12 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
         ],
     )?;
     let headline = evaluate_headline(&evaluate_json)?;
-    let key = key_results(&out.join("zeroshot.json"), &evaluate_json)?;
+    // The patch tokens of the last block feed nothing (CLIP pools the CLS token alone),
+    // so the patch-token SAE reads the middle of the tower.
+    let patch_layer = (shape.vision_layers / 2).saturating_sub(1);
+    let patch = patches::run(global, out, &model, patch_layer, &plan)?;
+    let key = key_results(&out.join("zeroshot.json"), &evaluate_json)?
+        + &patches::key_results(&patch.evaluate_json)?;
     crate::disk::write_bytes_atomic(&out.join("key-results.md"), key.as_bytes())?;
     step(
         global,
@@ -286,6 +309,7 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
          \n  {}  zero-shot accuracy with and without the SAE (also .json, predictions.csv)\
          \n  {}  evaluate: the SAE against a random-decoder baseline (also .json, evaluate-plots/)\
          \n{headline}\
+         \n  {}  a patch-token SAE on {} images (run in {}) and its localisation against the shapes' masks (also .json)\
          \n  {}  top features with labels; collages in {}\
          \n\nOpen {} in a browser to explore the features.",
         started.elapsed().as_secs_f64(),
@@ -297,6 +321,9 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
         s(&out.join("training.md")),
         s(&out.join("zeroshot.md")),
         s(&out.join("evaluate.md")),
+        s(&out.join("patch-evaluate.md")),
+        plan.patch_images,
+        s(&patch.run),
         s(&out.join("features.csv")),
         s(&out.join("collages")),
         s(&out.join("browser/index.html")),
@@ -308,12 +335,7 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
 /// `evaluate.json`: the SAE's EVR and L0, then per task plain CLIP's top-1, with the SAE
 /// spliced in, and the drop in points; then the label precision.
 fn key_results(zeroshot: &Path, evaluate: &Path) -> Result<String> {
-    let read = |p: &Path| -> Result<serde_json::Value> {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))
-    };
-    let (z, e) = (read(zeroshot)?, read(evaluate)?);
+    let (z, e) = (read_json(zeroshot)?, read_json(evaluate)?);
     let num = |x: &serde_json::Value, d: usize| {
         x.as_f64().map_or("—".to_string(), |f| format!("{f:.d$}"))
     };
@@ -351,6 +373,12 @@ fn key_results(zeroshot: &Path, evaluate: &Path) -> Result<String> {
         num(&labels["factor_precision"], 3),
     ));
     Ok(s)
+}
+
+fn read_json(p: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))
 }
 
 /// The headline figures of `evaluate.json` (the SAE, then its random-decoder baseline), one
