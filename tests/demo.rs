@@ -35,6 +35,26 @@ fn demo_runs_the_pipeline_and_its_outputs_agree() {
     assert!(out.join("key-results.md").exists());
     assert!(stdout.contains("browser/index.html"), "{stdout}");
     assert!(stdout.contains("random-decoder baseline: evr"), "{stdout}");
+    // The patch-token stage: its localisation, trained and random, in the table and JSON.
+    assert!(stdout.contains("| patch-token SAE |"), "{stdout}");
+    let patch: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("patch-evaluate.json")).unwrap()).unwrap();
+    let members = patch["saes"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    for m in members {
+        assert_eq!(m["sae"]["tokens"], "patches");
+        let loc = &m["localisation"];
+        assert_eq!(loc["images"], 96, "{loc}");
+        let auroc = loc["foreground"]["auroc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{loc}");
+        assert!(loc["foreground_patches"].as_u64().unwrap() > 0, "{loc}");
+    }
+    // The browser's header gives the labels' factor precision (procedural images).
+    let data = std::fs::read_to_string(out.join("browser/data.js")).unwrap();
+    assert!(
+        data.contains("label precision"),
+        "no label precision in the browser header"
+    );
     for f in [
         "model/config.json",
         "model/model.safetensors",
