@@ -69,7 +69,7 @@ impl ClassMap {
         };
         let (cw, ch) = prep.crop.unwrap_or((rw, rh));
         ensure!(
-            cw == ch && grid > 0 && cw as usize % grid == 0,
+            cw == ch && grid > 0 && (cw as usize).is_multiple_of(grid),
             "the model's input ({cw}×{ch}) is not a square of {grid}×{grid} whole patches"
         );
         let left = prep
