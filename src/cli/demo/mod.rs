@@ -96,6 +96,79 @@ fn step(global: &GlobalArgs, title: &str, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `saeclip extract` of the first `limit` procedural:0 train images' `tokens` at `layer`.
+fn extract(
+    global: &GlobalArgs,
+    title: &str,
+    model: &Path,
+    layer: usize,
+    tokens: &str,
+    limit: usize,
+    cache: &Path,
+) -> Result<()> {
+    step(
+        global,
+        title,
+        &[
+            "extract".into(),
+            "--model".into(),
+            s(model),
+            "--dataset".into(),
+            "procedural:0".into(),
+            "--split".into(),
+            "train".into(),
+            "--layer".into(),
+            layer.to_string(),
+            "--tokens".into(),
+            tokens.into(),
+            "--dtype".into(),
+            "f32".into(),
+            "--limit".into(),
+            limit.to_string(),
+            "--out".into(),
+            s(cache),
+        ],
+    )
+}
+
+/// What differs between the demo's two SAE trainings (8× top-k, k = 16, both).
+struct TrainSettings {
+    batch_size: usize,
+    epochs: usize,
+    log_every: usize,
+    dead_window: usize,
+}
+
+/// Write the training config to `yaml_path` and run `saeclip train` on it.
+fn train(
+    global: &GlobalArgs,
+    title: &str,
+    yaml_path: &Path,
+    cache: &Path,
+    run_dir: &Path,
+    t: &TrainSettings,
+) -> Result<()> {
+    let yaml = format!(
+        "# A demo training config (written by `saeclip demo`).\n\
+         data:\n  cache: {}\n  val_fraction: 0.1\n\
+         sae:\n  architecture: topk\n  expansion_factor: 8\n  k: 16\n  k_aux: 64\n\
+         training:\n  batch_size: {}\n  epochs: {}\n  lr: 1.0e-3\n  lr_warmup_steps: 20\n  log_every: {}\n  dead_window: {}\n  seed: 0\n\
+         output:\n  run_dir: {}\n",
+        s(cache),
+        t.batch_size,
+        t.epochs,
+        t.log_every,
+        t.dead_window,
+        s(run_dir)
+    );
+    crate::disk::write_bytes_atomic(yaml_path, yaml.as_bytes())?;
+    step(
+        global,
+        title,
+        &["train".into(), "--config".into(), s(yaml_path)],
+    )
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -153,46 +226,29 @@ pub fn run(global: &GlobalArgs, args: &DemoArgs) -> Result<()> {
     crate::disk::write_bytes_atomic(&vocab, VOCAB.as_bytes())?;
     let layer = shape.vision_layers - 1;
     let cache = out.join("cache");
-    step(
+    extract(
         global,
         "extract",
-        &[
-            "extract".into(),
-            "--model".into(),
-            s(&model),
-            "--dataset".into(),
-            "procedural:0".into(),
-            "--split".into(),
-            "train".into(),
-            "--layer".into(),
-            layer.to_string(),
-            "--tokens".into(),
-            "cls".into(),
-            "--dtype".into(),
-            "f32".into(),
-            "--limit".into(),
-            plan.train_images.to_string(),
-            "--out".into(),
-            s(&cache),
-        ],
+        &model,
+        layer,
+        "cls",
+        plan.train_images,
+        &cache,
     )?;
     let run_dir = out.join("run");
-    let yaml = format!(
-        "# The demo's training config (written by `saeclip demo`).\n\
-         data:\n  cache: {}\n  val_fraction: 0.1\n\
-         sae:\n  architecture: topk\n  expansion_factor: 8\n  k: 16\n  k_aux: 64\n\
-         training:\n  batch_size: 256\n  epochs: {}\n  lr: 1.0e-3\n  lr_warmup_steps: 20\n  log_every: 5\n  dead_window: 20000\n  seed: 0\n\
-         output:\n  run_dir: {}\n",
-        s(&cache),
-        plan.epochs,
-        s(&run_dir)
-    );
-    let yaml_path = out.join("train.yaml");
-    crate::disk::write_bytes_atomic(&yaml_path, yaml.as_bytes())?;
-    step(
+    let settings = TrainSettings {
+        batch_size: 256,
+        epochs: plan.epochs,
+        log_every: 5,
+        dead_window: 20_000,
+    };
+    train(
         global,
         "train",
-        &["train".into(), "--config".into(), s(&yaml_path)],
+        &out.join("train.yaml"),
+        &cache,
+        &run_dir,
+        &settings,
     )?;
     let sae = run_dir.join("checkpoints/best.safetensors");
     step(

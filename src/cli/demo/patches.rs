@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::{s, step, Plan};
+use super::{extract, s, step, train, Plan, TrainSettings};
 use crate::cli::GlobalArgs;
 
 /// What the stage wrote: the run and evaluate's JSON.
@@ -25,46 +25,31 @@ pub fn run(
     plan: &Plan,
 ) -> Result<PatchOutputs> {
     let cache = out.join("patch-cache");
-    step(
+    let tokens = "extract (patch tokens)";
+    extract(
         global,
-        "extract (patch tokens)",
-        &[
-            "extract".into(),
-            "--model".into(),
-            s(model),
-            "--dataset".into(),
-            "procedural:0".into(),
-            "--split".into(),
-            "train".into(),
-            "--layer".into(),
-            layer.to_string(),
-            "--tokens".into(),
-            "patches".into(),
-            "--dtype".into(),
-            "f32".into(),
-            "--limit".into(),
-            plan.patch_images.to_string(),
-            "--out".into(),
-            s(&cache),
-        ],
+        tokens,
+        model,
+        layer,
+        "patches",
+        plan.patch_images,
+        &cache,
     )?;
     let run = out.join("patch-run");
-    let yaml = format!(
-        "# The demo's patch-token training config (written by `saeclip demo`).\n\
-         data:\n  cache: {}\n  val_fraction: 0.1\n\
-         sae:\n  architecture: topk\n  expansion_factor: 8\n  k: 16\n  k_aux: 64\n\
-         training:\n  batch_size: 1024\n  epochs: {}\n  lr: 1.0e-3\n  lr_warmup_steps: 20\n  log_every: 10\n  dead_window: 50000\n  seed: 0\n\
-         output:\n  run_dir: {}\n",
-        s(&cache),
-        plan.patch_epochs,
-        s(&run)
-    );
-    let yaml_path = out.join("patch-train.yaml");
-    crate::disk::write_bytes_atomic(&yaml_path, yaml.as_bytes())?;
-    step(
+    let settings = TrainSettings {
+        batch_size: 1024,
+        epochs: plan.patch_epochs,
+        log_every: 10,
+        dead_window: 50_000,
+    };
+    let yaml = out.join("patch-train.yaml");
+    train(
         global,
         "train (patch tokens)",
-        &["train".into(), "--config".into(), s(&yaml_path)],
+        &yaml,
+        &cache,
+        &run,
+        &settings,
     )?;
     let evaluate_json = out.join("patch-evaluate.json");
     step(
