@@ -517,3 +517,20 @@ fn bad_repositories_fail_with_one_line_and_write_nothing() {
     common::fails_cleanly(&run("org/zoo/sparsify", &[]), "--layer");
     assert!(!out.exists());
 }
+
+#[test]
+fn list_prints_the_known_releases() {
+    let o = common::saeclip()
+        .args(["fetch", "sae", "--list"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), saeclip::fetch::RELEASES.len() + 1, "{text}");
+    assert!(lines[0].contains("backbone") && lines[0].contains("width"));
+    assert!(
+        text.contains("osunlp/SAE_CLIP_24K_ViT-B-16_IN1K") && text.contains("24576"),
+        "{text}"
+    );
+}

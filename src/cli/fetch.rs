@@ -9,8 +9,8 @@ use super::GlobalArgs;
 use crate::clip::{Precision, Tokens};
 use crate::disk::{fetched_model_dir, CHECKPOINTS_DIR, DATA_DIR, MODELS_DIR};
 use crate::fetch::{
-    default_checkpoint, fetch_dataset, fetch_model, fetch_sae, parse_source, Dataset,
-    FetchDatasetOptions, FetchModelOptions, FetchSaeOptions, DATASET_BASE_URL_ENV,
+    default_checkpoint, fetch_dataset, fetch_model, fetch_sae, parse_source, release_table,
+    Dataset, FetchDatasetOptions, FetchModelOptions, FetchSaeOptions, DATASET_BASE_URL_ENV,
 };
 
 /// Download a dataset archive or a Hugging Face model, verify its published checksum and
@@ -34,7 +34,7 @@ pub enum FetchCommand {
     /// Download a published SAE from a Hugging Face repository (only the files its format
     /// needs), check them against the hub's SHA-256 where it gives one, and import it
     /// (format detected as by `import --format auto`); prints the checkpoint, and the hook
-    /// point it reads on stderr.
+    /// point it reads on stderr. --list prints known public vision SAE releases.
     Sae(FetchSaeArgs),
 }
 
@@ -43,8 +43,12 @@ pub struct FetchSaeArgs {
     /// REPO[/SUBFOLDER]: a Hugging Face repo id, then the folder (or file) in it that holds
     /// the SAE, e.g. osunlp/SAE_CLIP_24K_ViT-B-16_IN1K. The hub is HF_ENDPOINT (default
     /// https://huggingface.co), the cache $HF_HOME/hub, the token HF_TOKEN.
-    #[arg(value_name = "REPO[/SUBFOLDER]")]
-    pub source: String,
+    #[arg(value_name = "REPO[/SUBFOLDER]", required_unless_present = "list")]
+    pub source: Option<String>,
+    /// Print known public vision SAE releases (repository, backbone, layer, tokens, width,
+    /// format, as their publishers' pages state them) and exit.
+    #[arg(long, conflicts_with = "source")]
+    pub list: bool,
     /// Branch, tag or commit to download.
     #[arg(long, value_name = "REV", default_value = "main")]
     pub revision: String,
@@ -82,7 +86,7 @@ impl FetchSaeArgs {
     /// The checkpoint to write: --out as a file (.safetensors) or a directory, else
     /// checkpoints/.
     pub fn checkpoint(&self) -> Result<PathBuf> {
-        let (repo, sub) = parse_source(&self.source)?;
+        let (repo, sub) = parse_source(self.source.as_deref().unwrap_or_default())?;
         Ok(match &self.out {
             Some(p) if p.extension().is_some_and(|e| e == "safetensors") => p.clone(),
             Some(dir) => default_checkpoint(dir, &repo, &sub),
@@ -164,8 +168,9 @@ pub fn run(global: &GlobalArgs, args: &FetchArgs) -> Result<()> {
             let dir = fetch_model(&options)?;
             println!("{}", dir.display());
         }
+        FetchCommand::Sae(args) if args.list => print!("{}", release_table()),
         FetchCommand::Sae(args) => {
-            let mut options = FetchSaeOptions::new(&args.source);
+            let mut options = FetchSaeOptions::new(args.source.clone().unwrap_or_default());
             options.revision = args.revision.clone();
             options.out = Some(args.checkpoint()?);
             options.progress = progress;
@@ -279,7 +284,8 @@ mod tests {
         let FetchCommand::Sae(args) = parse(&["fetch", "sae", "org/zoo/layers.3"]).unwrap() else {
             panic!("not sae")
         };
-        assert_eq!(args.source, "org/zoo/layers.3");
+        assert_eq!(args.source.as_deref(), Some("org/zoo/layers.3"));
+        assert!(!args.list);
         assert_eq!(args.revision, "main");
         assert_eq!(
             args.checkpoint().unwrap(),
@@ -312,6 +318,11 @@ mod tests {
             panic!("not sae")
         };
         assert_eq!(args.checkpoint().unwrap(), PathBuf::from("x/a.safetensors"));
-        assert!(parse(&["fetch", "sae"]).is_err());
+        assert!(parse(&["fetch", "sae"]).is_err(), "REPO or --list");
+        let FetchCommand::Sae(args) = parse(&["fetch", "sae", "--list"]).unwrap() else {
+            panic!("not sae")
+        };
+        assert!(args.list && args.source.is_none());
+        assert!(parse(&["fetch", "sae", "--list", "org/x"]).is_err());
     }
 }

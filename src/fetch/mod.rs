@@ -10,6 +10,7 @@ mod dataset;
 mod imagenet;
 mod model;
 mod net;
+mod releases;
 mod sae;
 
 pub use dataset::{
@@ -17,6 +18,7 @@ pub use dataset::{
 };
 pub use imagenet::{fetch_imagenet, ImageNetArchive, ImageNetOptions, IMAGENET_ARCHIVES};
 pub use model::{fetch_model, FetchModelOptions, MODEL_MARKER};
+pub use releases::{release_table, Release, RELEASES};
 pub use sae::{
     default_checkpoint, default_checkpoint_for, fetch_sae, parse_source, select, FetchSaeOptions,
     FetchedSae, Selection,
