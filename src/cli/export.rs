@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use crate::sae::export::{export_saelens, ExportOptions};
+use crate::sae::interop::writers::{export_saev, export_sparsify};
 
 /// Formats other tools read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -14,6 +15,14 @@ pub enum SaeFormat {
     /// sae_weights.safetensors; topk → topk, batchtopk → jumprelu, relu → standard).
     #[value(name = "saelens")]
     SaeLens,
+    /// A folder that eai-sparsify 1.3.3 loads with `SparseCoder.load_from_disk` (cfg.json +
+    /// sae.safetensors; topk SAEs only).
+    #[value(name = "sparsify")]
+    Sparsify,
+    /// A saev 0.1.0 run folder: sae.pt (`saev.nn.load`) + config.json with the hook point
+    /// (relu SAEs whose width is a multiple of d_in).
+    #[value(name = "saev")]
+    Saev,
 }
 
 /// Write an SAE checkpoint as a folder another tool loads. The input scale is folded into
@@ -35,18 +44,18 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
-    match args.format {
-        SaeFormat::SaeLens => {
-            let options = ExportOptions {
-                sae: args.sae.clone(),
-                out: args.out.clone(),
-                force: args.force,
-            };
-            let result = export_saelens(&options)?;
-            crate::ui::info(format!("wrote an SAE-Lens {} SAE", result.architecture));
-            println!("{}", result.out.display());
-        }
-    }
+    let options = ExportOptions {
+        sae: args.sae.clone(),
+        out: args.out.clone(),
+        force: args.force,
+    };
+    let (result, tool) = match args.format {
+        SaeFormat::SaeLens => (export_saelens(&options)?, "an SAE-Lens"),
+        SaeFormat::Sparsify => (export_sparsify(&options)?, "a sparsify"),
+        SaeFormat::Saev => (export_saev(&options)?, "a saev 0.1.0"),
+    };
+    crate::ui::info(format!("wrote {tool} {} SAE", result.architecture));
+    println!("{}", result.out.display());
     Ok(())
 }
 
@@ -75,10 +84,22 @@ mod tests {
         .unwrap();
         assert_eq!(w.args.format, SaeFormat::SaeLens);
         assert!(!w.args.force);
-        assert!(
-            Wrapper::try_parse_from(["x", "--format", "sparsify", "--sae", "a", "--out", "d"])
-                .is_err()
-        );
+        for format in ["sparsify", "saev"] {
+            assert!(
+                Wrapper::try_parse_from(["x", "--format", format, "--sae", "a", "--out", "d"])
+                    .is_ok()
+            );
+        }
+        assert!(Wrapper::try_parse_from([
+            "x",
+            "--format",
+            "dictionary-learning",
+            "--sae",
+            "a",
+            "--out",
+            "d"
+        ])
+        .is_err());
         assert!(
             Wrapper::try_parse_from(["x", "--sae", "a", "--out", "d"]).is_err(),
             "--format is required"

@@ -6,10 +6,11 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::GlobalArgs;
-use crate::disk::{fetched_model_dir, DATA_DIR, MODELS_DIR};
+use crate::clip::{Precision, Tokens};
+use crate::disk::{fetched_model_dir, CHECKPOINTS_DIR, DATA_DIR, MODELS_DIR};
 use crate::fetch::{
-    fetch_dataset, fetch_model, Dataset, FetchDatasetOptions, FetchModelOptions,
-    DATASET_BASE_URL_ENV,
+    default_checkpoint, fetch_dataset, fetch_model, fetch_sae, parse_source, release_table,
+    Dataset, FetchDatasetOptions, FetchModelOptions, FetchSaeOptions, DATASET_BASE_URL_ENV,
 };
 
 /// Download a dataset archive or a Hugging Face model, verify its published checksum and
@@ -30,6 +31,68 @@ pub enum FetchCommand {
     /// Download config.json and model.safetensors of a Hugging Face repo, check them against
     /// the hub's SHA-256, and place them in a model directory; prints the directory.
     Model(FetchModelArgs),
+    /// Download a published SAE from a Hugging Face repository (only the files its format
+    /// needs), check them against the hub's SHA-256 where it gives one, and import it
+    /// (format detected as by `import --format auto`); prints the checkpoint, and the hook
+    /// point it reads on stderr. --list prints known public vision SAE releases.
+    Sae(FetchSaeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FetchSaeArgs {
+    /// REPO[/SUBFOLDER]: a Hugging Face repo id, then the folder (or file) in it that holds
+    /// the SAE, e.g. osunlp/SAE_CLIP_24K_ViT-B-16_IN1K. The hub is HF_ENDPOINT (default
+    /// https://huggingface.co), the cache $HF_HOME/hub, the token HF_TOKEN.
+    #[arg(value_name = "REPO[/SUBFOLDER]", required_unless_present = "list")]
+    pub source: Option<String>,
+    /// Print known public vision SAE releases (repository, backbone, layer, tokens, width,
+    /// format, as their publishers' pages state them) and exit.
+    #[arg(long, conflicts_with = "source")]
+    pub list: bool,
+    /// Branch, tag or commit to download.
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub revision: String,
+    /// Directory for the checkpoint (created if missing), or the checkpoint itself when it
+    /// ends in .safetensors [default: checkpoints/<repo name>[-<subfolder>].safetensors].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The block whose output the SAE reads (0-based), where its files do not record it.
+    #[arg(long, value_name = "N")]
+    pub layer: Option<i64>,
+    /// The tokens the SAE was trained on, where its files do not record them.
+    #[arg(long, value_enum, value_name = "TOKENS")]
+    pub tokens: Option<Tokens>,
+    /// sparsify: the hook point (sub-folder) of a multi-hook repository.
+    #[arg(long, value_name = "NAME")]
+    pub hook: Option<String>,
+    /// k for an SAE whose files do not record it.
+    #[arg(long, value_name = "K")]
+    pub k: Option<i64>,
+    /// saev 0.1.0: the mean its data loader removed (a torch.save file, or none).
+    #[arg(long, value_name = "FILE|none")]
+    pub saev_scale_mean: Option<String>,
+    /// saev 0.1.0: the scalar its data loader divided by (a number, a file, or none).
+    #[arg(long, value_name = "S|FILE|none")]
+    pub saev_scale_norm: Option<String>,
+    /// Parameter dtype of the checkpoint.
+    #[arg(long, value_enum, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: Precision,
+    /// Overwrite a checkpoint that was not fetched from this source, or fetch again.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl FetchSaeArgs {
+    /// The checkpoint to write: --out as a file (.safetensors) or a directory, else
+    /// checkpoints/.
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        let (repo, sub) = parse_source(self.source.as_deref().unwrap_or_default())?;
+        Ok(match &self.out {
+            Some(p) if p.extension().is_some_and(|e| e == "safetensors") => p.clone(),
+            Some(dir) => default_checkpoint(dir, &repo, &sub),
+            None => default_checkpoint(Path::new(CHECKPOINTS_DIR), &repo, &sub),
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +167,32 @@ pub fn run(global: &GlobalArgs, args: &FetchArgs) -> Result<()> {
             options.progress = progress;
             let dir = fetch_model(&options)?;
             println!("{}", dir.display());
+        }
+        FetchCommand::Sae(args) if args.list => print!("{}", release_table()),
+        FetchCommand::Sae(args) => {
+            let mut options = FetchSaeOptions::new(args.source.clone().unwrap_or_default());
+            options.revision = args.revision.clone();
+            options.out = Some(args.checkpoint()?);
+            options.progress = progress;
+            let r = &mut options.import;
+            r.layer = args.layer;
+            r.tokens = args.tokens;
+            r.hook = args.hook.clone();
+            r.k = args.k;
+            r.saev_scale_mean = args.saev_scale_mean.clone();
+            r.saev_scale_norm = args.saev_scale_norm.clone();
+            r.dtype = args.dtype.kind();
+            r.force = args.force;
+            let f = fetch_sae(&options)?;
+            crate::ui::info(format!(
+                "{} SAE (commit {}): reads layer {}, tokens {}{}",
+                f.format,
+                if f.commit.is_empty() { "?" } else { &f.commit },
+                f.layer.map_or("?".into(), |l| l.to_string()),
+                f.tokens.map_or("?", |t| t.name()),
+                f.model.map(|m| format!(", model {m}")).unwrap_or_default()
+            ));
+            println!("{}", f.checkpoint.display());
         }
     }
     Ok(())
@@ -188,5 +277,52 @@ mod tests {
         };
         assert_eq!(args.out(), PathBuf::from("models/clip-b"), "the default");
         assert!(parse(&["fetch"]).is_err());
+    }
+
+    #[test]
+    fn sae_args_parse() {
+        let FetchCommand::Sae(args) = parse(&["fetch", "sae", "org/zoo/layers.3"]).unwrap() else {
+            panic!("not sae")
+        };
+        assert_eq!(args.source.as_deref(), Some("org/zoo/layers.3"));
+        assert!(!args.list);
+        assert_eq!(args.revision, "main");
+        assert_eq!(
+            args.checkpoint().unwrap(),
+            PathBuf::from("checkpoints/zoo-layers.3.safetensors")
+        );
+        let FetchCommand::Sae(args) = parse(&[
+            "fetch",
+            "sae",
+            "org/zoo",
+            "--out",
+            "d",
+            "--layer",
+            "3",
+            "--tokens",
+            "cls",
+            "--revision",
+            "v1",
+        ])
+        .unwrap() else {
+            panic!("not sae")
+        };
+        assert_eq!(
+            args.checkpoint().unwrap(),
+            PathBuf::from("d/zoo.safetensors")
+        );
+        assert_eq!((args.layer, args.tokens), (Some(3), Some(Tokens::Cls)));
+        let FetchCommand::Sae(args) =
+            parse(&["fetch", "sae", "org/zoo", "--out", "x/a.safetensors"]).unwrap()
+        else {
+            panic!("not sae")
+        };
+        assert_eq!(args.checkpoint().unwrap(), PathBuf::from("x/a.safetensors"));
+        assert!(parse(&["fetch", "sae"]).is_err(), "REPO or --list");
+        let FetchCommand::Sae(args) = parse(&["fetch", "sae", "--list"]).unwrap() else {
+            panic!("not sae")
+        };
+        assert!(args.list && args.source.is_none());
+        assert!(parse(&["fetch", "sae", "--list", "org/x"]).is_err());
     }
 }

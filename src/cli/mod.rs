@@ -101,7 +101,7 @@ pub enum Command {
     Evaluate(evaluate::EvaluateArgs),
     /// Edit SAE latents inside CLIP and see what changes.
     Steer(steer::SteerArgs),
-    /// Download a model or dataset (needs network).
+    /// Download a model, a dataset or a published SAE (needs network).
     Fetch(fetch::FetchArgs),
     /// Top images, collages, labels and a browsable page per SAE feature.
     Interpret(interpret::InterpretArgs),
@@ -109,7 +109,7 @@ pub enum Command {
     AnalyzeLogs(analyze_logs::AnalyzeLogsArgs),
     /// Drop training state from a checkpoint, optionally convert it.
     CleanCheckpoint(clean_checkpoint::CleanCheckpointArgs),
-    /// Write an SAE in another tool's format.
+    /// Write an SAE in another tool's format (saelens, sparsify for topk, saev 0.1.0 for relu).
     Export(export::ExportArgs),
     /// Read an SAE from another tool's format.
     ///

@@ -1,5 +1,5 @@
 //! Downloads, for machines with a network: the published dataset archives and the files of
-//! Hugging Face models.
+//! Hugging Face models and published SAEs.
 //!
 //! Everything is checked against a published checksum before it is placed where the readers
 //! look, a rerun skips finished work and resumes interrupted downloads, and a failure never
@@ -10,9 +10,16 @@ mod dataset;
 mod imagenet;
 mod model;
 mod net;
+mod releases;
+mod sae;
 
 pub use dataset::{
     dataset_marker_path, fetch_dataset, Dataset, FetchDatasetOptions, DATASET_BASE_URL_ENV,
 };
 pub use imagenet::{fetch_imagenet, ImageNetArchive, ImageNetOptions, IMAGENET_ARCHIVES};
 pub use model::{fetch_model, FetchModelOptions, MODEL_MARKER};
+pub use releases::{release_table, Release, RELEASES};
+pub use sae::{
+    default_checkpoint, default_checkpoint_for, fetch_sae, parse_source, select, FetchSaeOptions,
+    FetchedSae, Selection,
+};

@@ -118,30 +118,8 @@ pub fn fetch_model(options: &FetchModelOptions) -> Result<PathBuf> {
         return Ok(out.to_path_buf());
     }
 
-    let endpoint = options
-        .endpoint
-        .clone()
-        .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-    let endpoint = endpoint.trim_end_matches('/').to_string();
-    let cache_dir = match &options.cache_dir {
-        Some(dir) => dir.clone(),
-        None => hub_cache_from_env()?,
-    };
-    let cache = Cache::new(cache_dir);
-    let token = std::env::var("HF_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty());
-    let mut builder = ApiBuilder::from_cache(cache.clone())
-        .with_endpoint(endpoint.clone())
-        .with_progress(false)
-        .with_retries(3);
-    if token.is_some() {
-        builder = builder.with_token(token);
-    }
-    let api = builder
-        .build()
-        .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+    let (api, endpoint) = hub_api(options.endpoint.as_deref(), &options.cache_dir)?;
+    let cache = api_cache(&options.cache_dir)?;
     let repo = Repo::with_revision(
         repo_id.to_string(),
         RepoType::Model,
@@ -224,6 +202,41 @@ pub fn fetch_model(options: &FetchModelOptions) -> Result<PathBuf> {
     Ok(out.to_path_buf())
 }
 
+/// The hub client (endpoint: the argument, else `HF_ENDPOINT`, else huggingface.co; token:
+/// `HF_TOKEN`; cache: the argument, else the environment's) and the endpoint it talks to.
+pub(super) fn hub_api(
+    endpoint: Option<&str>,
+    cache_dir: &Option<PathBuf>,
+) -> Result<(hf_hub::api::sync::Api, String)> {
+    let endpoint = endpoint
+        .map(str::to_string)
+        .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let endpoint = endpoint.trim_end_matches('/').to_string();
+    let token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let mut builder = ApiBuilder::from_cache(api_cache(cache_dir)?)
+        .with_endpoint(endpoint.clone())
+        .with_progress(false)
+        .with_retries(3);
+    if token.is_some() {
+        builder = builder.with_token(token);
+    }
+    let api = builder
+        .build()
+        .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+    Ok((api, endpoint))
+}
+
+/// The hub cache: `cache_dir`, else the one the environment names.
+pub(super) fn api_cache(cache_dir: &Option<PathBuf>) -> Result<Cache> {
+    Ok(Cache::new(match cache_dir {
+        Some(dir) => dir.clone(),
+        None => hub_cache_from_env()?,
+    }))
+}
+
 /// The hub cache as `huggingface_hub` finds it.
 fn hub_cache_from_env() -> Result<PathBuf> {
     let var = |name: &str| {
@@ -247,14 +260,14 @@ fn hub_cache_from_env() -> Result<PathBuf> {
 }
 
 /// A file in the hub cache.
-struct Cached {
+pub(super) struct Cached {
     /// `snapshots/<commit>/<file>`, a link to the blob.
-    pointer: PathBuf,
+    pub pointer: PathBuf,
     /// `blobs/<etag>`, the content.
-    blob: PathBuf,
+    pub blob: PathBuf,
     /// The blob's name: the etag the hub gave.
-    etag: String,
-    commit: String,
+    pub etag: String,
+    pub commit: String,
 }
 
 impl Cached {
@@ -279,14 +292,14 @@ impl Cached {
     }
 
     /// Drop the file from the cache, so that the next run downloads it again.
-    fn remove(&self) {
+    pub(super) fn remove(&self) {
         let _ = std::fs::remove_file(&self.blob);
         let _ = std::fs::remove_file(&self.pointer);
     }
 }
 
 /// The file from the cache, downloading it when the cache does not have it.
-fn obtain(
+pub(super) fn obtain(
     api_repo: &ApiRepo,
     cache: &Cache,
     repo: &Repo,
@@ -343,7 +356,7 @@ fn obtain_optional(
 }
 
 /// One line for a failed hub download.
-fn hub_error(url: &str, err: ApiError, advice: &str) -> anyhow::Error {
+pub(super) fn hub_error(url: &str, err: ApiError, advice: &str) -> anyhow::Error {
     match err {
         ApiError::RequestError(e) => {
             anyhow!("cannot reach {url} ({}): {advice}", net::describe(&e))
@@ -416,7 +429,7 @@ fn verify_config(config: &Cached, url: &str) -> Result<()> {
 
 /// Put the blob at `dst` under its final name in one step: a hard link to the cache when the
 /// file system allows, a copy otherwise.
-fn place(blob: &Path, dst: &Path) -> Result<()> {
+pub(super) fn place(blob: &Path, dst: &Path) -> Result<()> {
     disk::write_atomic(dst, |tmp| {
         let _ = std::fs::remove_file(tmp);
         if std::fs::hard_link(blob, tmp).is_err() {
@@ -427,7 +440,7 @@ fn place(blob: &Path, dst: &Path) -> Result<()> {
     })
 }
 
-fn file_len(path: &Path) -> Result<u64> {
+pub(super) fn file_len(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .len())

@@ -24,6 +24,8 @@ pub mod prisma;
 pub mod saev;
 pub mod sparsify;
 pub mod torch_pickle;
+pub mod torch_save;
+pub mod writers;
 
 use std::path::{Path, PathBuf};
 

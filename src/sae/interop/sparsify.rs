@@ -9,7 +9,8 @@
 //! Encoding: pre = ReLU((x − b_dec)·encoder.weightᵀ + encoder.bias), the top k of it;
 //! x̂ = z·W_dec + b_dec: saeclip's topk as it is. Transcoders, skip connections and groupmax
 //! are refused. The hook point's layer comes from the folder's name (`…layers.11` → 11);
-//! sparsify does not record the tokens.
+//! sparsify does not record the tokens (a saeclip export keeps its hook point in cfg.json under
+//! `saeclip`, which sparsify ignores, and it is read back).
 
 use std::path::{Path, PathBuf};
 
@@ -132,7 +133,17 @@ pub fn read(r: &ImportRequest) -> Result<(Sae, CheckpointMeta)> {
     let model = run_cfg
         .as_ref()
         .and_then(|c| c.get("model")?.as_str().map(String::from));
-    let layer = hook_name.as_deref().and_then(super::layer_of_hook);
+    // saeclip's export records the hook point under a key sparsify ignores.
+    let recorded = cfg.get("saeclip");
+    let recorded_layer = recorded.and_then(|r| r.get("layer")?.as_i64());
+    let recorded_tokens: Option<crate::clip::Tokens> = recorded
+        .and_then(|r| r.get("tokens"))
+        .and_then(|t| serde_json::from_value(t.clone()).ok());
+    let model = model.or_else(|| recorded.and_then(|r| r.get("model")?.as_str().map(String::from)));
+    let layer = hook_name
+        .as_deref()
+        .and_then(super::layer_of_hook)
+        .or(recorded_layer);
     if let (Some(h), None) = (&hook_name, layer) {
         if r.layer.is_none() {
             bail!(
@@ -144,7 +155,7 @@ pub fn read(r: &ImportRequest) -> Result<(Sae, CheckpointMeta)> {
     let hook = Hook {
         model,
         layer,
-        tokens: None,
+        tokens: recorded_tokens,
         hook_name: hook_name.clone(),
         layer_field: match &hook_name {
             Some(h) => format!("{}: hook point {h:?}", dir.display()),
