@@ -11,9 +11,9 @@ use super::batches::{BatchIter, Batches};
 use super::run_dir::{save_training, RunFiles};
 use super::trainer::{Progress, StepReport, Trainer};
 use crate::sae::checkpoint;
-use crate::sae::matryoshka::prefix_evr_over;
 use crate::sae::model::{Architecture, Sae};
 use crate::sae::objective::{Evr, Firing};
+use crate::sae::prefix::prefix_evr_over;
 
 /// Validation (or any held-out) metrics of an SAE on some rows.
 #[derive(Debug, Clone, Copy, PartialEq)]
