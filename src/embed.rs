@@ -7,8 +7,10 @@ use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
 use crate::clip::preprocess::preprocess_file;
-use crate::clip::tokenizer::{Tokenizer, EOT_TOKEN};
-use crate::clip::{normalize, pad_ids, Clip};
+use crate::clip::{normalize, Clip};
+
+// Where it has always been read from; it lives with the tokenizer.
+pub use crate::clip::tokenizer::tokenize_texts;
 
 /// What to embed.
 #[derive(Debug, Clone, Default)]
@@ -29,27 +31,6 @@ pub struct Embeddings {
     pub input_ids: Option<Tensor>,    // T, S
     pub text_embeds: Option<Tensor>,  // T, E
     pub probs: Option<Tensor>,        // B, T
-}
-
-/// Token ids of `texts`, truncated to the model's context like open_clip (the last kept
-/// token becomes end-of-text), padded with 0. An empty text is an error.
-pub fn tokenize_texts(texts: &[String], context: usize) -> Result<Tensor> {
-    let tokenizer = Tokenizer::new()?;
-    let mut ids = Vec::with_capacity(texts.len());
-    for (i, text) in texts.iter().enumerate() {
-        ensure!(
-            !text.trim().is_empty(),
-            "text {} is empty: give a non-empty string",
-            i + 1
-        );
-        let mut t = tokenizer.tokenize(text);
-        if t.len() > context {
-            t.truncate(context);
-            t[context - 1] = EOT_TOKEN;
-        }
-        ids.push(t);
-    }
-    pad_ids(&ids, context)
 }
 
 /// Load and preprocess `paths` into [B, 3, P, P] for `clip`.

@@ -36,6 +36,7 @@ pub use family::{Family, TokenLayout, VisionInfo};
 pub use model::ClipModel;
 pub use preprocess::PreprocessConfig;
 pub use script::ScriptedClip;
+pub use tokenizer::pad_ids;
 pub use weights::ModelFormat;
 
 /// Floating-point precision of a model's weights and activations.
@@ -494,7 +495,7 @@ impl Clip {
                 self.family(),
                 siglip::tokenizer::TOKENIZER_FILE
             ),
-            _ => crate::embed::tokenize_texts(texts, context),
+            _ => tokenizer::tokenize_texts(texts, context),
         }
     }
 
@@ -644,22 +645,4 @@ impl Clip {
 /// L2-normalise the rows of a [N, E] tensor.
 pub fn normalize(x: &Tensor) -> Tensor {
     x / x.norm_scalaropt_dim(2.0, [-1], true)
-}
-
-/// Pad token id lists with 0 to a [T, context] int64 tensor, as open_clip does.
-pub fn pad_ids(ids: &[Vec<i64>], context: usize) -> Result<Tensor> {
-    ensure!(!ids.is_empty(), "no texts to encode");
-    let mut flat = vec![0i64; ids.len() * context];
-    for (row, t) in ids.iter().enumerate() {
-        ensure!(
-            t.len() <= context,
-            "text {} has {} tokens, more than the context of {context}",
-            row + 1,
-            t.len()
-        );
-        flat[row * context..row * context + t.len()].copy_from_slice(t);
-    }
-    Tensor::f_from_slice(&flat)
-        .and_then(|t| t.f_view([ids.len() as i64, context as i64]))
-        .context("cannot build the token tensor")
 }

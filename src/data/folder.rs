@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 
-use super::{out_of_range, Dataset, DatasetSpec, Item, Split};
+use super::{listed_accessors, listed_entry, Dataset, DatasetSpec, Item, Split};
 use crate::clip::preprocess::{load_rgb, PreprocessError};
 
 /// How deep nested folders inside a class folder are walked (guards against link loops).
@@ -109,9 +109,7 @@ impl ImageFolder {
     }
 
     fn entry(&self, index: usize) -> &Entry {
-        self.entries
-            .get(index)
-            .unwrap_or_else(|| out_of_range(&self.spec, index, self.entries.len()))
+        listed_entry(&self.spec, &self.entries, index)
     }
 }
 
@@ -153,18 +151,8 @@ fn slash_path(path: &Path) -> String {
 }
 
 impl Dataset for ImageFolder {
-    fn spec(&self) -> &DatasetSpec {
-        &self.spec
-    }
-    fn split(&self) -> Split {
-        self.split
-    }
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-    fn classes(&self) -> &[String] {
-        &self.classes
-    }
+    listed_accessors!();
+
     fn item(&self, index: usize) -> Item {
         let e = self.entry(index);
         Item {

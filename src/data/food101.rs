@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 
-use super::{fetch_hint, out_of_range, Dataset, DatasetSpec, Item, Split};
+use super::{fetch_hint, listed_accessors, listed_entry, Dataset, DatasetSpec, Item, Split};
 use crate::clip::preprocess::{load_rgb, PreprocessError};
 
 /// The folder the official archive unpacks to.
@@ -114,25 +114,13 @@ impl Food101 {
     }
 
     fn entry(&self, index: usize) -> &(String, u32) {
-        self.entries
-            .get(index)
-            .unwrap_or_else(|| out_of_range(&self.spec, index, self.entries.len()))
+        listed_entry(&self.spec, &self.entries, index)
     }
 }
 
 impl Dataset for Food101 {
-    fn spec(&self) -> &DatasetSpec {
-        &self.spec
-    }
-    fn split(&self) -> Split {
-        self.split
-    }
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-    fn classes(&self) -> &[String] {
-        &self.classes
-    }
+    listed_accessors!();
+
     fn item(&self, index: usize) -> Item {
         let (source, label) = self.entry(index);
         Item {

@@ -45,7 +45,9 @@ use std::sync::OnceLock;
 use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
 
-use super::{fetch_hint, matlab, out_of_range, Dataset, DatasetSpec, Item, Split};
+use super::{
+    fetch_hint, listed_accessors, listed_entry, matlab, Dataset, DatasetSpec, Item, Split,
+};
 use crate::clip::preprocess::{load_rgb, PreprocessError};
 
 /// The 1,000 ImageNet-1k WordNet ids in class-index order (assets/imagenet_wnids.README).
@@ -324,9 +326,7 @@ impl ImageNet {
     }
 
     fn entry(&self, index: usize) -> &Entry {
-        self.entries
-            .get(index)
-            .unwrap_or_else(|| out_of_range(&self.spec, index, self.entries.len()))
+        listed_entry(&self.spec, &self.entries, index)
     }
 }
 
@@ -536,18 +536,8 @@ fn read_meta(spec: &DatasetSpec, path: &Path) -> Result<HashMap<u32, String>> {
 }
 
 impl Dataset for ImageNet {
-    fn spec(&self) -> &DatasetSpec {
-        &self.spec
-    }
-    fn split(&self) -> Split {
-        self.split
-    }
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-    fn classes(&self) -> &[String] {
-        &self.classes
-    }
+    listed_accessors!();
+
     fn item(&self, index: usize) -> Item {
         let e = self.entry(index);
         Item {

@@ -362,6 +362,36 @@ fn out_of_range(spec: &DatasetSpec, index: usize, len: usize) -> ! {
     panic!("index {index} out of range for {spec} ({len} images)")
 }
 
+/// Entry `index` of a dataset listed in memory (one entry per image); panics naming the
+/// dataset unless `index < entries.len()`.
+fn listed_entry<'a, E>(spec: &DatasetSpec, entries: &'a [E], index: usize) -> &'a E {
+    entries
+        .get(index)
+        .unwrap_or_else(|| out_of_range(spec, index, entries.len()))
+}
+
+/// The accessors every dataset listed in memory shares, written once: inside its
+/// `impl Dataset`, `listed_accessors!();` gives `spec`, `split`, `len` and `classes` from the
+/// struct's fields of those names (`entries`, one per image, for the length). `item` and
+/// `image`, which differ, are written beside it.
+macro_rules! listed_accessors {
+    () => {
+        fn spec(&self) -> &$crate::data::DatasetSpec {
+            &self.spec
+        }
+        fn split(&self) -> $crate::data::Split {
+            self.split
+        }
+        fn len(&self) -> usize {
+            self.entries.len()
+        }
+        fn classes(&self) -> &[String] {
+            &self.classes
+        }
+    };
+}
+use listed_accessors;
+
 /// One decoded batch: each image's index in the dataset and its preprocessed pixels
 /// (3 × P × P, channel-major), or why it could not be read.
 pub type DecodedBatch = Vec<(usize, std::result::Result<Vec<f32>, String>)>;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::catalog::{dataset_marker_path, Dataset};
 use super::net::{self, Digests};
 use crate::{disk, ui};
 
@@ -30,101 +31,6 @@ const MAX_RESUMES: u32 = 5;
 
 const MARKER_FORMAT: &str = "saeclip-dataset";
 const MARKER_VERSION: u32 = 1;
-
-/// A dataset that `fetch dataset` knows how to download.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Dataset {
-    /// CIFAR-10, binary version (Toronto).
-    #[value(name = "cifar10")]
-    Cifar10,
-    /// CIFAR-100, binary version (Toronto).
-    #[value(name = "cifar100")]
-    Cifar100,
-    /// Food-101 (ETH Zürich).
-    #[value(name = "food101")]
-    Food101,
-    /// ImageNet-1k (ILSVRC2012): not downloadable (its terms need an account); checks the
-    /// archives put in DIR by hand and unpacks them.
-    #[value(name = "imagenet")]
-    ImageNet,
-}
-
-/// Where a dataset's archive is published and what it unpacks to.
-struct Published {
-    /// Directory URL; the archive's name is appended.
-    base_url: &'static str,
-    archive: &'static str,
-    /// MD5 of the archive, as listed by `md5_source`.
-    md5: &'static str,
-    md5_source: &'static str,
-    /// Top-level folder inside the archive; the dataset readers look for `DIR/<folder>`.
-    folder: &'static str,
-}
-
-impl Dataset {
-    /// The name used on the command line and in dataset specs (`cifar10:DIR`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Dataset::Cifar10 => "cifar10",
-            Dataset::Cifar100 => "cifar100",
-            Dataset::Food101 => "food101",
-            Dataset::ImageNet => "imagenet",
-        }
-    }
-
-    /// Where the archive is published; `None` for ImageNet, which is obtained by hand.
-    fn published(self) -> Option<Published> {
-        Some(match self {
-            // https://www.cs.toronto.edu/~kriz/cifar.html, "CIFAR-10 binary version".
-            Dataset::Cifar10 => Published {
-                base_url: "https://www.cs.toronto.edu/~kriz",
-                archive: "cifar-10-binary.tar.gz",
-                md5: "c32a1d4ab5d03f1284b67883e8d87530",
-                md5_source: "https://www.cs.toronto.edu/~kriz/cifar.html",
-                folder: "cifar-10-batches-bin",
-            },
-            // Same page, "CIFAR-100 binary version".
-            Dataset::Cifar100 => Published {
-                base_url: "https://www.cs.toronto.edu/~kriz",
-                archive: "cifar-100-binary.tar.gz",
-                md5: "03b5dce01913d631647c71ecec9e9cb8",
-                md5_source: "https://www.cs.toronto.edu/~kriz/cifar.html",
-                folder: "cifar-100-binary",
-            },
-            // torchvision.datasets.Food101 (_URL, _MD5).
-            Dataset::Food101 => Published {
-                base_url: "http://data.vision.ee.ethz.ch/cvl",
-                archive: "food-101.tar.gz",
-                md5: "85eeb15f3717b99a5da872d97d918f87",
-                md5_source: "torchvision.datasets.Food101",
-                folder: "food-101",
-            },
-            // Three archives, obtained by hand: see `super::imagenet`.
-            Dataset::ImageNet => return None,
-        })
-    }
-
-    /// File name of the published archive (`None` for ImageNet).
-    pub fn archive(self) -> Option<&'static str> {
-        self.published().map(|p| p.archive)
-    }
-
-    /// The folder the archive unpacks to, e.g. `cifar-10-batches-bin`.
-    pub fn folder(self) -> Option<&'static str> {
-        self.published().map(|p| p.folder)
-    }
-
-    /// The published MD5 of the archive.
-    pub fn md5(self) -> Option<&'static str> {
-        self.published().map(|p| p.md5)
-    }
-
-    /// The publisher's URL of the archive.
-    pub fn default_url(self) -> Option<String> {
-        self.published()
-            .map(|p| format!("{}/{}", p.base_url, p.archive))
-    }
-}
 
 /// What `fetch_dataset` does.
 #[derive(Debug, Clone)]
@@ -169,11 +75,6 @@ struct Marker {
     sha256: String,
     fetched_unix: u64,
     saeclip_version: String,
-}
-
-/// Path of the marker that says `dataset` is complete in `out`.
-pub fn dataset_marker_path(out: &Path, dataset: Dataset) -> PathBuf {
-    out.join(format!(".saeclip-fetch-{}.json", dataset.name()))
 }
 
 /// Download, verify and unpack a dataset; return the path of its folder (`out/<folder>`).

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{dataset_marker_path, Dataset};
+use super::catalog::{dataset_marker_path, Dataset};
 use super::net;
 use crate::data::{self, DatasetSpec, Split};
 use crate::{disk, ui};

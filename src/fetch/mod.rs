@@ -6,6 +6,7 @@
 //! leaves anything that looks complete. Without a network each function fails with one line
 //! saying what to download by hand and where to put it.
 
+mod catalog;
 mod dataset;
 mod imagenet;
 mod model;
@@ -13,9 +14,8 @@ mod net;
 mod releases;
 mod sae;
 
-pub use dataset::{
-    dataset_marker_path, fetch_dataset, Dataset, FetchDatasetOptions, DATASET_BASE_URL_ENV,
-};
+pub use catalog::{dataset_marker_path, Dataset};
+pub use dataset::{fetch_dataset, FetchDatasetOptions, DATASET_BASE_URL_ENV};
 pub use imagenet::{fetch_imagenet, ImageNetArchive, ImageNetOptions, IMAGENET_ARCHIVES};
 pub use model::{fetch_model, FetchModelOptions, MODEL_MARKER};
 pub use releases::{release_table, Release, RELEASES};

@@ -35,9 +35,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::jumprelu::ThresholdParam;
+use super::arch::batchtopk::ThresholdEstimator;
+use super::arch::jumprelu::ThresholdParam;
 use super::model::{Architecture, JumpReluParams, MatryoshkaParams, Sae, SaeConfig};
-use super::objective::ThresholdEstimator;
 use super::optim::{param_names, Adam, AdamConfig, PARAMS};
 use crate::disk::write_atomic;
 

@@ -19,32 +19,34 @@
 //! Spaces: every public function takes and returns activations in the *original* space;
 //! the SAE works internally on `x·input_scale` (the "scaled space", where E‖x‖ = √d_in), and
 //! the training losses are measured there. Metrics (`Evr`, l0) are in the original space.
+pub mod arch;
 pub mod checkpoint;
+pub mod codes;
 pub mod config;
 pub mod export;
 pub mod interop;
-pub mod jumprelu;
-pub mod matryoshka;
 pub mod model;
 pub mod objective;
+pub mod prefix;
 pub mod select;
+pub mod step;
 pub mod summary;
 pub mod sync;
 pub mod train;
 
 // The training wing's rooms, also at their old paths (`sae::batches`, `sae::optim`, `sae::sweep`).
 pub use train::{batches, optim, sweep};
+// The architectures' settings, also at their old paths (`sae::jumprelu`, `sae::matryoshka`).
+pub use arch::{jumprelu, matryoshka};
 
 pub use checkpoint::{Checkpoint, CheckpointMeta, TrainingState, TrainingStateRef};
 pub use jumprelu::{JumpReluParams, SparsityLoss, ThresholdParam};
-pub use matryoshka::{
-    prefix_evr, prefix_reconstructions, DecoderNorm, MatryoshkaParams, MatryoshkaSelection,
-    PrefixEvr,
-};
+pub use matryoshka::{DecoderNorm, MatryoshkaParams, MatryoshkaSelection};
 pub use model::{Architecture, BdecInit, Codes, Sae, SaeConfig, Selection, WEncInit};
 pub use objective::{
     data_variance, forward_backward, DeadTracker, Evr, Firing, Grads, LossOptions, StepOutput,
     ThresholdEstimator, Workspace,
 };
 pub use optim::{Adam, AdamConfig};
+pub use prefix::{prefix_evr, prefix_reconstructions, PrefixEvr};
 pub use sync::SyncFree;

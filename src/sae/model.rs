@@ -17,9 +17,13 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-pub use super::jumprelu::{JumpReluParams, SparsityLoss, ThresholdParam};
-pub use super::matryoshka::{DecoderNorm, MatryoshkaParams, MatryoshkaSelection};
-use super::sync::{host_read, SyncFree};
+pub use super::arch::jumprelu::{JumpReluParams, SparsityLoss, ThresholdParam};
+pub use super::arch::matryoshka::{DecoderNorm, MatryoshkaParams, MatryoshkaSelection};
+use super::arch::{batchtopk, relu, topk};
+pub(crate) use super::codes::normalize_rows;
+pub use super::codes::{decode_scaled, prefix_offsets, Codes};
+use super::step::Weights;
+use super::sync::SyncFree;
 
 /// How latents are selected. The names are the checkpoint's and the config's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -37,11 +41,11 @@ pub enum Architecture {
     Relu,
     /// z = pre·[pre > θ_j] with a learned threshold per latent, trained through a
     /// straight-through estimator with an L0 (or tanh) penalty (Rajamanoharan et al. 2024);
-    /// see [`super::jumprelu`].
+    /// see [`super::arch::jumprelu`].
     #[value(name = "jumprelu")]
     JumpRelu,
     /// Batch top-k (or top-k) codes trained with one reconstruction loss per nested prefix
-    /// of the dictionary (Bussmann et al. 2025); see [`super::matryoshka`].
+    /// of the dictionary (Bussmann et al. 2025); see [`super::arch::matryoshka`].
     #[value(name = "matryoshka")]
     Matryoshka,
 }
@@ -146,244 +150,25 @@ pub enum Selection {
     JumpRelu,
 }
 
-/// Sparse latent codes of a batch in compressed-row form: row i's entries are
-/// `offsets[i]..offsets[i+1]` of `values` / `latents` / `rows`, in row order.
-///
-/// An entry may hold 0 (a row with fewer than k positive pre-activations keeps its k
-/// slots); counts such as l0 only count positive values.
-#[derive(Debug)]
-pub struct Codes {
-    /// Activations, ≥ 0. [N] f32
-    pub values: Tensor,
-    /// Latent of each entry. [N] i64
-    pub latents: Tensor,
-    /// Row of each entry, non-decreasing. [N] i64
-    pub rows: Tensor,
-    /// Start of each row's entries, then N. [B+1] i64
-    pub offsets: Tensor,
-    /// Number of latents (F).
-    pub d_sae: i64,
-}
-
-impl Codes {
-    /// Codes from entries in row order (`rows` non-decreasing); `sync_free` picks how the
-    /// offsets are computed ([`prefix_offsets`]).
-    pub fn from_entries(
-        values: Tensor,
-        latents: Tensor,
-        rows: Tensor,
-        batch: i64,
-        d_sae: i64,
-        sync_free: bool,
-    ) -> Codes {
-        let offsets = prefix_offsets(&rows, batch, sync_free);
-        Codes {
-            values,
-            latents,
-            rows,
-            offsets,
-            d_sae,
-        }
-    }
-
-    /// Number of rows (B).
-    pub fn batch_size(&self) -> i64 {
-        self.offsets.size()[0] - 1
-    }
-
-    /// The dense codes. [B, F]
-    pub fn to_dense(&self) -> Tensor {
-        let (b, f) = (self.batch_size(), self.d_sae);
-        let flat = &self.rows * f + &self.latents;
-        Tensor::zeros([b * f], (self.values.kind(), self.values.device()))
-            .index_add(0, &flat, &self.values)
-            .view([b, f])
-    }
-
-    /// How many rows each latent is positive in. [F] i64
-    pub fn fired(&self) -> Tensor {
-        self.fired_with(SyncFree::Auto.on(self.values.device()))
-    }
-
-    /// [`Codes::fired`] in the sync-free form (the `values > 0` flags added into a zero
-    /// [F] tensor) or the host form (`masked_select` + `bincount`); see [`super::sync`].
-    pub fn fired_with(&self, sync_free: bool) -> Tensor {
-        if sync_free {
-            let flags = self.values.gt(0.0).to_kind(Kind::Int64);
-            Tensor::zeros([self.d_sae], (Kind::Int64, self.values.device())).index_add(
-                0,
-                &self.latents,
-                &flags,
-            )
-        } else {
-            host_read(
-                "Codes::fired: masked_select's length depends on the data",
-                || {
-                    self.latents
-                        .masked_select(&self.values.gt(0.0))
-                        .bincount::<Tensor>(None, self.d_sae)
-                },
-            )
-        }
-    }
-
-    /// Mean number of positive latents per row. 0-dim f32
-    pub fn l0(&self) -> Tensor {
-        self.values.gt(0.0).sum(Kind::Float) / (self.batch_size().max(1) as f64)
-    }
-
-    /// The smallest positive activation; +∞ when there is none. 0-dim f32
-    pub fn min_positive(&self) -> Tensor {
-        let inf = Tensor::full([1], f64::INFINITY, (Kind::Float, self.values.device()));
-        Tensor::cat(
-            &[
-                self.values
-                    .where_scalarother(&self.values.gt(0.0), f64::INFINITY),
-                inf,
-            ],
-            0,
-        )
-        .min()
-    }
-}
-
-/// Start of each run of equal values in non-decreasing `ids` (values 0..n), then the
-/// total: the first position of each id 0..=n in `ids`. Sync-free, a `searchsorted` of
-/// 0..=n in `ids`; else `bincount` (which reads the largest id) and `cumsum`. [n+1] i64
-pub fn prefix_offsets(ids: &Tensor, n: i64, sync_free: bool) -> Tensor {
-    let device = ids.device();
-    if sync_free {
-        return Tensor::arange(n + 1, (Kind::Int64, device)).searchsorted(
-            ids,
-            false,
-            false,
-            "left",
-            None::<Tensor>,
-        );
-    }
-    let counts = host_read(
-        "offsets: bincount sizes its output by the largest id",
-        || ids.bincount::<Tensor>(None, n),
-    );
-    Tensor::cat(
-        &[
-            Tensor::zeros([1], (Kind::Int64, device)),
-            counts.cumsum(0, Kind::Int64),
-        ],
-        0,
-    )
-}
-
 /// Select the non-zero latents of `pre` [B, F]: sync-free on accelerators, the host form
 /// on the CPU ([`super::sync`]).
 pub fn select(pre: &Tensor, selection: Selection) -> Codes {
     select_with(pre, selection, SyncFree::Auto.on(pre.device()))
 }
 
-/// [`select`] in the sync-free form or the host form (same codes). Threshold and ReLU
+/// [`select`] in the sync-free form or the host form (same codes): the one place the
+/// selections dispatch to their architecture's file ([`super::arch`]). Threshold and ReLU
 /// selections have data-dependent sizes and always read the host (they serve inference).
 pub fn select_with(pre: &Tensor, selection: Selection, sync_free: bool) -> Codes {
-    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
-    let device = pre.device();
     match selection {
-        Selection::TopK(k) => {
-            assert!((1..=f).contains(&k), "top-k needs 1 <= k <= {f}, got {k}");
-            let (values, latents) = pre.topk(k, 1, true, false); // [B, k]
-            let rows = Tensor::arange(b, (Kind::Int64, device))
-                .unsqueeze(1)
-                .expand([b, k], false)
-                .reshape([-1]);
-            Codes {
-                values: values.relu().reshape([-1]),
-                latents: latents.reshape([-1]),
-                rows,
-                offsets: Tensor::arange_start_step(0, b * k + 1, k, (Kind::Int64, device)),
-                d_sae: f,
-            }
-        }
-        Selection::BatchTopK(k) => batch_topk(pre, k, sync_free),
-        Selection::Threshold(theta) => from_mask(pre, &pre.gt(theta.max(0.0))),
-        Selection::Relu => from_mask(pre, &pre.gt(0.0)),
+        Selection::TopK(k) => topk::select(pre, k),
+        Selection::BatchTopK(k) => batchtopk::select(pre, k, sync_free),
+        Selection::Threshold(theta) => relu::above(pre, theta.max(0.0)),
+        Selection::Relu => relu::above(pre, 0.0),
         Selection::JumpRelu => {
             panic!("Selection::JumpRelu needs the SAE's thresholds: use Sae::encode_sparse")
         }
     }
-}
-
-fn from_mask(pre: &Tensor, mask: &Tensor) -> Codes {
-    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
-    // [N, 2], row-major like masked_select
-    let (nz, values) = host_read("threshold/ReLU codes: the number of entries", || {
-        (mask.nonzero(), pre.masked_select(mask))
-    });
-    Codes::from_entries(
-        values,
-        nz.select(1, 1).contiguous(),
-        nz.select(1, 0).contiguous(),
-        b,
-        f,
-        false,
-    )
-}
-
-/// The k·B largest entries of `pre` [B, F], exactly, in row-major order (by row, then
-/// latent). Sync-free: one `topk` over all B·F values. Host form: [`batch_topk_search`].
-fn batch_topk(pre: &Tensor, k: i64, sync_free: bool) -> Codes {
-    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
-    assert!(
-        (1..=f).contains(&k),
-        "batch top-k needs 1 <= k <= {f}, got {k}"
-    );
-    let (values, flat) = if sync_free {
-        pre.reshape([-1]).topk(k * b, 0, true, false)
-    } else {
-        batch_topk_search(pre, k)
-    };
-    let (flat, order) = flat.sort(0, false); // row-major order
-    let rows = flat.floor_divide_scalar(f);
-    let latents = &flat - &rows * f;
-    let values = values.index_select(0, &order).relu();
-    Codes::from_entries(values, latents, rows, b, f, sync_free)
-}
-
-/// The k·B largest values of `pre` [B, F] and their flat indices (row·F + latent), in no
-/// particular order, exactly, without a `topk` over all B·F values (which on the CPU
-/// allocates scratch the size of `pre` and costs several row-wise top-k passes).
-///
-/// A bound L below the k·B-th largest value comes from a sample (every 13th value, whose
-/// 2k·B/13-th largest sits near the batch's 2k·B-th largest); one pass keeps the values
-/// ≥ L (about 2k·B of them), and the k·B largest of those are the answer as soon as there
-/// are at least k·B: every value left out is below L, below all of them. Should the sample
-/// mislead (fewer than k·B values ≥ L), a sample rank four times deeper is tried, then the
-/// full `topk`. The sample spans all rows, so rows of very different scales (a few rows
-/// holding most of the batch's largest values) cost nothing more; the row-wise search
-/// this replaces (top 4k candidates per row, r doubled for every row whenever one row was
-/// saturated) took up to log₂(F/4k) full passes there.
-fn batch_topk_search(pre: &Tensor, k: i64) -> (Tensor, Tensor) {
-    const STRIDE: i64 = 13;
-    let (b, f) = pre.size2().expect("pre-activations are [B, F]");
-    let total = k * b;
-    let n = b * f;
-    let flat = pre.reshape([-1]);
-    if n < 16 * total {
-        return flat.topk(total, 0, true, false);
-    }
-    let sample = flat.slice(0, 0, n, STRIDE).contiguous();
-    let size = sample.size()[0];
-    let mut rank = ((2 * total + STRIDE - 1) / STRIDE).min(size);
-    for _ in 0..2 {
-        let (top, _) = sample.topk(rank, 0, true, false);
-        let bound = top.min();
-        let kept = host_read("batch top-k: the values above the sampled bound", || {
-            flat.ge_tensor(&bound).nonzero().view([-1])
-        });
-        if kept.size()[0] >= total {
-            let (values, pos) = flat.index_select(0, &kept).topk(total, 0, true, false);
-            return (values, kept.index_select(0, &pos));
-        }
-        rank = (4 * rank).min(size);
-    }
-    flat.topk(total, 0, true, false)
 }
 
 /// The SAE's parameters (f32) and scale.
@@ -409,7 +194,7 @@ pub struct Sae {
     /// estimated yet).
     pub threshold: Option<f64>,
     /// jumprelu: the trained parameter of the per-latent thresholds θ_j: log θ_j or θ_j
-    /// itself, as `jumprelu.threshold_param` says (see [`super::jumprelu`]). [F]
+    /// itself, as `jumprelu.threshold_param` says (see [`super::arch::jumprelu`]). [F]
     pub threshold_param: Option<Tensor>,
     /// jumprelu: the training settings of its estimator and penalty.
     pub jumprelu: Option<JumpReluParams>,
@@ -427,7 +212,7 @@ fn arch_defaults(config: &SaeConfig, device: Device) -> ArchParts {
             (
                 Some(Tensor::full(
                     [config.d_sae],
-                    super::jumprelu::DEFAULT_INIT_THRESHOLD.ln(),
+                    super::arch::jumprelu::DEFAULT_INIT_THRESHOLD.ln(),
                     (Kind::Float, device),
                 )),
                 Some(p),
@@ -728,7 +513,7 @@ impl Sae {
             let theta = self
                 .jumprelu_threshold()
                 .expect("a jumprelu SAE has thresholds");
-            return from_mask(&pre, &pre.gt_tensor(&theta.clamp_min(0.0)));
+            return relu::from_mask(&pre, &pre.gt_tensor(&theta.clamp_min(0.0)));
         }
         select(&pre, selection)
     }
@@ -767,44 +552,79 @@ impl Sae {
         }
     }
 
+    /// The parameters a training step reads.
+    pub(crate) fn weights(&self) -> Weights<'_> {
+        Weights {
+            w_enc: &self.w_enc,
+            w_dec: &self.w_dec,
+            b_dec: &self.b_dec,
+            input_scale: self.input_scale,
+        }
+    }
+
     /// Scale every decoder row to unit norm, in place.
     pub fn normalize_decoder(&mut self) {
         normalize_rows(&mut self.w_dec, None);
     }
 }
 
-/// Σ_j z_j·W_dec[j] over the entries of each row (no bias, scaled space). [B, D]
-pub(crate) fn decode_scaled(w_dec: &Tensor, codes: &Codes) -> Tensor {
-    let (out, _, _, _) = Tensor::embedding_bag(
-        w_dec,
-        &codes.latents,
-        &codes.offsets,
-        false,
-        0, // sum
-        false,
-        Some(&codes.values),
-        true, // offsets has B+1 entries
-    );
-    out
+/// jumprelu's settings on the SAE ([`super::arch::jumprelu`]).
+impl Sae {
+    /// Make this jumprelu SAE's thresholds θ_j = `threshold` for every latent, with
+    /// `params`; errors name the config key.
+    pub fn set_jumprelu(&mut self, threshold: f64, params: JumpReluParams) -> Result<()> {
+        ensure!(
+            threshold > 0.0 && threshold.is_finite(),
+            "sae.jumprelu_init_threshold = {threshold}: must be positive"
+        );
+        params.validate()?;
+        let theta = Tensor::full([self.config.d_sae], threshold, (Kind::Float, self.device()));
+        self.threshold_param = Some(params.threshold_param.from_theta(&theta));
+        self.jumprelu = Some(params);
+        Ok(())
+    }
+
+    /// What this SAE trains for θ: its `jumprelu.threshold_param`, `log` when it has no
+    /// jumprelu settings (then there is no threshold tensor either).
+    pub fn threshold_kind(&self) -> ThresholdParam {
+        self.jumprelu.unwrap_or_default().threshold_param
+    }
+
+    /// Keep a `linear` threshold parameter at θ ≥ 0 (after each optimizer step); a no-op
+    /// for `log` and the other architectures.
+    pub(crate) fn project_threshold(&mut self) {
+        let linear = self.threshold_kind() == ThresholdParam::Linear;
+        if let (true, Some(t)) = (linear, self.threshold_param.as_mut()) {
+            let _ = t.clamp_min_(0.0);
+        }
+    }
 }
 
-/// Divide each row of `w` by its norm (at least 1e-12), in place; `scratch`, shaped and laid
-/// out like `w`, spares a temporary.
-pub(crate) fn normalize_rows(w: &mut Tensor, scratch: Option<&Tensor>) {
-    let squares = match scratch {
-        Some(s) => w.square_out(s),
-        None => w.square(),
-    };
-    let norms = squares
-        .sum_dim_intlist(1, true, Kind::Float)
-        .sqrt()
-        .clamp_min(1e-12);
-    let _ = w.g_div_(&norms);
-}
+/// matryoshka's settings on the SAE ([`super::arch::matryoshka`]).
+impl Sae {
+    /// Make this matryoshka SAE's prefixes `params` (checked against d_sae).
+    pub fn set_matryoshka(&mut self, params: MatryoshkaParams) -> Result<()> {
+        params.validate(self.config.d_sae)?;
+        self.matryoshka = Some(params);
+        Ok(())
+    }
 
-/// ‖W[j]‖ for each row j. [F]
-pub(crate) fn row_norms(w: &Tensor) -> Tensor {
-    w.square().sum_dim_intlist(1, false, Kind::Float).sqrt()
+    /// Whether training keeps the decoder rows at unit norm: every SAE but a matryoshka one
+    /// with `decoder_norm: free`.
+    pub fn unit_norm_decoder(&self) -> bool {
+        !matches!(
+            (&self.matryoshka, self.config.architecture),
+            (Some(m), Architecture::Matryoshka) if m.decoder_norm == DecoderNorm::Free
+        )
+    }
+
+    /// The prefix widths: the matryoshka widths, or [d_sae] for any other SAE.
+    pub fn prefix_widths(&self) -> Vec<i64> {
+        match (&self.matryoshka, self.config.architecture) {
+            (Some(m), Architecture::Matryoshka) => m.widths.clone(),
+            _ => vec![self.config.d_sae],
+        }
+    }
 }
 
 #[cfg(test)]

@@ -51,27 +51,14 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::model::{
-    decode_scaled, prefix_offsets, row_norms, select_with, Architecture, Codes, Sae, Selection,
-};
+pub use super::arch::batchtopk::ThresholdEstimator;
+use super::arch::jumprelu;
+use super::arch::matryoshka::prefix_decodes;
+use super::codes::{decode_scaled, prefix_offsets, row_norms, Codes};
+use super::model::{select_with, Architecture, Sae, Selection};
+use super::step::{b_dec_grad, zero};
+pub use super::step::{Grads, LossOptions, StepOutput};
 use super::sync::{host_read, SyncFree};
-
-/// Coefficients of one step's loss; `k` is the current k (the loop may warm it up).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LossOptions {
-    /// Non-zeros per row (topk), per row on average (batchtopk); unused by relu.
-    pub k: i64,
-    /// Dead latents per row that AuxK may use; 0 turns AuxK off.
-    pub k_aux: i64,
-    /// Weight of the AuxK term (default 1/32).
-    pub aux_coef: f64,
-    /// Weight of the sparsity penalty: L1 for relu, L0 (or tanh) for jumprelu; unused by
-    /// the others.
-    pub l1_coef: f64,
-    /// σ²: `mse` is divided by it (see the module docs and [`data_variance`]); 1 gives the
-    /// plain mean squared error.
-    pub data_variance: f64,
-}
 
 /// σ² for [`LossOptions::data_variance`]: the mean over the D columns of the variance of
 /// `sample` [N, D] times `input_scale`, i.e. Σ_i ‖x_i·s − x̄·s‖² / (N·D), in f64.
@@ -95,101 +82,6 @@ pub fn data_variance(sample: &Tensor, input_scale: f64) -> anyhow::Result<f64> {
         "the training rows have no variance (σ² = {v}): every row is the same"
     );
     Ok(v)
-}
-
-/// Gradients of the loss with respect to the four parameters, shaped like them.
-#[derive(Debug)]
-pub struct Grads {
-    pub w_enc: Tensor,
-    pub b_enc: Tensor,
-    pub w_dec: Tensor,
-    pub b_dec: Tensor,
-    /// jumprelu: the gradient of log θ. [F]
-    pub threshold_param: Option<Tensor>,
-}
-
-impl Grads {
-    /// In the order of [`super::optim::PARAMS`], then `threshold_param` when present.
-    pub fn tensors(&self) -> Vec<&Tensor> {
-        let mut out = vec![&self.w_enc, &self.b_enc, &self.w_dec, &self.b_dec];
-        out.extend(self.threshold_param.as_ref());
-        out
-    }
-
-    fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
-        let mut out = vec![
-            &mut self.w_enc,
-            &mut self.b_enc,
-            &mut self.w_dec,
-            &mut self.b_dec,
-        ];
-        out.extend(self.threshold_param.as_mut());
-        out
-    }
-
-    /// g_j −= (g_j·w_j)·w_j for each decoder row: the part of the step that the row
-    /// renormalisation would undo (w_j must have unit norm).
-    pub fn remove_parallel_decoder_component(&mut self, w_dec: &Tensor) {
-        self.remove_parallel_with(w_dec, None)
-    }
-
-    /// The same with a scratch tensor shaped and laid out like `w_dec`.
-    pub(crate) fn remove_parallel_with(&mut self, w_dec: &Tensor, scratch: Option<&Tensor>) {
-        let products = match scratch {
-            Some(s) => self.w_dec.mul_out(s, w_dec),
-            None => &self.w_dec * w_dec,
-        };
-        let along = products.sum_dim_intlist(1, true, Kind::Float); // [F, 1]
-        let parallel = match scratch {
-            Some(s) => w_dec.mul_out(s, &along),
-            None => w_dec * along,
-        };
-        let _ = self.w_dec.g_sub_(&parallel);
-    }
-
-    /// ‖(all gradients)‖₂, as `torch.nn.utils.clip_grad_norm_` computes it. 0-dim f32
-    pub fn global_norm(&self) -> Tensor {
-        let norms: Vec<Tensor> = self.tensors().iter().map(|g| g.norm()).collect();
-        Tensor::stack(&norms, 0).norm()
-    }
-
-    /// Scale all gradients by min(1, max_norm/(‖g‖ + 1e-6)) like
-    /// `torch.nn.utils.clip_grad_norm_`, without reading anything off the device; returns
-    /// the norm before clipping. 0-dim f32
-    pub fn clip_norm(&mut self, max_norm: f64) -> Tensor {
-        let total = self.global_norm();
-        let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
-        for g in self.tensors_mut() {
-            let _ = g.g_mul_(&coef);
-        }
-        total
-    }
-}
-
-/// What one forward and backward pass yields. Scalars are 0-dim f32 tensors on the SAE's
-/// device: read them only at log intervals.
-#[derive(Debug)]
-pub struct StepOutput {
-    pub loss: Tensor,
-    pub mse: Tensor,
-    /// AuxK term, already times aux_coef (0 when off).
-    pub aux: Tensor,
-    /// The sparsity penalty, already times l1_coef: L1 for relu, L0 (or tanh) for jumprelu;
-    /// 0 for the others.
-    pub l1: Tensor,
-    /// Mean positive latents per row.
-    pub l0: Tensor,
-    pub grads: Grads,
-    /// Rows in which each latent was positive. [F] i64
-    pub fired: Tensor,
-    /// Smallest positive kept activation (+∞ if none, and for relu): feeds
-    /// [`ThresholdEstimator::update`].
-    pub min_positive: Tensor,
-    /// The reconstruction in the original space. [B, D] f32
-    pub x_hat: Tensor,
-    /// matryoshka: the reconstruction of each prefix alone, the last = `x_hat` (original
-    /// space). Empty for the other architectures. M·[B, D] f32
-    pub prefix_x_hat: Vec<Tensor>,
 }
 
 /// Buffers that [`forward_backward`] reuses from step to step: the pre-activations [B, F]
@@ -272,7 +164,13 @@ pub fn forward_backward(
     let ws = workspace;
     match sae.config.architecture {
         Architecture::Relu => relu_step(sae, &xs, &xc, &pre, dead, o, ws),
-        Architecture::JumpRelu => super::jumprelu::jumprelu_step(sae, &xs, &xc, &pre, o),
+        Architecture::JumpRelu => {
+            let theta = sae
+                .jumprelu_threshold()
+                .expect("a jumprelu SAE has thresholds");
+            let params = sae.jumprelu.unwrap_or_default();
+            jumprelu::step(sae.weights(), params, &theta, &xs, &xc, &pre, o)
+        }
         _ => {
             let selection = sae.training_selection(o.k);
             let codes = select_with(&pre, selection, ws.sync_free.on(pre.device()));
@@ -338,16 +236,6 @@ fn aux_k(
     Some(AuxK { codes, grad, loss })
 }
 
-/// d/db_dec: the decoder's Σ_i dx̂_i, minus what flows back through x_c = x_s − b_dec into
-/// the encoder (W_enc·db_enc). [D]
-pub(crate) fn b_dec_grad(sae: &Sae, dx_hat: &Tensor, b_enc: &Tensor) -> Tensor {
-    dx_hat.sum_dim_intlist(0, false, Kind::Float) - sae.w_enc.mv(b_enc)
-}
-
-pub(crate) fn zero(device: Device) -> Tensor {
-    Tensor::zeros([], (Kind::Float, device))
-}
-
 /// Σ_e values[e]·table[indices[e]] over each run `offsets[i]..offsets[i+1]` of entries:
 /// `embedding_bag` in sum mode, which serves the forward (runs = rows, table = W_dec) and,
 /// with entries sorted by latent, every backward product (runs = latents, table = dx̂ or
@@ -388,7 +276,7 @@ fn sparse_step(
     };
     let n_prefix = weights.len();
     let decodes = match &blocks {
-        Some(bl) => super::matryoshka::prefix_decodes(&sae.w_dec, &codes, bl, n_prefix),
+        Some(bl) => prefix_decodes(&sae.w_dec, &codes, bl, n_prefix),
         None => vec![decode_scaled(&sae.w_dec, &codes)],
     };
     let xs_hats: Vec<Tensor> = decodes.into_iter().map(|t| t + &sae.b_dec).collect(); // M·[B, D]
@@ -465,7 +353,7 @@ fn sparse_step(
     let ones = Tensor::ones([b, 1], (Kind::Float, xs.device()));
     let b_enc = bag_sum(&ones, &rows, &by_latent, &dpre).view([f]);
     // b_dec is in every prefix: Σ_m ∂loss/∂x̂_m = G_0, the first B rows.
-    let b_dec = b_dec_grad(sae, &dx_hat.narrow(0, 0, b), &b_enc);
+    let b_dec = b_dec_grad(&sae.w_enc, &dx_hat.narrow(0, 0, b), &b_enc);
 
     let aux_loss = aux
         .as_ref()
@@ -549,7 +437,7 @@ fn relu_step(
     }
     let w_enc = dpre.tr().mm(xc).tr(); // [D, F], the encoder layout
     let b_enc = dpre.sum_dim_intlist(0, false, Kind::Float);
-    let b_dec = b_dec_grad(sae, &dx_hat, &b_enc);
+    let b_dec = b_dec_grad(&sae.w_enc, &dx_hat, &b_enc);
     let aux_loss = aux
         .as_ref()
         .map_or_else(|| zero(device), |a| a.loss.shallow_clone());
@@ -571,54 +459,6 @@ fn relu_step(
         min_positive: Tensor::full([], f64::INFINITY, (Kind::Float, device)),
         x_hat: xs_hat / sae.input_scale,
         prefix_x_hat: Vec::new(),
-    }
-}
-
-/// θ for batchtopk inference: a running average of each training batch's smallest kept
-/// positive activation (Bussmann et al. 2024). With `decay` Some(d) an exponential moving
-/// average, debiased like Adam's moments (the first batch counts fully); with None the plain
-/// mean over all batches. Batches without a positive activation are skipped. Updates stay
-/// on the device.
-#[derive(Debug)]
-pub struct ThresholdEstimator {
-    pub decay: Option<f64>,
-    /// Weighted sum of minima. 0-dim f64
-    pub sum: Tensor,
-    /// Total weight. 0-dim f64
-    pub weight: Tensor,
-}
-
-impl ThresholdEstimator {
-    pub fn new(decay: Option<f64>, device: Device) -> ThresholdEstimator {
-        ThresholdEstimator {
-            decay,
-            sum: Tensor::zeros([], (Kind::Double, device)),
-            weight: Tensor::zeros([], (Kind::Double, device)),
-        }
-    }
-
-    /// Fold in one batch's `StepOutput::min_positive`.
-    pub fn update(&mut self, min_positive: &Tensor) {
-        let m = min_positive.to_kind(Kind::Double);
-        let valid = m.isfinite().to_kind(Kind::Double);
-        let m = m.nan_to_num(0.0, 0.0, 0.0);
-        match self.decay {
-            Some(decay) => {
-                let rate = valid * (1.0 - decay);
-                self.sum = &self.sum + &rate * (m - &self.sum);
-                self.weight = &self.weight + &rate * (1.0 - &self.weight);
-            }
-            None => {
-                self.sum = &self.sum + &valid * m;
-                self.weight = &self.weight + valid;
-            }
-        }
-    }
-
-    /// θ, or None before any batch had a positive activation.
-    pub fn value(&self) -> Option<f64> {
-        let w = self.weight.double_value(&[]);
-        (w > 0.0).then(|| self.sum.double_value(&[]) / w)
     }
 }
 

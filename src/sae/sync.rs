@@ -16,7 +16,7 @@
 //! - the **host** form (CPU), where a host read costs nothing and data-dependent shapes are
 //!   what keeps the step fast: AuxK gathers only the dead latents' columns, offsets are
 //!   `bincount` + `cumsum`, batch top-k keeps the values above a sampled bound and takes
-//!   the k·B largest of those (`model::batch_topk_search`).
+//!   the k·B largest of those (`arch::batchtopk::batch_topk_search`).
 //!
 //! Both forms give the same codes, losses and gradients (tests/sae_core.rs runs both on the
 //! CPU and compares them). Each host read that the host form performs in a step goes

@@ -16,7 +16,7 @@
 //! architecture and in Bussmann et al.'s reference trainer (with unit rows SAE-Lens's
 //! `rescale_acts_by_decoder_norm` is a no-op). `free` trains W_dec as a plain parameter:
 //! SAE-Lens with `rescale_acts_by_decoder_norm: false`. Same loss, same gradients; only
-//! [`super::optim::Adam::step`]'s projection and renormalisation are skipped. On the
+//! [`crate::sae::optim::Adam::step`]'s projection and renormalisation are skipped. On the
 //! ground-truth data of `make bench-architectures` this parameterisation, not the loss, is
 //! what separated saeclip from that SAE-Lens configuration (bench/RESULTS.md).
 //!
@@ -25,19 +25,18 @@
 //! its decoder-side gradient is W_dec[j]·G_{b,i} with G_b = Σ_{m ≥ b} ∂loss/∂x̂_m (a suffix
 //! sum of the M per-prefix gradients, M·[B, D]). Stacking G_0 … G_{M−1} as one [M·B, D]
 //! table and giving entry e the column b_e·B + i_e, the top-k backward of
-//! [`super::objective`] runs unchanged: nothing of size [B, F] is built. And
+//! [`crate::sae::objective`] runs unchanged: nothing of size [B, F] is built. And
 //! ∂/∂b_dec = Σ_i G_{0,i} − W_enc·∂/∂b_enc, since b_dec is in every prefix.
 //!
 //! # Metrics
-//! `prefix_evr`: the explained variance of each prefix alone ([`prefix_reconstructions`]
+//! `prefix_evr`: the explained variance of each prefix alone ([`crate::sae::prefix`]
 //! with the inference selection), in metrics.jsonl and `analyze-logs`.
 
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::model::{decode_scaled, Architecture, Codes, Sae};
-use super::objective::Evr;
+use crate::sae::codes::{decode_scaled, Codes};
 
 /// How a matryoshka SAE selects its codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -158,32 +157,6 @@ impl MatryoshkaParams {
     }
 }
 
-impl Sae {
-    /// Make this matryoshka SAE's prefixes `params` (checked against d_sae).
-    pub fn set_matryoshka(&mut self, params: MatryoshkaParams) -> Result<()> {
-        params.validate(self.config.d_sae)?;
-        self.matryoshka = Some(params);
-        Ok(())
-    }
-
-    /// Whether training keeps the decoder rows at unit norm: every SAE but a matryoshka one
-    /// with `decoder_norm: free`.
-    pub fn unit_norm_decoder(&self) -> bool {
-        !matches!(
-            (&self.matryoshka, self.config.architecture),
-            (Some(m), Architecture::Matryoshka) if m.decoder_norm == DecoderNorm::Free
-        )
-    }
-
-    /// The prefix widths: the matryoshka widths, or [d_sae] for any other SAE.
-    pub fn prefix_widths(&self) -> Vec<i64> {
-        match (&self.matryoshka, self.config.architecture) {
-            (Some(m), Architecture::Matryoshka) => m.widths.clone(),
-            _ => vec![self.config.d_sae],
-        }
-    }
-}
-
 /// The scaled-space decodes without b_dec of each prefix of `codes`, cumulative: entry m
 /// sums the entries of blocks 0..=m. `blocks` from [`MatryoshkaParams::blocks`]. M·[B, D]
 pub(crate) fn prefix_decodes(
@@ -208,82 +181,4 @@ pub(crate) fn prefix_decodes(
             decode_scaled(w_dec, &masked)
         })
         .collect()
-}
-
-/// The reconstruction of x [B, D] (original space) by each prefix alone, with the inference
-/// selection over all latents (codes outside a prefix dropped). One per width of
-/// [`Sae::prefix_widths`]; the last is [`Sae::reconstruct`]'s. M·[B, D]
-pub fn prefix_reconstructions(sae: &Sae, x: &Tensor) -> Vec<Tensor> {
-    let _guard = tch::no_grad_guard();
-    let widths = sae.prefix_widths();
-    let codes = sae.encode_sparse(x, sae.inference_selection());
-    let bounds = Tensor::from_slice(&widths).to_device(codes.latents.device());
-    let blocks = Tensor::bucketize(&codes.latents, &bounds, false, true);
-    prefix_decodes(&sae.w_dec, &codes, &blocks, widths.len())
-        .into_iter()
-        .map(|d| (d + &sae.b_dec) / sae.input_scale)
-        .collect()
-}
-
-/// Explained variance of each prefix alone over a set, accumulated batch by batch
-/// (DESIGN.md "Metrics": `evr` per prefix).
-#[derive(Debug)]
-pub struct PrefixEvr {
-    pub widths: Vec<i64>,
-    evr: Vec<Evr>,
-}
-
-impl PrefixEvr {
-    pub fn new(sae: &Sae) -> PrefixEvr {
-        let widths = sae.prefix_widths();
-        PrefixEvr {
-            evr: widths
-                .iter()
-                .map(|_| Evr::new(sae.config.d_in, sae.device()))
-                .collect(),
-            widths,
-        }
-    }
-
-    /// Add a batch x [B, D] (original space) encoded by `sae`.
-    pub fn update(&mut self, sae: &Sae, x: &Tensor) {
-        let x = x.to_device(sae.device()).to_kind(Kind::Float);
-        for (e, r) in self.evr.iter_mut().zip(prefix_reconstructions(sae, &x)) {
-            e.update(&x, &r);
-        }
-    }
-
-    /// Add a batch whose prefix reconstructions are known (`StepOutput::prefix_x_hat`).
-    pub fn update_with(&mut self, x: &Tensor, x_hats: &[Tensor]) {
-        for (e, r) in self.evr.iter_mut().zip(x_hats) {
-            e.update(x, r);
-        }
-    }
-
-    /// One evr per prefix (NaN before any row).
-    pub fn evr(&self) -> Vec<f64> {
-        self.evr.iter().map(Evr::evr).collect()
-    }
-}
-
-/// The explained variance of each prefix of `sae` alone on the batch x [B, D] (original
-/// space), with the inference selection: what `evaluate` reports per prefix.
-pub fn prefix_evr(sae: &Sae, x: &Tensor) -> Vec<f64> {
-    let mut p = PrefixEvr::new(sae);
-    p.update(sae, x);
-    p.evr()
-}
-
-/// [`prefix_evr`] over every batch of `batches` (any device and dtype): each prefix's
-/// explained variance over the whole set.
-pub fn prefix_evr_over(
-    sae: &Sae,
-    batches: impl Iterator<Item = anyhow::Result<Tensor>>,
-) -> anyhow::Result<Vec<f64>> {
-    let _guard = tch::no_grad_guard();
-    let mut p = PrefixEvr::new(sae);
-    for x in batches {
-        p.update(sae, &x?);
-    }
-    Ok(p.evr())
 }

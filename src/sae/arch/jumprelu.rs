@@ -8,11 +8,11 @@
 //!   run's budget; bench/RESULTS.md `jumprelu_sweep`);
 //! - `log`: log θ_j (the paper's and Gemma Scope's; θ stays positive by construction).
 //!
-//! # Forward (scaled space, pre as in [`super::model`])
+//! # Forward (scaled space, pre as in [`crate::sae::model`])
 //!   z_ij = pre_ij·H(pre_ij − θ_j),   x̂_s = z·W_dec + b_dec,   H the Heaviside step.
 //!
 //! # Loss
-//! - `mse` as every architecture ([`super::objective`]);
+//! - `mse` as every architecture ([`crate::sae::objective`]);
 //! - sparsity (`LossOptions::l1_coef` holds its coefficient λ, warmed up by
 //!   `training.l0_warmup_steps`):
 //!   - `step` (DeepMind's L0): λ·mean_i Σ_j H(pre_ij − θ_j);
@@ -36,8 +36,8 @@ use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::model::{row_norms, Sae};
-use super::objective::{b_dec_grad, zero, Grads, LossOptions, StepOutput};
+use crate::sae::codes::row_norms;
+use crate::sae::step::{b_dec_grad, zero, Grads, LossOptions, StepOutput, Weights};
 
 /// θ at initialisation, in the scaled space (where E‖x‖ = √D, the paper's normalisation):
 /// the paper's 0.001.
@@ -137,47 +137,18 @@ impl JumpReluParams {
     }
 }
 
-impl Sae {
-    /// Make this jumprelu SAE's thresholds θ_j = `threshold` for every latent, with
-    /// `params`; errors name the config key.
-    pub fn set_jumprelu(&mut self, threshold: f64, params: JumpReluParams) -> Result<()> {
-        ensure!(
-            threshold > 0.0 && threshold.is_finite(),
-            "sae.jumprelu_init_threshold = {threshold}: must be positive"
-        );
-        params.validate()?;
-        let theta = Tensor::full([self.config.d_sae], threshold, (Kind::Float, self.device()));
-        self.threshold_param = Some(params.threshold_param.from_theta(&theta));
-        self.jumprelu = Some(params);
-        Ok(())
-    }
-
-    /// What this SAE trains for θ: its `jumprelu.threshold_param`, `log` when it has no
-    /// jumprelu settings (then there is no threshold tensor either).
-    pub fn threshold_kind(&self) -> ThresholdParam {
-        self.jumprelu.unwrap_or_default().threshold_param
-    }
-
-    /// Keep a `linear` threshold parameter at θ ≥ 0 (after each optimizer step); a no-op
-    /// for `log` and the other architectures.
-    pub(crate) fn project_threshold(&mut self) {
-        let linear = self.threshold_kind() == ThresholdParam::Linear;
-        if let (true, Some(t)) = (linear, self.threshold_param.as_mut()) {
-            let _ = t.clamp_min_(0.0);
-        }
-    }
-}
-
 /// K(u) = [−½ < u < ½] at u = (pre − θ)/ε, as f32. [B, F]
 fn rectangle(pre: &Tensor, theta: &Tensor, bandwidth: f64) -> Tensor {
     let u = (pre - theta) / bandwidth;
     u.gt(-0.5).logical_and(&u.lt(0.5)).to_kind(Kind::Float)
 }
 
-/// Loss and gradients of a jumprelu SAE (module docs). `pre` [B, F] as computed by
-/// [`super::objective::forward_backward`].
-pub(crate) fn jumprelu_step(
-    sae: &Sae,
+/// Loss and gradients of a jumprelu SAE (module docs) with thresholds `theta` [F]. `pre`
+/// [B, F] as computed by [`crate::sae::objective::forward_backward`].
+pub(crate) fn step(
+    sae: Weights<'_>,
+    params: JumpReluParams,
+    theta: &Tensor,
     xs: &Tensor,
     xc: &Tensor,
     pre: &Tensor,
@@ -185,15 +156,12 @@ pub(crate) fn jumprelu_step(
 ) -> StepOutput {
     let (b, d) = xs.size2().expect("[B, D]");
     let device = xs.device();
-    let params = sae.jumprelu.unwrap_or_default();
     let eps = params.bandwidth;
-    let theta = sae
-        .jumprelu_threshold()
-        .expect("a jumprelu SAE has thresholds"); // [F]
+    let theta = theta.shallow_clone(); // [F]
     let active = pre.gt_tensor(&theta); // [B, F]
     let gate = active.to_kind(Kind::Float);
     let z = pre * &gate;
-    let xs_hat = sae.b_dec.addmm(&z, &sae.w_dec);
+    let xs_hat = sae.b_dec.addmm(&z, sae.w_dec);
     let e = xs - &xs_hat;
     let mse = e.square().mean(Kind::Float) / o.data_variance;
     let dx_hat = &e * (-2.0 / ((b * d) as f64 * o.data_variance));
@@ -202,7 +170,7 @@ pub(crate) fn jumprelu_step(
     let kernel = rectangle(pre, &theta, eps); // [B, F]
     let c = o.l1_coef / b as f64;
     // ∂/∂θ from the sparsity term's Step (step mode only). [F]
-    let mut d_theta = zero(device).expand([sae.config.d_sae], false).copy();
+    let mut d_theta = zero(device).expand([theta.size()[0]], false).copy();
     let sparsity = if o.l1_coef == 0.0 {
         zero(device)
     } else {
@@ -213,13 +181,13 @@ pub(crate) fn jumprelu_step(
             }
             SparsityLoss::Tanh => {
                 let s = params.tanh_scale;
-                let norms = row_norms(&sae.w_dec); // [F]
+                let norms = row_norms(sae.w_dec); // [F]
                 let t = (&z * &norms * s).tanh(); // [B, F]
                 let sech2 = 1.0 - t.square();
                 let _ = dz.g_add_(&(&sech2 * &norms * (c * s)));
                 let per_latent = (&sech2 * &z).sum_dim_intlist(0, false, Kind::Float); // [F]
                 let _ = w_dec.g_add_(
-                    &((per_latent * (c * s) / norms.clamp_min(1e-12)).unsqueeze(1) * &sae.w_dec),
+                    &((per_latent * (c * s) / norms.clamp_min(1e-12)).unsqueeze(1) * sae.w_dec),
                 );
                 t.sum(Kind::Float) * c
             }
@@ -234,7 +202,7 @@ pub(crate) fn jumprelu_step(
     let dpre = dz * &gate;
     let w_enc = dpre.tr().mm(xc).tr(); // [D, F], the encoder layout
     let b_enc = dpre.sum_dim_intlist(0, false, Kind::Float);
-    let b_dec = b_dec_grad(sae, &dx_hat, &b_enc);
+    let b_dec = b_dec_grad(sae.w_enc, &dx_hat, &b_enc);
     StepOutput {
         loss: &mse + &sparsity,
         mse,
