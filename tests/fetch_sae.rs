@@ -22,7 +22,7 @@ use tch::{Device, Tensor};
 const COMMIT: &str = "89abcdef0123456789abcdef0123456789abcdef";
 
 fn fixtures() -> PathBuf {
-    common::reference_output("tests/reference/interop_reference.py", "reference-interop")
+    common::interop_fixtures()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

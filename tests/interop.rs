@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use saeclip::sae::checkpoint::{self, CheckpointMeta};
 use saeclip::sae::interop::torch_pickle::{self, PickleValue};
@@ -20,25 +19,14 @@ use tch::{Device, Kind, Tensor};
 const TOL: f64 = 1e-5;
 
 fn fixtures() -> PathBuf {
-    common::reference_output("tests/reference/interop_reference.py", "reference-interop")
+    common::interop_fixtures()
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn saeclip(args: &[&str]) -> Output {
-    common::saeclip().args(args).output().unwrap()
-}
-
-fn succeeds(out: &Output) {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{run_saeclip as saeclip, succeeds};
 
 /// Import `path` (extra flags `args`) into `out`; the checkpoint and its header.
 fn import(path: &Path, out: &Path, args: &[&str]) -> (Sae, CheckpointMeta) {

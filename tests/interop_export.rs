@@ -7,32 +7,20 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use saeclip::sae::checkpoint::{self, CheckpointMeta};
 use saeclip::sae::model::Sae;
 use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
-    common::reference_output("tests/reference/interop_reference.py", "reference-interop")
+    common::interop_fixtures()
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn saeclip(args: &[&str]) -> Output {
-    common::saeclip().args(args).output().unwrap()
-}
-
-fn succeeds(o: &Output) {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use common::{run_saeclip as saeclip, succeeds};
 
 /// A checkpoint imported from `case` (flags `args`), with its input scale set to `scale` so
 /// that the export has a scale to fold.

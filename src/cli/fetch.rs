@@ -6,7 +6,6 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::GlobalArgs;
-use crate::clip::{Precision, Tokens};
 use crate::disk::{fetched_model_dir, CHECKPOINTS_DIR, DATA_DIR, MODELS_DIR};
 use crate::fetch::{
     default_checkpoint, fetch_dataset, fetch_model, fetch_sae, parse_source, release_table,
@@ -56,27 +55,8 @@ pub struct FetchSaeArgs {
     /// ends in .safetensors [default: checkpoints/<repo name>[-<subfolder>].safetensors].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// The block whose output the SAE reads (0-based), where its files do not record it.
-    #[arg(long, value_name = "N")]
-    pub layer: Option<i64>,
-    /// The tokens the SAE was trained on, where its files do not record them.
-    #[arg(long, value_enum, value_name = "TOKENS")]
-    pub tokens: Option<Tokens>,
-    /// sparsify: the hook point (sub-folder) of a multi-hook repository.
-    #[arg(long, value_name = "NAME")]
-    pub hook: Option<String>,
-    /// k for an SAE whose files do not record it.
-    #[arg(long, value_name = "K")]
-    pub k: Option<i64>,
-    /// saev 0.1.0: the mean its data loader removed (a torch.save file, or none).
-    #[arg(long, value_name = "FILE|none")]
-    pub saev_scale_mean: Option<String>,
-    /// saev 0.1.0: the scalar its data loader divided by (a number, a file, or none).
-    #[arg(long, value_name = "S|FILE|none")]
-    pub saev_scale_norm: Option<String>,
-    /// Parameter dtype of the checkpoint.
-    #[arg(long, value_enum, value_name = "DTYPE", default_value = "f32")]
-    pub dtype: Precision,
+    #[command(flatten)]
+    pub flags: super::import::ImportFlags,
     /// Overwrite a checkpoint that was not fetched from this source, or fetch again.
     #[arg(long)]
     pub force: bool,
@@ -175,13 +155,7 @@ pub fn run(global: &GlobalArgs, args: &FetchArgs) -> Result<()> {
             options.out = Some(args.checkpoint()?);
             options.progress = progress;
             let r = &mut options.import;
-            r.layer = args.layer;
-            r.tokens = args.tokens;
-            r.hook = args.hook.clone();
-            r.k = args.k;
-            r.saev_scale_mean = args.saev_scale_mean.clone();
-            r.saev_scale_norm = args.saev_scale_norm.clone();
-            r.dtype = args.dtype.kind();
+            args.flags.apply(r);
             r.force = args.force;
             let f = fetch_sae(&options)?;
             crate::ui::info(format!(
@@ -204,6 +178,7 @@ mod tests {
 
     use super::*;
     use crate::cli::{Cli, Command};
+    use crate::clip::Tokens;
 
     fn parse(args: &[&str]) -> Result<FetchCommand, clap::Error> {
         let cli = Cli::try_parse_from(std::iter::once("saeclip").chain(args.iter().copied()))?;
@@ -311,7 +286,10 @@ mod tests {
             args.checkpoint().unwrap(),
             PathBuf::from("d/zoo.safetensors")
         );
-        assert_eq!((args.layer, args.tokens), (Some(3), Some(Tokens::Cls)));
+        assert_eq!(
+            (args.flags.layer, args.flags.tokens),
+            (Some(3), Some(Tokens::Cls))
+        );
         let FetchCommand::Sae(args) =
             parse(&["fetch", "sae", "org/zoo", "--out", "x/a.safetensors"]).unwrap()
         else {

@@ -20,6 +20,17 @@ pub struct ImportArgs {
     /// The checkpoint to write (.safetensors).
     #[arg(long, value_name = "CKPT")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub flags: ImportFlags,
+    /// Overwrite an existing --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// How to read an SAE whose files leave something out: the hook point, k, saev 0.1.0's
+/// data scaling, and the dtype to write (shared by `import` and `fetch sae`).
+#[derive(Args, Debug)]
+pub struct ImportFlags {
     /// The block whose output the SAE reads (0-based), where the files do not record it
     /// (saev 0.1.0 without its config.json, a lone sparsify folder); must agree with what
     /// they record.
@@ -47,20 +58,24 @@ pub struct ImportArgs {
     /// Parameter dtype of the checkpoint.
     #[arg(long, value_enum, value_name = "DTYPE", default_value = "f32")]
     pub dtype: Precision,
-    /// Overwrite an existing --out.
-    #[arg(long)]
-    pub force: bool,
+}
+
+impl ImportFlags {
+    /// Put the flags into an import request.
+    pub fn apply(&self, request: &mut ImportRequest) {
+        request.layer = self.layer;
+        request.tokens = self.tokens;
+        request.hook = self.hook.clone();
+        request.k = self.k;
+        request.saev_scale_mean = self.saev_scale_mean.clone();
+        request.saev_scale_norm = self.saev_scale_norm.clone();
+        request.dtype = self.dtype.kind();
+    }
 }
 
 pub fn run(args: &ImportArgs) -> Result<()> {
     let mut request = ImportRequest::new(args.format, &args.dir, &args.out);
-    request.layer = args.layer;
-    request.tokens = args.tokens;
-    request.hook = args.hook.clone();
-    request.k = args.k;
-    request.saev_scale_mean = args.saev_scale_mean.clone();
-    request.saev_scale_norm = args.saev_scale_norm.clone();
-    request.dtype = args.dtype.kind();
+    args.flags.apply(&mut request);
     request.force = args.force;
     let imported = import(&request)?;
     let (sae, clip) = (&imported.sae, &imported.meta.clip);
@@ -103,8 +118,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(w.args.dir, PathBuf::from("dir"));
-        assert_eq!(w.args.k, Some(32));
-        assert_eq!(w.args.dtype, Precision::F32);
+        assert_eq!(w.args.flags.k, Some(32));
+        assert_eq!(w.args.flags.dtype, Precision::F32);
         assert_eq!(w.args.format, ImportFormat::SaeLens);
         let w = Wrapper::try_parse_from([
             "x",
@@ -124,11 +139,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(w.args.format, ImportFormat::Auto, "auto by default");
-        assert_eq!(w.args.layer, Some(11));
-        assert_eq!(w.args.tokens, Some(Tokens::Patches));
-        assert_eq!(w.args.hook.as_deref(), Some("layers.11"));
-        assert_eq!(w.args.saev_scale_norm.as_deref(), Some("2.5"));
-        assert_eq!(w.args.saev_scale_mean.as_deref(), Some("none"));
+        assert_eq!(w.args.flags.layer, Some(11));
+        assert_eq!(w.args.flags.tokens, Some(Tokens::Patches));
+        assert_eq!(w.args.flags.hook.as_deref(), Some("layers.11"));
+        assert_eq!(w.args.flags.saev_scale_norm.as_deref(), Some("2.5"));
+        assert_eq!(w.args.flags.saev_scale_mean.as_deref(), Some("none"));
         for format in ["saev", "sparsify", "dictionary-learning", "prisma", "auto"] {
             assert!(Wrapper::try_parse_from(["x", "--format", format, "p", "--out", "c"]).is_ok());
         }

@@ -56,6 +56,8 @@
 //!
 //! Decoding is open_clip's `decode`: ids to bytes, bytes to UTF-8 with invalid sequences
 //! replaced by U+FFFD, then every `</w>` replaced by a space.
+//!
+//! Length: the code ends near line 790; the file passes 900 lines only with its unit tests.
 
 use std::collections::HashMap;
 use std::io::Read;

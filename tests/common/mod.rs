@@ -259,6 +259,26 @@ pub fn train_run(sets: &[String], stop_after_epochs: Option<usize>) -> PathBuf {
 }
 
 /// One line on stderr naming `expect`, a non-zero exit, no panic.
+/// `saeclip ARGS`, run to completion.
+pub fn run_saeclip(args: &[&str]) -> std::process::Output {
+    saeclip().args(args).output().unwrap()
+}
+
+/// Assert that a saeclip run succeeded, showing its output when it did not.
+pub fn succeeds(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The SAE files other tools' packages write (tests/reference/interop_reference.py).
+pub fn interop_fixtures() -> PathBuf {
+    reference_output("tests/reference/interop_reference.py", "reference-interop")
+}
+
 pub fn fails_cleanly(out: &std::process::Output, expect: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "should fail: {stderr}");

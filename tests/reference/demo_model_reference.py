@@ -1,6 +1,7 @@
 """transformers' outputs of the demo CLIP as saeclip writes it out, for tests/demo_model.rs.
 
-Writes OUT/reference.safetensors: pixel_values [4,3,224,224] (seeded normal), input_ids
+Writes OUT/reference.safetensors: pixel_values [4,3,S,S] (seeded normal, S the model's
+image_size), input_ids
 [4,77] (open_clip's tokenizer, zero padded), image_embeds / text_embeds (projected, not
 normalised) and the vision tower's hidden_states.{i}, all computed by
 `CLIPModel.from_pretrained(MODEL)` in float32.
@@ -20,7 +21,8 @@ ap.add_argument("--out", required=True)
 a = ap.parse_args()
 model = CLIPModel.from_pretrained(a.model, dtype=torch.float32).eval()
 g = torch.Generator().manual_seed(0)
-pixels = torch.randn(4, 3, 224, 224, generator=g)
+size = model.config.vision_config.image_size
+pixels = torch.randn(4, 3, size, size, generator=g)
 ids = tokenize(["a photo of a red star.", "striped", "a blue ring on sand", "a dotted yellow cross in the top left"])
 with torch.no_grad():
     vision = model.vision_model(pixel_values=pixels, output_hidden_states=True)

@@ -21,25 +21,25 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
+mod accum;
+mod autolabels;
 mod markdown;
+mod probing;
+
+use accum::{Accum, Images};
 
 pub use markdown::{to_markdown, write_plots};
 
-use super::auroc::{class_statistics, sparse_rows, SparseScores};
 use super::factors;
 use super::localisation::{self, PatchScores};
-use super::probe::{balanced_accuracy, Features, ProbeConfig};
 use super::zeroshot::{class_embeddings, class_names, stratified_sample, DEFAULT_TEMPLATE};
 use super::{replace_tokens, token_rows};
 use crate::clip::preprocess::PreprocessConfig;
 use crate::clip::{normalize, weights, Clip, LoadOptions, Tokens};
 use crate::data::cache::{file_sha256, ActivationCache};
-use crate::data::{
-    self as datasets, stream_pixels, Dataset, DatasetSpec, ProceduralFactors, Split,
-};
-use crate::interpret::topk::{BatchScores, TopK};
+use crate::data::{self as datasets, stream_pixels, DatasetSpec, Split};
 use crate::interpret::{labels, sample_indices};
-use crate::sae::{checkpoint, sweep, Evr, Sae};
+use crate::sae::{checkpoint, sweep, Sae};
 
 /// The sparse-probe sizes.
 pub const PROBE_KS: [usize; 4] = [1, 2, 5, 16];
@@ -213,139 +213,6 @@ fn random_like(m: &Member, seed: u64) -> Result<Member> {
         tokens: m.tokens,
         baseline: true,
     })
-}
-
-/// The images of the pass, in the order they were evaluated.
-#[derive(Default)]
-struct Images {
-    /// Dataset (or cache) image index.
-    index: Vec<usize>,
-    /// Class, −1 without.
-    label: Vec<i64>,
-    factors: Vec<Option<ProceduralFactors>>,
-    /// The dataset's class-map classes (empty without class maps: a cache, most datasets).
-    regions: Vec<String>,
-}
-
-/// Running sums of one SAE.
-struct Accum {
-    evr: Evr,
-    rows: usize,
-    cosine: f64,
-    nonzero: f64,
-    /// Rows on which each latent fired. [F] i64
-    fired: Tensor,
-    store: SparseScores,
-    /// Images beyond the entry cap (not in the store).
-    dropped: usize,
-    top: Option<TopK>,
-    /// Per-image feature of the probe images (CLS row or mean over tokens), by eval index.
-    probe_x: BTreeMap<usize, Tensor>,
-    zs: ZeroTally,
-    /// Per-patch scores for the localisation probe (a patch-token SAE on a dataset with
-    /// class maps).
-    patches: Option<PatchScores>,
-}
-
-#[derive(Default, Clone)]
-struct ZeroTally {
-    n: usize,
-    clip: usize,
-    sae: usize,
-    zero: usize,
-    mean: usize,
-    kl: f64,
-    kl_zero: f64,
-}
-
-impl Accum {
-    fn new(sae: &Sae, with_top: bool) -> Accum {
-        let device = sae.device();
-        Accum {
-            evr: Evr::new(sae.config.d_in, device),
-            rows: 0,
-            cosine: 0.0,
-            nonzero: 0.0,
-            fired: Tensor::zeros([sae.config.d_sae], (Kind::Int64, device)),
-            store: SparseScores::new(),
-            dropped: 0,
-            top: with_top.then(|| TopK::new(sae.config.d_sae, LABEL_TOP, device)),
-            probe_x: BTreeMap::new(),
-            zs: ZeroTally::default(),
-            patches: None,
-        }
-    }
-
-    /// Rows `x` [R, D] of b images (`row_image` [R] in 0..b); `first` is the eval index
-    /// of the batch's first image; `probe` [b] says which of them are probe images.
-    /// Returns x̂ and the codes.
-    fn update(
-        &mut self,
-        m: &Member,
-        x: &Tensor,
-        row_image: &Tensor,
-        first: usize,
-        probe: &[bool],
-        max_entries: usize,
-    ) -> Result<(Tensor, crate::sae::Codes)> {
-        let sae = &m.sae;
-        let f = sae.config.d_sae;
-        let b = probe.len() as i64;
-        let x = x.to_device(sae.device()).to_kind(Kind::Float);
-        let codes = sae.encode_sparse(&x, sae.inference_selection());
-        let x_hat = sae.decode_sparse(&codes);
-        self.evr.update(&x, &x_hat);
-        let cos = (&x * &x_hat).sum_dim_intlist(1, false, Kind::Double)
-            / (x.norm_scalaropt_dim(2, [1], false) * x_hat.norm_scalaropt_dim(2, [1], false))
-                .clamp_min(1e-12)
-                .to_kind(Kind::Double);
-        self.cosine += cos.sum(Kind::Double).double_value(&[]);
-        self.rows += x.size()[0] as usize;
-        let live = codes.values.gt(0.0);
-        let latents = codes.latents.masked_select(&live);
-        self.nonzero += latents.size()[0] as f64;
-        let _ = self
-            .fired
-            .index_add_(0, &latents, &Tensor::ones_like(&latents));
-        // Per-image scores: max over the image's rows.
-        let row_image = row_image.to_device(sae.device());
-        let flat = row_image.index_select(0, &codes.rows) * f + &codes.latents;
-        let scores = Tensor::zeros([b * f], (Kind::Float, sae.device()))
-            .internal_scatter_reduce(0, &flat, &codes.values.to_kind(Kind::Float), "amax", true)
-            .view([b, f]);
-        if let Some(top) = &mut self.top {
-            let token = scores.gt(0.0).to_kind(Kind::Int64) - 1;
-            top.update(
-                &BatchScores {
-                    scores: scores.shallow_clone(),
-                    token,
-                },
-                &(first..first + probe.len()).collect::<Vec<_>>(),
-            )?;
-        }
-        for entries in sparse_rows(&scores)? {
-            if self.dropped == 0 && self.store.entries() + entries.len() <= max_entries {
-                self.store.push(entries);
-            } else {
-                self.dropped += 1;
-            }
-        }
-        if probe.iter().any(|&p| p) {
-            let d = x.size()[1];
-            let sums =
-                Tensor::zeros([b, d], (Kind::Float, sae.device())).index_add(0, &row_image, &x);
-            let counts = Tensor::zeros([b], (Kind::Float, sae.device())).index_add(
-                0,
-                &row_image,
-                &Tensor::ones_like(&row_image).to_kind(Kind::Float),
-            );
-            let means = (sums / counts.clamp_min(1.0).unsqueeze(1)).to_device(Device::Cpu);
-            for (i, _) in probe.iter().enumerate().filter(|(_, &p)| p) {
-                self.probe_x.insert(first + i, means.get(i as i64));
-            }
-        }
-        Ok((x_hat, codes))
-    }
 }
 
 /// A section that could not be computed: `null` and the reason.
@@ -811,7 +678,7 @@ fn evaluate_model(
         let mean_embed = embed_sum.expect("at least one batch") / images.index.len() as f64;
         let mut out = Vec::new();
         for a in &accums {
-            out.push(label_section(
+            out.push(autolabels::label_section(
                 a,
                 &images,
                 o.label_features,
@@ -870,124 +737,6 @@ fn stack(batch: datasets::DecodedBatch, size: i64) -> Result<(Vec<usize>, Option
     Ok((ids, pixels))
 }
 
-/// The `labels` section of one SAE: for each of the `features` live latents with the
-/// highest mean score that fired on at least 24 images, the best vocabulary phrase for the
-/// direction (mean normalised embedding of its top images 13–24 minus the sample's mean),
-/// then precision@12 of that phrase as a query over its top images 1–12 and 36 random
-/// sample images.
-#[allow(clippy::too_many_arguments)]
-fn label_section(
-    a: &Accum,
-    images: &Images,
-    features: usize,
-    clip: &Clip,
-    dataset: &dyn Dataset,
-    prep: &PreprocessConfig,
-    batch: usize,
-    vocab: &[String],
-    vocab_embeds: &Tensor,
-    mean_embed: &Tensor,
-    distractors: &BTreeMap<usize, Tensor>,
-) -> Result<(Value, Option<String>)> {
-    let stats = a.top.as_ref().expect("top-k buffers with a model").finish();
-    let (ranked, _) = stats.ranked(crate::interpret::RankBy::Mean);
-    let chosen: Vec<_> = ranked
-        .into_iter()
-        .filter(|l| l.top.len() >= LABEL_TOP)
-        .take(features)
-        .collect();
-    if chosen.is_empty() {
-        return Ok(null_with(format!(
-            "no latent fired on {LABEL_TOP} or more images of the sample"
-        )));
-    }
-    // Dataset index of each needed image (top entries hold eval indices).
-    let mut need: BTreeSet<usize> = BTreeSet::new();
-    for l in &chosen {
-        need.extend(l.top.iter().map(|e| images.index[e.image]));
-    }
-    let need: Vec<usize> = need.into_iter().collect();
-    let mut embeds: HashMap<usize, Tensor> = HashMap::new();
-    let size = clip.info().image_size;
-    let device = a.fired.device();
-    stream_pixels(dataset, &need, batch, prep, |decoded| {
-        let (ids, pixels) = stack(decoded, size)?;
-        if let Some(p) = pixels {
-            let e = normalize(
-                &clip
-                    .image_embeds(&p.to_device(device))?
-                    .to_kind(Kind::Float),
-            )
-            .to_device(Device::Cpu);
-            for (r, i) in ids.into_iter().enumerate() {
-                embeds.insert(i, e.get(r as i64));
-            }
-        }
-        Ok(())
-    })?;
-    let mut rows = Vec::new();
-    let mut directions = Vec::new();
-    for l in &chosen {
-        let ids: Vec<usize> = l.top.iter().map(|e| images.index[e.image]).collect();
-        let label_set: Vec<Tensor> = ids[AT..LABEL_TOP]
-            .iter()
-            .filter_map(|i| embeds.get(i).map(Tensor::shallow_clone))
-            .collect();
-        ensure!(
-            !label_set.is_empty(),
-            "the top images of latent {} could not be read",
-            l.latent
-        );
-        directions.push(Tensor::stack(&label_set, 0).mean_dim(0, false, Kind::Float) - mean_embed);
-    }
-    let labels = labels::rank_labels(&Tensor::stack(&directions, 0), vocab_embeds, vocab, 1);
-    let mut precisions = Vec::new();
-    for (l, label) in chosen.iter().zip(labels) {
-        let Some(label) = label.into_iter().next() else {
-            continue;
-        };
-        let ids: Vec<usize> = l.top.iter().map(|e| images.index[e.image]).collect();
-        let targets: HashSet<usize> = ids[..AT].iter().copied().collect();
-        let excluded: HashSet<usize> = ids.iter().copied().collect();
-        let mut pool: Vec<(usize, Tensor)> = ids[..AT]
-            .iter()
-            .filter_map(|i| embeds.get(i).map(|e| (*i, e.shallow_clone())))
-            .collect();
-        pool.extend(
-            distractors
-                .iter()
-                .filter(|(i, _)| !excluded.contains(i))
-                .map(|(i, e)| (*i, e.shallow_clone())),
-        );
-        let phrase = vocab
-            .iter()
-            .position(|p| *p == label.phrase)
-            .expect("a vocabulary phrase");
-        let q = vocab_embeds.get(phrase as i64).to_kind(Kind::Float);
-        let es = Tensor::stack(
-            &pool.iter().map(|p| p.1.shallow_clone()).collect::<Vec<_>>(),
-            0,
-        );
-        let sims = Vec::<f32>::try_from(es.matmul(&q))?;
-        let mut order: Vec<usize> = (0..pool.len()).collect();
-        order.sort_by(|&x, &y| sims[y].total_cmp(&sims[x]).then(x.cmp(&y)));
-        let found = order
-            .iter()
-            .take(AT)
-            .filter(|&&r| targets.contains(&pool[r].0))
-            .count();
-        let p = found as f64 / AT as f64;
-        precisions.push(p);
-        rows.push(json!({"latent": l.latent, "label": label.phrase, "label_score": label.score, "precision_at_12": p, "pool": pool.len()}));
-    }
-    let mean = precisions.iter().sum::<f64>() / precisions.len().max(1) as f64;
-    let chance = AT as f64 / (AT + DISTRACTORS) as f64;
-    Ok((
-        json!({"features": rows, "mean_precision_at_12": mean, "chance": chance}),
-        None,
-    ))
-}
-
 /// Probing, factors and the per-member JSON.
 #[allow(clippy::too_many_arguments)]
 fn finish(
@@ -1030,7 +779,7 @@ fn finish(
         });
         let kept = a.store.images();
         let t = Instant::now();
-        let (probing, probing_reason) = probing(o, a, images, classes, f)?;
+        let (probing, probing_reason) = probing::probing(o, a, images, classes, f)?;
         crate::ui::debug(format!(
             "{}: probing took {:.1}s",
             m.name,
@@ -1135,135 +884,4 @@ fn finish(
         seconds: start.elapsed().as_secs_f64(),
         density,
     })
-}
-
-/// The `probing` section.
-fn probing(
-    o: &EvaluateOptions,
-    a: &Accum,
-    images: &Images,
-    classes: &[String],
-    f: usize,
-) -> Result<(Value, Option<String>)> {
-    let kept = a.store.images();
-    let labels = &images.label[..kept];
-    let distinct: BTreeSet<i64> = labels.iter().copied().filter(|&l| l >= 0).collect();
-    if distinct.len() < 2 {
-        return Ok(null_with(if distinct.is_empty() {
-            "the images have no labels (images.csv labels are all -1, or the dataset has none): probing needs labels"
-        } else {
-            "all labelled images have the same label: probing needs at least two classes"
-        }));
-    }
-    let c = classes
-        .len()
-        .max(*distinct.last().expect("a class") as usize + 1);
-    let top = *PROBE_KS.last().expect("a k");
-    let t = Instant::now();
-    let stats = class_statistics(&a.store, labels, c, f, top);
-    crate::ui::debug(format!(
-        "class statistics took {:.2}s",
-        t.elapsed().as_secs_f64()
-    ));
-    let mut per_class = Vec::new();
-    let mut sum = 0.0;
-    for (ci, best) in stats.best.iter().enumerate() {
-        if let Some(b) = best {
-            sum += b.auroc;
-            per_class.push(json!({
-                "label": classes.get(ci).cloned().unwrap_or_else(|| format!("class {ci}")),
-                "best_latent": b.latent,
-                "auroc": b.auroc,
-                "f1": b.f1,
-                "images": stats.count[ci],
-            }));
-        }
-    }
-    let mean_best = sum / per_class.len().max(1) as f64;
-    // Probe rows: the probe images held in the store, with a label; 80 % train.
-    let rows: Vec<usize> = a
-        .probe_x
-        .keys()
-        .copied()
-        .filter(|&i| i < kept && labels[i] >= 0)
-        .collect();
-    // Bound the per-class feature block [C, rows, 16] to 16M values.
-    let cap = (16_000_000 / (c * top)).max(200);
-    let rows: Vec<usize> = if rows.len() > cap {
-        sample_indices(&rows, Some(cap), o.seed ^ 0xca9).0
-    } else {
-        rows
-    };
-    let (sparse_probe, dense) = if rows.len() >= 10 {
-        let r = rows.len() as i64;
-        let y = Tensor::from_slice(&rows.iter().map(|&i| labels[i]).collect::<Vec<_>>());
-        let (test_pos, _) = sample_indices(
-            &(0..rows.len()).collect::<Vec<_>>(),
-            Some(rows.len() / 5),
-            o.seed ^ 0x7e57,
-        );
-        let test_set: HashSet<usize> = test_pos.iter().copied().collect();
-        let train: Vec<i64> = (0..rows.len())
-            .filter(|p| !test_set.contains(p))
-            .map(|p| p as i64)
-            .collect();
-        let test: Vec<i64> = test_pos.iter().map(|&p| p as i64).collect();
-        let (train, test) = (Tensor::from_slice(&train), Tensor::from_slice(&test));
-        // Class c's features: the values of its top latents by mean difference.
-        let mut slot: HashMap<u32, Vec<(usize, usize)>> = HashMap::new();
-        for (ci, lat) in stats.by_mean_difference.iter().enumerate() {
-            for (j, &l) in lat.iter().enumerate() {
-                slot.entry(l as u32).or_default().push((ci, j));
-            }
-        }
-        let mut x = vec![0f32; c * rows.len() * top];
-        for (ri, &i) in rows.iter().enumerate() {
-            for (l, v) in a.store.row(i) {
-                if let Some(s) = slot.get(&l) {
-                    for &(ci, j) in s {
-                        x[(ci * rows.len() + ri) * top + j] = v;
-                    }
-                }
-            }
-        }
-        let x = Tensor::from_slice(&x).view([c as i64, r, top as i64]);
-        let cfg = ProbeConfig::default();
-        let sparse: Vec<Value> = PROBE_KS
-            .iter()
-            .map(|&k| {
-                let acc = balanced_accuracy(
-                    Features::PerClass(x.narrow(2, 0, k as i64)),
-                    &y,
-                    c as i64,
-                    &train,
-                    &test,
-                    cfg,
-                );
-                json!({"k": k, "accuracy": acc})
-            })
-            .collect();
-        let dense_x = Tensor::stack(
-            &rows
-                .iter()
-                .map(|i| a.probe_x[i].shallow_clone())
-                .collect::<Vec<_>>(),
-            0,
-        );
-        let dense = balanced_accuracy(Features::Shared(dense_x), &y, c as i64, &train, &test, cfg);
-        (json!(sparse), json!(dense))
-    } else {
-        (Value::Null, Value::Null)
-    };
-    Ok((
-        json!({
-            "images": kept,
-            "classes": per_class.len(),
-            "per_class": per_class,
-            "mean_best_auroc": mean_best,
-            "sparse_probe": sparse_probe,
-            "dense_probe_accuracy": dense,
-            "probe_images": rows.len(),
-        }),
-        None,
-    ))
 }
