@@ -10,7 +10,7 @@ use crate::clip::preprocess::preprocess_file;
 use crate::clip::{normalize, Clip};
 
 // Where it has always been read from; it lives with the tokenizer.
-pub use crate::clip::tokenizer::tokenize_texts;
+pub use crate::clip::text_ids::tokenize_texts;
 
 /// What to embed.
 #[derive(Debug, Clone, Default)]

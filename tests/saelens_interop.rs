@@ -99,19 +99,7 @@ fn file_metadata(path: &Path) -> std::collections::HashMap<String, String> {
     m.metadata().clone().unwrap_or_default()
 }
 
-/// max |a − b|, and the check that it is within `tol` of the reference's scale.
-fn close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
-    assert_eq!(a.size(), b.size(), "{what}: shapes");
-    let diff = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[]);
-    let scale = b.abs().max().double_value(&[]).max(1.0);
-    assert!(
-        diff <= tol * scale,
-        "{what}: max |diff| {diff:e} over scale {scale} (tolerance {tol:e})"
-    );
-}
+use common::close;
 
 fn cfg(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("cfg.json")).unwrap()).unwrap()

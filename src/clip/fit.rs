@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use super::{normalize, Clip, ClipConfig, ClipModel};
-use crate::clip::tokenizer::tokenize_texts;
+use crate::clip::text_ids::tokenize_texts;
 
 /// One labelling of the training images.
 #[derive(Debug, Clone)]

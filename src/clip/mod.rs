@@ -21,6 +21,7 @@ pub mod processor;
 pub mod script;
 pub mod siglip;
 pub mod text;
+pub mod text_ids;
 pub mod tokenizer;
 pub mod vision;
 pub mod weights;
@@ -36,7 +37,7 @@ pub use family::{Family, TokenLayout, VisionInfo};
 pub use model::ClipModel;
 pub use preprocess::PreprocessConfig;
 pub use script::ScriptedClip;
-pub use tokenizer::pad_ids;
+pub use text_ids::pad_ids;
 pub use weights::ModelFormat;
 
 /// Floating-point precision of a model's weights and activations.
@@ -495,7 +496,7 @@ impl Clip {
                 self.family(),
                 siglip::tokenizer::TOKENIZER_FILE
             ),
-            _ => tokenizer::tokenize_texts(texts, context),
+            _ => text_ids::tokenize_texts(texts, context),
         }
     }
 

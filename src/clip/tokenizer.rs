@@ -56,16 +56,13 @@
 //!
 //! Decoding is open_clip's `decode`: ids to bytes, bytes to UTF-8 with invalid sequences
 //! replaced by U+FFFD, then every `</w>` replaced by a space.
-//!
-//! Length: the code ends near line 790; the file passes 900 lines only with its unit tests.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Mutex;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use regex::Regex;
-use tch::Tensor;
 
 /// Id of the start-of-text token (`<start_of_text>`).
 pub const SOT_TOKEN: i64 = 49406;
@@ -369,54 +366,11 @@ fn byte_to_char() -> [char; 256] {
     table
 }
 
-/// Token ids of `texts`, truncated to the model's context like open_clip (the last kept
-/// token becomes end-of-text), padded with 0. An empty text is an error.
-pub fn tokenize_texts(texts: &[String], context: usize) -> Result<Tensor> {
-    let tokenizer = Tokenizer::new()?;
-    let mut ids = Vec::with_capacity(texts.len());
-    for (i, text) in texts.iter().enumerate() {
-        ensure!(
-            !text.trim().is_empty(),
-            "text {} is empty: give a non-empty string",
-            i + 1
-        );
-        let mut t = tokenizer.tokenize(text);
-        if t.len() > context {
-            t.truncate(context);
-            t[context - 1] = EOT_TOKEN;
-        }
-        ids.push(t);
-    }
-    pad_ids(&ids, context)
-}
-
-/// Pad token id lists with 0 to a [T, context] int64 tensor, as open_clip does.
-pub fn pad_ids(ids: &[Vec<i64>], context: usize) -> Result<Tensor> {
-    ensure!(!ids.is_empty(), "no texts to encode");
-    let mut flat = vec![0i64; ids.len() * context];
-    for (row, t) in ids.iter().enumerate() {
-        ensure!(
-            t.len() <= context,
-            "text {} has {} tokens, more than the context of {context}",
-            row + 1,
-            t.len()
-        );
-        flat[row * context..row * context + t.len()].copy_from_slice(t);
-    }
-    Tensor::f_from_slice(&flat)
-        .and_then(|t| t.f_view([ids.len() as i64, context as i64]))
-        .context("cannot build the token tensor")
-}
-
 /// open_clip's text cleaning: a partial `ftfy.fix_text`, Python's `html.unescape`,
 /// whitespace collapse and lower-casing (see the module documentation).
 mod clean {
-    use std::borrow::Cow;
-    use std::collections::HashMap;
-    use std::sync::OnceLock;
-
-    use regex::Regex;
-    use unicode_normalization::UnicodeNormalization;
+    use std::{borrow::Cow, collections::HashMap, sync::OnceLock};
+    use {regex::Regex, unicode_normalization::UnicodeNormalization};
 
     /// Code points per ftfy segment (`TextFixerConfig.max_decode_length`).
     const MAX_SEGMENT_CHARS: usize = 1_000_000;

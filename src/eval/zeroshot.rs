@@ -13,10 +13,6 @@
 //! the plain predictions up to float noise; when it does not, the evaluation fails. Path (3)
 //! is a check that costs one more pass through the blocks after L (a third of the time
 //! after block L); `ZeroshotOptions::error_check = false` (`--no-error-check`) skips it.
-//!
-//! Length (about 930 lines of code): the class texts, the decode-ahead pass and the four
-//! splice variants share one per-batch loop; the Markdown/JSON writers are the first thing
-//! to move out when this grows.
 
 use std::collections::HashMap;
 use std::io::Write;

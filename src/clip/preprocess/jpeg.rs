@@ -6,10 +6,6 @@
 //!
 //! Follows the JPEG specification (ITU T.81) and the behaviour of libjpeg-turbo's jdhuff.c,
 //! jdphuff.c, jidctint.c, jdsample.c and jdcolor.c.
-//!
-//! Length (about 1,110 lines of code): one decoder whose stages (markers, Huffman, IDCT,
-//! upsampling, colour) share the frame, component and scan state; split across files, that
-//! state would cross them all.
 
 pub(super) enum Error {
     /// A coding process this decoder does not implement (another decoder may).

@@ -20,10 +20,6 @@
 //! epochs or on thread timing, so the state a checkpoint must hold is the epoch and the
 //! batches already drawn from it (plus what checks that the stream would replay the same:
 //! see [`Batches::state`]); [`Batches::epoch_from`] replays the epoch up to that point.
-//!
-//! Length (about 910 lines of code): the two sources live together because they must draw
-//! the same validation split, initialisation sample and epoch order, bit for bit; the shared
-//! draws are the first thing to move out when this grows.
 
 use std::collections::HashSet;
 use std::fs::File;
